@@ -1,0 +1,10 @@
+"""rils_mm: RILS and vision-language pretraining methods for the OpenMMLab stack.
+
+Importing the package applies the compatibility fixes in :mod:`rils_mm.compat` and registers
+every module (models, datasets, transforms, metrics, hooks) in the mmpretrain registries, and
+the transfer backbones and necks in mmdet's and mmseg's, so that
+``custom_imports=dict(imports=['rils_mm'], allow_failed_imports=False)`` is all a config needs.
+"""
+from .version import __version__  # noqa: F401
+from . import compat  # noqa: F401,I001  (first: later imports rely on the fixes)
+from . import datasets, engine, evaluation, models  # noqa: F401,E402

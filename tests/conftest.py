@@ -1,0 +1,40 @@
+"""Shared test helpers."""
+import os
+import socket
+
+import pytest
+import torch.multiprocessing as mp
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')  # nothing may reach a model hub
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank, fn, world_size, port, args):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    import torch.distributed as dist
+    dist.init_process_group('gloo', rank=rank, world_size=world_size)
+    try:
+        fn(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture
+def run_distributed():
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` gloo processes.
+
+    Processes are forked, so ``fn`` may be defined in the test module (pytest's importlib mode
+    makes test modules unimportable from spawned children). Results travel through files.
+    """
+
+    def run(fn, world_size=2, *args):
+        mp.start_processes(_worker, args=(fn, world_size, _free_port(), args),
+                           nprocs=world_size, join=True, start_method='fork')
+
+    return run

@@ -1,0 +1,135 @@
+"""Each compatibility fix in rils_mm.compat, exercised through the code path that needs it."""
+import json
+import os
+import pickle
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from mmengine.model import BaseModel
+
+import rils_mm  # noqa: F401  (applies the fixes)
+from rils_mm.compat import UnsafeCheckpointError
+
+
+# --- numpy 2 aliases ------------------------------------------------------------------------------
+def test_mmpretrain_retrieval_metric_runs_on_numpy_2():
+    """mmpretrain's RetrievalAveragePrecision calls np.in1d (removed in numpy 2.4)."""
+    from mmpretrain.evaluation.metrics import RetrievalAveragePrecision
+    # Ranking [2, 0, 1, 3]; relevant items 0 and 3: AP = (1/2 + 2/4) / 2 = 0.5.
+    pred = torch.tensor([[0.8, 0.3, 0.9, 0.1]])
+    target = torch.tensor([[1, 0, 0, 1]])
+    ap = RetrievalAveragePrecision.calculate(pred, target, topk=4)
+    assert ap.item() == pytest.approx(50.0)
+
+
+def test_lvis_eval_runs_on_numpy_2(tmp_path):
+    """lvis 0.5.3's LVISEval.accumulate casts with np.float (removed in numpy 2)."""
+    from lvis import LVIS, LVISEval, LVISResults
+    gt = dict(
+        info={}, licenses=[],
+        images=[dict(id=1, width=100, height=100, neg_category_ids=[],
+                     not_exhaustive_category_ids=[], coco_url='', flickr_url='')],
+        categories=[dict(id=1, name='box', frequency='f', image_count=1, synset='box.n.01',
+                         synonyms=['box'], def_='', instance_count=1)],
+        annotations=[dict(id=1, image_id=1, category_id=1, bbox=[10, 10, 50, 40], area=2000,
+                          segmentation=[[10, 10, 60, 10, 60, 50, 10, 50]])])
+    gt_file = tmp_path / 'lvis_gt.json'
+    gt_file.write_text(json.dumps(gt))
+    results = [dict(image_id=1, category_id=1, bbox=[10, 10, 50, 40], score=0.9)]
+    lvis_gt = LVIS(str(gt_file))
+    evaluator = LVISEval(lvis_gt, LVISResults(lvis_gt, results), iou_type='bbox')
+    evaluator.run()
+    assert evaluator.results['AP'] == pytest.approx(1.0)
+
+
+# --- weights-only checkpoint loading ----------------------------------------------------------------
+class ToyModel(BaseModel):
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 1)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        inputs = torch.stack(inputs) if isinstance(inputs, list) else inputs
+        out = self.linear(inputs)
+        if mode == 'loss':
+            return dict(loss=out.pow(2).mean())
+        return out
+
+
+def make_runner(work_dir, max_iters, resume=False):
+    from mmengine.runner import Runner
+    dataset = [dict(inputs=torch.randn(2)) for _ in range(8)]
+    return Runner(
+        model=ToyModel(),
+        work_dir=str(work_dir),
+        train_dataloader=dict(dataset=dataset, sampler=dict(type='DefaultSampler', shuffle=True),
+                              batch_size=2, collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False)),
+        resume=resume,
+        default_scope='mmengine')
+
+
+def test_runner_resume_keeps_weights_only_loading(tmp_path):
+    runner = make_runner(tmp_path, max_iters=2)
+    runner.train()
+    ckpt = tmp_path / 'iter_2.pth'
+    assert ckpt.is_file()
+    trained = {k: v.clone() for k, v in runner.model.state_dict().items()}
+
+    resumed = make_runner(tmp_path, max_iters=2, resume=True)
+    resumed.load_or_resume()  # fails with "Unsupported global: ...HistoryBuffer" without the fix
+    assert resumed.iter == 2
+    for key, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, trained[key])
+    # The message hub's history (numpy-backed HistoryBuffer) came back too.
+    assert resumed.message_hub.get_scalar('train/loss').current() == pytest.approx(
+        runner.message_hub.get_scalar('train/loss').current())
+
+
+class NotAllowed:
+    """An arbitrary class: unpickling it could run code, so it must be refused."""
+
+
+def test_checkpoint_with_other_objects_is_refused(tmp_path):
+    from mmengine.runner import load_checkpoint
+    path = tmp_path / 'evil.pth'
+    torch.save(dict(state_dict=dict(w=torch.zeros(1)), payload=NotAllowed()), path)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_checkpoint(torch.nn.Linear(1, 1), str(path))
+    message = str(info.value)
+    assert str(path) in message and 'NotAllowed' in message
+    assert isinstance(info.value, pickle.UnpicklingError)
+
+
+# --- CPU distributed ---------------------------------------------------------------------------------
+def _init_and_wrap(rank, world_size, port, out_dir):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    from mmengine.dist import get_world_size, init_dist
+    from mmengine.model.wrappers import MMDistributedDataParallel
+    init_dist('pytorch', backend='nccl')  # the configs' default; gloo is used without CUDA
+    torch.manual_seed(rank)  # different weights per rank: DDP must broadcast rank 0's
+    model = MMDistributedDataParallel(module=ToyModel(), device_ids=[rank])
+    weight = model.module.linear.weight.detach().clone()
+    torch.save(dict(world_size=get_world_size(), weight=weight), f'{out_dir}/{rank}.pt')
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU-only path')
+def test_mmengine_launcher_and_ddp_wrapper_work_on_cpu(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    # Forked (the test module is not importable from a spawned child); the process group is
+    # created by mmengine's launcher here, not by the run_distributed fixture.
+    mp.start_processes(_init_and_wrap, args=(2, port, str(tmp_path)), nprocs=2, join=True,
+                       start_method='fork')
+    results = [torch.load(tmp_path / f'{rank}.pt') for rank in range(2)]
+    assert [r['world_size'] for r in results] == [2, 2]
+    torch.testing.assert_close(results[0]['weight'], results[1]['weight'])
