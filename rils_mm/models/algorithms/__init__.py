@@ -1,0 +1,4 @@
+from .image_text_pretrainer import ImageTextPretrainer
+from .rils import RILS
+
+__all__ = ['ImageTextPretrainer', 'RILS']

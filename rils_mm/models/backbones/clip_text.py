@@ -1,0 +1,70 @@
+"""The CLIP text tower, reused from open_clip."""
+from typing import Optional
+
+import torch
+from mmpretrain.registry import MODELS
+from open_clip.transformer import QuickGELU, TextTransformer
+from torch import nn
+
+
+@MODELS.register_module()
+class CLIPTextEncoder(TextTransformer):
+    """open_clip's ``TextTransformer`` registered as an MMEngine module.
+
+    Causal transformer over CLIP BPE tokens, features taken at the end-of-text token (the
+    highest id in each row), then a linear projection. Parameter names are open_clip's
+    (``token_embedding``, ``positional_embedding``, ``transformer.resblocks.*``,
+    ``ln_final``, ``text_projection``), so OpenAI and open_clip checkpoints load directly.
+
+    Args:
+        context_length (int): Token sequence length. Defaults to 77.
+        vocab_size (int): CLIP BPE vocabulary size. Defaults to 49408.
+        width (int): Transformer width (512 for ViT-B/16 CLIP, 768 for L/16).
+        heads (int): Attention heads.
+        layers (int): Transformer depth.
+        output_dim (int): Joint embedding width D (the projection's output).
+        quick_gelu (bool): Use OpenAI's QuickGELU activation, as the RILS authors' and OpenAI's
+            text towers do. Defaults to True.
+        with_cp (bool): Gradient checkpointing in every block.
+        init_cfg: Unused; the tower initialises itself the CLIP way.
+    """
+
+    def __init__(self,
+                 context_length: int = 77,
+                 vocab_size: int = 49408,
+                 width: int = 512,
+                 heads: int = 8,
+                 layers: int = 12,
+                 output_dim: int = 512,
+                 quick_gelu: bool = True,
+                 with_cp: bool = False,
+                 init_cfg: Optional[dict] = None) -> None:
+        if width % heads:
+            raise ValueError(f'CLIPTextEncoder: width={width} is not divisible by heads={heads}')
+        super().__init__(
+            context_length=context_length,
+            vocab_size=vocab_size,
+            width=width,
+            heads=heads,
+            layers=layers,
+            output_dim=output_dim,
+            act_layer=QuickGELU if quick_gelu else nn.GELU)
+        self.set_grad_checkpointing(with_cp)
+
+    def init_weights(self) -> None:
+        """CLIP's initialisation (called by MMEngine after any parent ``init_cfg``)."""
+        self.init_parameters()
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        """Encode tokens.
+
+        Args:
+            text (torch.Tensor): B x context_length token ids.
+
+        Returns:
+            torch.Tensor: B x output_dim text features (not normalised).
+        """
+        if text.shape[-1] != self.context_length:
+            raise ValueError(f'CLIPTextEncoder: expected tokens of length {self.context_length}, '
+                             f'got shape {tuple(text.shape)}')
+        return super().forward(text)
