@@ -1,6 +1,7 @@
 """Shared test helpers."""
 import os
 import socket
+import time
 
 import pytest
 import torch.multiprocessing as mp
@@ -15,6 +16,9 @@ def _free_port() -> int:
 
 
 def _worker(rank, fn, world_size, port, args):
+    # A forked child must not use the parent's OpenMP pool (it deadlocks); one thread each.
+    import torch
+    torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     import torch.distributed as dist
@@ -33,8 +37,23 @@ def run_distributed():
     makes test modules unimportable from spawned children). Results travel through files.
     """
 
-    def run(fn, world_size=2, *args):
-        mp.start_processes(_worker, args=(fn, world_size, _free_port(), args),
-                           nprocs=world_size, join=True, start_method='fork')
+    def run(fn, world_size=2, *args, timeout=300):
+        context = mp.start_processes(_worker, args=(fn, world_size, _free_port(), args),
+                                     nprocs=world_size, join=False, start_method='fork')
+        deadline = time.monotonic() + timeout
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                pytest.fail(f'distributed test did not finish in {timeout} s')
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def mmpretrain_default_scope():
+    """Build with mmpretrain's registries unless a test (or a Runner) says otherwise; a Runner
+    built by an earlier test leaves its own default scope behind."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        yield

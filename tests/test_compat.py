@@ -109,6 +109,7 @@ def test_checkpoint_with_other_objects_is_refused(tmp_path):
 
 # --- CPU distributed ---------------------------------------------------------------------------------
 def _init_and_wrap(rank, world_size, port, out_dir):
+    torch.set_num_threads(1)  # forked: keep off the parent's OpenMP pool
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     from mmengine.dist import get_world_size, init_dist

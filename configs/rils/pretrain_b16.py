@@ -1,0 +1,13 @@
+# RILS ViT-B/16 pretraining, the paper recipe (METHOD.md, section 1):
+#   tools/dist_train.sh configs/rils/pretrain_b16.py 32
+# LAION image-text shards (img2dataset layout) under data/laion; 128 pairs per GPU on 32 GPUs
+# = global batch 4096; AdamW (0.9, 0.98), wd 0.5, lr 5e-4 at 4096 (auto-scaled), 1 warm-up
+# epoch then cosine to 1e-5, 25 epochs, AMP.
+_base_ = [
+    '../_base_/models/rils_vit-b16.py',
+    '../_base_/datasets/laion_wds.py',
+    '../_base_/schedules/rils_25e.py',
+    '../_base_/default_runtime.py',
+]
+
+train_dataloader = dict(batch_size=128, dataset=dict(batch_size=128))

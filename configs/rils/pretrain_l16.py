@@ -1,0 +1,13 @@
+# RILS ViT-L/16 pretraining: the B/16 recipe (pretrain_b16.py) with the L/16 towers (encoder
+# 1024 wide, 24 layers, 16 heads; text tower 768 wide, 12 heads; joint width 768).
+#   tools/dist_train.sh configs/rils/pretrain_l16.py 32
+_base_ = [
+    '../_base_/models/rils_vit-l16.py',
+    '../_base_/datasets/laion_wds.py',
+    '../_base_/schedules/rils_25e.py',
+    '../_base_/default_runtime.py',
+]
+
+# Gradient checkpointing in both towers keeps 128 pairs per GPU within 80 GB.
+model = dict(backbone=dict(with_cp=True), text_encoder=dict(with_cp=True))
+train_dataloader = dict(batch_size=128, dataset=dict(batch_size=128))

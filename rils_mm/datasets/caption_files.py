@@ -1,0 +1,162 @@
+"""Readers for caption tables: CSV/TSV (open_clip's layout), JSONL and COCO captions JSON.
+
+Structural problems (a missing column or key, a line that is not JSON) raise errors naming
+the file, the line and what was expected. Per-row caption problems (missing, empty, not UTF-8)
+are not errors: the row is dropped and counted, so one bad caption never stops a run.
+"""
+import csv
+import json
+from collections import Counter
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from .bad_samples import CAPTION_NOT_UTF8, MISSING_CAPTION, BadSampleError, decode_caption
+
+
+def _clean_caption(value, where: str, dropped: Counter) -> Optional[str]:
+    """The caption, or None (counted in ``dropped``) when it is unusable."""
+    if isinstance(value, str):
+        # Files are read with surrogateescape: re-encoding recovers the original bytes, so
+        # non-UTF-8 captions are detected per row instead of failing the whole file.
+        try:
+            value = value.encode('utf-8', 'surrogateescape')
+        except UnicodeEncodeError:  # a lone surrogate from a JSON escape: not valid text
+            dropped[CAPTION_NOT_UTF8] += 1
+            return None
+    try:
+        return decode_caption(value, where)
+    except BadSampleError as error:
+        dropped[error.reason] += 1
+        return None
+
+
+def read_csv_captions(path: str,
+                      img_key: str = 'filepath',
+                      caption_key: str = 'title',
+                      sep: str = '\t',
+                      extra_keys: Tuple[str, ...] = ()) -> Tuple[List[Dict], Counter]:
+    """Read an open_clip-style CSV/TSV (``--csv-img-key``, ``--csv-caption-key``,
+    ``--csv-separator``).
+
+    Args:
+        path (str): The table, with a header row.
+        img_key (str): Column holding image paths.
+        caption_key (str): Column holding captions.
+        sep (str): Field separator (``'\\t'`` for open_clip's default TSV).
+        extra_keys (tuple[str]): Further columns to keep when present.
+
+    Returns:
+        tuple[list[dict], Counter]: Rows as ``dict(img_path, text, key, **extra)`` and the
+        dropped rows per reason.
+
+    Raises:
+        KeyError: A required column is missing (names the column, the file and the columns
+            found).
+    """
+    rows, dropped = [], Counter()
+    with open(path, newline='', encoding='utf-8', errors='surrogateescape') as file:
+        reader = csv.DictReader(file, delimiter=sep)
+        columns = reader.fieldnames or []
+        for key in (img_key, caption_key):
+            if key not in columns:
+                raise KeyError(f'{path}: column {key!r} not found; the header (split on '
+                               f'{sep!r}) has {columns}. Set img_key/caption_key/sep to match.')
+        for line, row in enumerate(reader, start=2):
+            where = f'{path}:{line}'
+            image = row.get(img_key)
+            if not image:
+                dropped['missing_image'] += 1
+                continue
+            text = _clean_caption(row.get(caption_key), where, dropped)
+            if text is None:
+                continue
+            entry = dict(img_path=image, text=text, key=f'{line - 2}')
+            entry.update({k: row[k] for k in extra_keys if row.get(k) not in (None, '')})
+            rows.append(entry)
+    return rows, dropped
+
+
+def iter_jsonl(path: str) -> Iterator[Tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a bad line raises naming file:line."""
+    with open(path, encoding='utf-8', errors='surrogateescape') as file:
+        for line_number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f'{path}:{line_number} is not a JSON object: {error}') from None
+            if not isinstance(record, dict):
+                raise ValueError(f'{path}:{line_number}: expected a JSON object, got '
+                                 f'{type(record).__name__}')
+            yield line_number, record
+
+
+def read_jsonl_captions(path: str,
+                        img_key: str = 'filepath',
+                        caption_key: str = 'caption',
+                        extra_keys: Tuple[str, ...] = ()) -> Tuple[List[Dict], Counter]:
+    """Read one ``{img_key: path, caption_key: text, ...}`` object per line.
+
+    Returns:
+        tuple[list[dict], Counter]: Rows as ``dict(img_path, text, key, **extra)`` and the
+        dropped rows per reason.
+
+    Raises:
+        KeyError: A line lacks ``img_key`` (names the key, file and line).
+        ValueError: A line is not a JSON object.
+    """
+    rows, dropped = [], Counter()
+    for line_number, record in iter_jsonl(path):
+        where = f'{path}:{line_number}'
+        if img_key not in record:
+            raise KeyError(f'{where}: key {img_key!r} not found; the object has keys '
+                           f'{sorted(record)}. Set img_key to match.')
+        if caption_key not in record:
+            dropped[MISSING_CAPTION] += 1
+            continue
+        text = _clean_caption(record[caption_key], where, dropped)
+        if text is None:
+            continue
+        entry = dict(img_path=record[img_key], text=text,
+                     key=str(record.get('key', line_number - 1)))
+        entry.update({k: record[k] for k in extra_keys if k in record})
+        rows.append(entry)
+    return rows, dropped
+
+
+def read_coco_captions(path: str) -> Tuple[List[Dict], Counter]:
+    """Read a COCO captions file (``captions_train2017.json`` layout).
+
+    Returns:
+        tuple[list[dict], Counter]: One ``dict(img_path=file_name, captions=[...], key=id)``
+        per image with at least one usable caption, and dropped captions per reason.
+
+    Raises:
+        KeyError: The file lacks ``images`` or ``annotations``, or an annotation names an
+            image id that is not listed.
+    """
+    with open(path, encoding='utf-8') as file:
+        coco = json.load(file)
+    for section in ('images', 'annotations'):
+        if section not in coco:
+            raise KeyError(f'{path}: not a COCO captions file, {section!r} is missing '
+                           f'(top-level keys: {sorted(coco)})')
+    captions: Dict[int, List[str]] = {image['id']: [] for image in coco['images']}
+    dropped = Counter()
+    for index, annotation in enumerate(coco['annotations']):
+        image_id = annotation.get('image_id')
+        if image_id not in captions:
+            raise KeyError(f'{path}: annotation #{index} refers to image_id {image_id!r}, '
+                           f'which is not in "images"')
+        text = _clean_caption(annotation.get('caption'), f'{path}: annotation #{index}',
+                              dropped)
+        if text is not None:
+            captions[image_id].append(text)
+    rows = []
+    for image in coco['images']:
+        if captions[image['id']]:
+            rows.append(dict(img_path=image['file_name'], captions=captions[image['id']],
+                             key=str(image['id'])))
+        else:
+            dropped['image_without_caption'] += 1
+    return rows, dropped

@@ -1,0 +1,391 @@
+"""Streaming image-text dataset over img2dataset tar shards, with exact, cheap resume.
+
+Design (why streaming rather than map-style): bad samples are skipped, yet batches must keep
+their size (the contrastive loss gathers equal-sized batches across ranks) and every good
+sample must be seen exactly once per epoch. Only a stream whose batches are formed *after*
+filtering gives all three (a map-style index with a sampler would have to replace a bad
+sample by a duplicate, or shrink the batch), so this is a ``torch.utils.data.IterableDataset``
+that the DataLoader batches inside each worker. Shards are read sequentially, as webdataset
+does; they must be seekable files (local disk or a network file system, not ``pipe:``/``s3:``
+URLs), since resume and shuffling work on member offsets from the tar headers. Configure the
+dataloader with ``sampler=None``; use ``IterBasedTrainLoop`` (one endless pass), or
+``EpochBasedTrainLoop`` with ``samples_per_epoch`` and ``batch_size`` (nominal epochs: equal
+numbers of batches per rank, each pass continuing the stream where the last stopped).
+
+Order. Each DataLoader worker of each rank plays a *role* ``r`` of ``S = world_size x
+num_workers``. For epoch ``e`` the shard list is cut into units (whole shards; when there are
+fewer shards than roles, every shard is split into interleaved parts so that no role idles),
+the units are shuffled with ``Random(seed, e)`` -- the same on every rank -- and role ``r``
+takes units ``r, r + S, r + 2S, ...``. So the roles partition the epoch: no duplicates, no
+gaps. A role reads its units' tar headers (:func:`scan_shard`), passes the sample references
+through a shuffle buffer driven by ``Random(seed, e, r)`` and decodes only what leaves the
+buffer. The stream is endless: after epoch ``e`` a role goes on with ``e + 1``.
+
+Resume. Every sample carries ``stream_state = (role in rank, epoch, position, num_workers)``
+in its metainfo, where position counts raw stream entries (good and bad) of that epoch. The
+DataLoader returns worker batches round-robin in order, so :class:`DataResumeHook` knows, from
+the consumed batches alone, where each role stands and which role is due next; it stores that
+per rank in checkpoints. On ``--resume`` it hands the state back with
+:meth:`ImageTextShardDataset.set_resume_state`, restarts the dataloader iterator and makes the
+loop's "advance ``iter`` batches" a no-op. Each role then replays its epoch's order from the
+tar headers alone up to its position (no image decoded) and continues, so the resumed run sees
+exactly the samples an uninterrupted run would have seen. Augmentation randomness is drawn
+from a per-sample seed ``(seed, epoch, role, position)``, so crops match too.
+
+Bad samples raise :class:`BadSampleError` in the pipeline (or, for a missing image or
+caption, before any decoding); they are skipped and their reasons travel with the next good sample
+(``skipped_before`` in its metainfo) to :class:`BadSampleHook`.
+"""
+import json
+import math
+import os.path as osp
+import random
+import warnings
+from collections import Counter
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from mmengine.dataset import Compose
+from mmengine.dist import get_dist_info
+from mmpretrain.registry import DATASETS, TRANSFORMS
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .bad_samples import (FILTERED, MISSING_IMAGE, SKIPPED_KEY, UNREADABLE_SAMPLE,
+                          UNREADABLE_SHARD, BadSampleError, decode_caption)
+from .shards import (CAPTION_EXT, IMAGE_EXTS, SampleRef, ShardReader, expand_shard_urls,
+                     image_ext_of, scan_shard)
+
+STREAM_STATE_KEY = 'stream_state'
+BAD_SHARDS_KEY = 'bad_shards'
+
+
+class _ShardFailure:
+    """Stream entry standing for a shard (or its tail) that could not be read."""
+
+    def __init__(self, shard: str, message: str) -> None:
+        self.shard = shard
+        self.message = message
+
+
+def count_from_size_files(shards: Sequence[str]) -> Optional[int]:
+    """Samples in ``shards`` according to ``sizes.json`` (ours, open_clip's) or img2dataset's
+    ``NNNNN_stats.json`` files; None when some shard is not covered."""
+    sizes: Dict[str, dict] = {}
+    total = 0
+    for shard in shards:
+        folder, name = osp.split(shard)
+        if folder not in sizes:
+            path = osp.join(folder, 'sizes.json')
+            sizes[folder] = {}
+            if osp.isfile(path):
+                with open(path) as file:
+                    sizes[folder] = json.load(file)
+        stats = osp.join(folder, name[:-len('.tar')] + '_stats.json')
+        if name in sizes[folder]:
+            total += int(sizes[folder][name])
+        elif name.endswith('.tar') and osp.isfile(stats):
+            with open(stats) as file:
+                total += int(json.load(file).get('successes', 0))
+        else:
+            return None
+    return total
+
+
+def build_pipeline(pipeline: Sequence[Union[dict, callable]]) -> Compose:
+    """Build transforms from mmpretrain's registry (configs need no ``default_scope``)."""
+    return Compose([TRANSFORMS.build(t) if isinstance(t, dict) else t for t in pipeline])
+
+
+def attach_metainfo(output, info: dict):
+    """Add ``info`` to a packed sample's DataSample metainfo, or to a plain results dict."""
+    data_sample = output.get('data_samples') if isinstance(output, dict) else None
+    if data_sample is not None and hasattr(data_sample, 'set_metainfo'):
+        data_sample.set_metainfo(info)
+    else:
+        output.update(info)
+    return output
+
+
+def _mix_seed(*values: int) -> int:
+    """A 63-bit seed from a tuple of ints (Python's tuple hash of ints is not salted)."""
+    return hash(tuple(int(v) for v in values)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+@contextmanager
+def seeded_global_rngs(seed: int, restore: bool):
+    """Seed ``random``, ``numpy`` and ``torch`` for one sample's augmentation.
+
+    Args:
+        seed (int): Per-sample seed.
+        restore (bool): Put the previous states back afterwards; needed in the main process
+            (``num_workers=0``) so data loading does not disturb the training's own RNG.
+    """
+    if restore:
+        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFF_FFFF)
+    torch.default_generator.manual_seed(seed)  # CPU only: never touch the CUDA generators
+    try:
+        yield
+    finally:
+        if restore:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
+
+
+@DATASETS.register_module()
+class ImageTextShardDataset(IterableDataset):
+    """Endless, shuffled, rank- and worker-split stream of image-text pairs from tar shards.
+
+    Args:
+        shards (str | Sequence[str]): Shard paths or brace patterns
+            (``data/laion/{00000..01023}.tar``; several joined by ``::``).
+        pipeline (Sequence[dict]): Transforms applied to
+            ``dict(key, shard, img_bytes, text[, json])``; usually ``LoadImageRGB``,
+            ``RandomResizedCrop``, ``CLIPTokenize``, ``PackImageText``.
+        seed (int): Seed of the shard and sample order; the same on every rank.
+        shuffle (bool): Shuffle shards and samples (False: shard order, then file order).
+        shuffle_buffer (int): Samples held by the shuffle buffer of each worker.
+        rank (int, optional): This process's rank; default from ``mmengine.dist``.
+        world_size (int, optional): Number of processes; default from ``mmengine.dist``.
+        image_exts (Sequence[str]): Image extensions, in order of preference.
+        caption_ext (str): Caption extension.
+        load_json (bool): Parse ``KEY.json`` into ``results['json']`` when present.
+        deterministic_augment (bool): Seed augmentation per sample (see module docs).
+        max_warnings (int): Bad-sample warnings printed per worker (all are counted).
+        num_samples (int, optional): Samples in one epoch (all shards), for ``len()``; read
+            from ``sizes.json`` or img2dataset's ``*_stats.json`` beside the shards when not
+            given. ``len()`` is nominal (the stream is endless); when unknown it is huge.
+        samples_per_epoch (int, optional): For ``EpochBasedTrainLoop``: each pass over the
+            dataloader yields this many samples (all ranks, rounded up to whole, equal numbers
+            of batches per rank), continuing the stream where the last pass stopped. None:
+            one endless pass (``IterBasedTrainLoop``).
+        batch_size (int, optional): The dataloader's batch size; needed with
+            ``samples_per_epoch``.
+    """
+
+    UNKNOWN_LENGTH = 1 << 40
+    MAX_WORKERS = 128
+
+    def __init__(self,
+                 shards: Union[str, Sequence[str]],
+                 pipeline: Sequence[dict] = (),
+                 seed: int = 0,
+                 shuffle: bool = True,
+                 shuffle_buffer: int = 1000,
+                 rank: Optional[int] = None,
+                 world_size: Optional[int] = None,
+                 image_exts: Sequence[str] = IMAGE_EXTS,
+                 caption_ext: str = CAPTION_EXT,
+                 load_json: bool = False,
+                 deterministic_augment: bool = True,
+                 max_warnings: int = 5,
+                 num_samples: Optional[int] = None,
+                 samples_per_epoch: Optional[int] = None,
+                 batch_size: Optional[int] = None) -> None:
+        super().__init__()
+        self.shards = expand_shard_urls(shards)
+        self.num_samples = num_samples if num_samples is not None else count_from_size_files(
+            self.shards)
+        self.pipeline = build_pipeline(pipeline)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.shuffle_buffer = max(1, int(shuffle_buffer)) if shuffle else 1
+        dist_rank, dist_world_size = get_dist_info()
+        self.rank = dist_rank if rank is None else rank
+        self.world_size = dist_world_size if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f'rank={self.rank} is outside world_size={self.world_size}')
+        self.image_exts = tuple(ext.lower() for ext in image_exts)
+        self.caption_ext = caption_ext
+        self.load_json = load_json
+        self.deterministic_augment = deterministic_augment
+        self.max_warnings = max_warnings
+        self.samples_per_epoch = samples_per_epoch
+        self.batch_size = batch_size
+        if samples_per_epoch is not None:
+            if not batch_size:
+                raise ValueError('samples_per_epoch needs batch_size (the dataloader\'s) to '
+                                 'cut equal numbers of batches on every rank')
+            self.batches_per_rank = math.ceil(samples_per_epoch / (self.world_size * batch_size))
+        self._resume_state: Optional[dict] = None
+        # (epoch, position, valid) per role, in shared memory so that worker processes,
+        # persistent or not, pass their position on to the next pass over the dataloader.
+        self._positions = torch.zeros((self.MAX_WORKERS, 3), dtype=torch.int64).share_memory_()
+        self._reader = ShardReader()
+
+    @property
+    def metainfo(self) -> dict:
+        """Dataset meta information (what the training loop logs)."""
+        return dict(num_shards=len(self.shards), shards=f'{self.shards[0]} ...')
+
+    def __len__(self) -> int:
+        """Nominal samples per rank per epoch (mmengine's LoggerHook asks for a length)."""
+        if self.samples_per_epoch is not None:
+            return self.batches_per_rank * self.batch_size
+        if self.num_samples is None:
+            return self.UNKNOWN_LENGTH
+        return math.ceil(self.num_samples / self.world_size)
+
+    # ----------------------------------------------------------------- resume
+    def set_resume_state(self, state: Optional[dict]) -> None:
+        """Start the next iteration where a previous run of this rank stopped.
+
+        Args:
+            state (dict, optional): ``dict(num_workers, next_role, roles={role: (epoch,
+                position)})`` as recorded by :class:`DataResumeHook`; None starts afresh.
+        """
+        self._resume_state = state
+        self._positions.zero_()
+
+    def _start_of(self, worker_id: int, num_workers: int) -> Tuple[int, int, int]:
+        """(role in this rank, first epoch, positions of that epoch to skip) for a worker."""
+        if num_workers > len(self._positions):
+            raise ValueError(f'At most {len(self._positions)} dataloader workers are supported')
+        finite = self.samples_per_epoch is not None
+        if finite and self._positions[worker_id, 2]:
+            # A later pass over the dataloader: go on where this role's last pass stopped.
+            epoch, position, _ = self._positions[worker_id].tolist()
+            return worker_id, epoch, position
+        state = self._resume_state
+        if not state:
+            return worker_id, 0, 0
+        if state['num_workers'] != num_workers:
+            raise ValueError(
+                f'Cannot resume the shard stream exactly: the checkpoint was written with '
+                f'num_workers={state["num_workers"]} per rank, this run uses {num_workers}. '
+                f'Resume with the same num_workers (and world size).')
+        # Endless stream: the worker due next takes over role 0's place in the round robin.
+        # Nominal epochs restart the round robin at worker 0 on every pass.
+        role = worker_id if finite else (worker_id + state['next_role']) % num_workers
+        epoch, position = state['roles'].get(role, state['roles'].get(str(role), (0, 0)))
+        return role, int(epoch), int(position)
+
+    # ------------------------------------------------------------------ order
+    def epoch_units(self, epoch: int, num_roles: int) -> Tuple[List[Tuple[int, int]], int]:
+        """The shuffled list of (shard index, part) units of an epoch, and parts per shard."""
+        parts = max(1, math.ceil(num_roles / len(self.shards)))
+        units = [(shard, part) for shard in range(len(self.shards)) for part in range(parts)]
+        if self.shuffle:
+            random.Random(_mix_seed(self.seed, epoch)).shuffle(units)
+        return units, parts
+
+    def raw_stream(self, epoch: int, role: int,
+                   num_roles: int) -> Iterator[Union[SampleRef, _ShardFailure]]:
+        """Sample references (and shard failures) of one role in one epoch, shuffled.
+
+        Reads tar headers only; this is the order both training and resume-replay follow.
+        """
+        units, parts = self.epoch_units(epoch, num_roles)
+        rng = random.Random(_mix_seed(self.seed, epoch, role, num_roles))
+        buffer: List[SampleRef] = []
+        for shard_index, part in units[role::num_roles]:
+            path = self.shards[shard_index]
+            refs, error = scan_shard(path)
+            if error is not None:
+                yield _ShardFailure(path, str(error))
+            for ref in refs[part::parts]:
+                if len(buffer) < self.shuffle_buffer:
+                    buffer.append(ref)
+                    continue
+                slot = rng.randrange(len(buffer))
+                yield buffer[slot]
+                buffer[slot] = ref
+        rng.shuffle(buffer)
+        yield from buffer
+
+    # --------------------------------------------------------------- samples
+    def load_sample(self, ref: SampleRef, seed: Optional[int] = None, restore_rng: bool = False):
+        """Read, check and transform one sample.
+
+        Raises:
+            BadSampleError: The sample must be skipped.
+        """
+        where = f'{ref.shard}:{ref.key}'
+        try:
+            caption_raw = (self._reader.read(ref, self.caption_ext)
+                           if self.caption_ext in ref.members else None)
+            image_ext = image_ext_of(ref, self.image_exts)
+            if image_ext is None:
+                raise BadSampleError(MISSING_IMAGE, f'{where} has {sorted(ref.members)}')
+            results = dict(key=ref.key, shard=ref.shard, text=decode_caption(caption_raw, where))
+            results['img_bytes'] = self._reader.read(ref, image_ext)
+            if self.load_json and 'json' in ref.members:
+                try:
+                    results['json'] = json.loads(self._reader.read(ref, 'json'))
+                except ValueError:
+                    results['json'] = None  # metadata is optional; a broken one costs nothing
+        except OSError as error:
+            raise BadSampleError(UNREADABLE_SAMPLE, f'{where}: {error}') from None
+        if seed is None:
+            output = self.pipeline(results)
+        else:
+            with seeded_global_rngs(seed, restore=restore_rng):
+                output = self.pipeline(results)
+        if output is None:
+            raise BadSampleError(FILTERED, where)
+        return output
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = get_worker_info()
+        worker_id, num_workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        role, start_epoch, skip = self._start_of(worker_id, num_workers)
+        global_role = self.rank * num_workers + role
+        num_roles = self.world_size * num_workers
+        # Nominal epochs: worker w yields batches w, w + W, ... of the rank's batches.
+        quota = None
+        if self.samples_per_epoch is not None:
+            quota = len(range(worker_id, self.batches_per_rank, num_workers)) * self.batch_size
+            if quota == 0:
+                return
+        skipped: Counter = Counter()
+        bad_shards: List[str] = []
+        warnings_left = self.max_warnings
+        epoch, idle_epochs = start_epoch, 0
+        while True:
+            good_in_epoch = position = 0
+            for position, item in enumerate(self.raw_stream(epoch, global_role, num_roles), 1):
+                if epoch == start_epoch and position <= skip:
+                    continue  # replaying up to the resume point: headers only
+                if isinstance(item, _ShardFailure):
+                    warnings.warn(f'Skipping unreadable shard (or its tail): {item.message}')
+                    skipped[UNREADABLE_SHARD] += 1
+                    bad_shards.append(item.shard)
+                    continue
+                seed = (_mix_seed(self.seed, epoch, global_role, position)
+                        if self.deterministic_augment else None)
+                try:
+                    output = self.load_sample(item, seed, restore_rng=worker is None)
+                except BadSampleError as error:
+                    skipped[error.reason] += 1
+                    if warnings_left > 0:
+                        warnings_left -= 1
+                        warnings.warn(f'Skipping bad sample ({error}); further ones are '
+                                      f'counted in the training log')
+                    continue
+                info = {STREAM_STATE_KEY: (role, epoch, position, num_workers),
+                        SKIPPED_KEY: dict(skipped)}
+                if bad_shards:
+                    info[BAD_SHARDS_KEY] = bad_shards
+                skipped, bad_shards = Counter(), []
+                good_in_epoch += 1
+                # Where this role stands, for the next pass over the dataloader.
+                self._positions[role] = torch.tensor([epoch, position, 1])
+                yield attach_metainfo(output, info)
+                if quota is not None:
+                    quota -= 1
+                    if quota == 0:
+                        return
+            # An endless stream with nothing to yield would hang the trainer: fail loudly.
+            idle_epochs = idle_epochs + 1 if (skip == 0 and good_in_epoch == 0) else 0
+            if idle_epochs >= 3:
+                raise RuntimeError(
+                    f'Rank {self.rank} dataloader worker {worker_id} (role {global_role} of '
+                    f'{num_roles}) found no usable sample in {idle_epochs} epochs of '
+                    f'{len(self.shards)} shard(s) (skipped: {dict(skipped) or "none"}). '
+                    f'Check the shards with tools/dataset_converters/inspect_shards.py.')
+            epoch += 1
+            skip = 0

@@ -1,0 +1,181 @@
+"""Writing and inspecting img2dataset-style shards (library side of the converter tools)."""
+import io
+import json
+import os
+import os.path as osp
+import tarfile
+from collections import Counter
+from typing import Dict, List, Optional, Sequence, Union
+
+from .bad_samples import (MISSING_CAPTION, MISSING_IMAGE, UNREADABLE_SHARD, BadSampleError,
+                          decode_caption)
+from .caption_files import read_csv_captions, read_jsonl_captions
+from .shards import IMAGE_EXTS, ShardReader, expand_shard_urls, image_ext_of, scan_shard
+from .transforms.loading import decode_image_rgb
+
+
+class ShardWriter:
+    """Write samples into numbered tar shards of ``samples_per_shard`` samples each.
+
+    Members are written as img2dataset does (``KEY.jpg``, ``KEY.txt``, ``KEY.json``), with
+    fixed owner and time stamps so equal inputs give byte-identical shards. ``close`` writes
+    ``sizes.json`` (shard name -> sample count), which open_clip reads for dataset sizes.
+
+    Args:
+        out_dir (str): Output folder (created).
+        samples_per_shard (int): Samples per shard.
+        name_format (str): Shard file name for a shard number.
+    """
+
+    def __init__(self,
+                 out_dir: str,
+                 samples_per_shard: int = 1000,
+                 name_format: str = '{:05d}.tar') -> None:
+        if samples_per_shard < 1:
+            raise ValueError(f'samples_per_shard must be >= 1, got {samples_per_shard}')
+        os.makedirs(out_dir, exist_ok=True)
+        self.out_dir = out_dir
+        self.samples_per_shard = samples_per_shard
+        self.name_format = name_format
+        self.paths: List[str] = []
+        self.sizes: Dict[str, int] = {}
+        self._tar: Optional[tarfile.TarFile] = None
+        self._count = 0
+
+    def write(self, key: str, members: Dict[str, Union[bytes, str, dict]]) -> None:
+        """Add one sample: extension -> bytes (``str`` is UTF-8 encoded, ``dict`` as JSON)."""
+        if self._tar is None or self._count == self.samples_per_shard:
+            self._open_next()
+        for ext, value in members.items():
+            if isinstance(value, dict):
+                value = json.dumps(value, sort_keys=True).encode('utf-8')
+            elif isinstance(value, str):
+                value = value.encode('utf-8')
+            info = tarfile.TarInfo(f'{key}.{ext}')
+            info.size, info.mtime, info.mode = len(value), 0, 0o644
+            self._tar.addfile(info, io.BytesIO(value))
+        self._count += 1
+        self.sizes[osp.basename(self.paths[-1])] = self._count
+
+    def _open_next(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+        path = osp.join(self.out_dir, self.name_format.format(len(self.paths)))
+        self._tar = tarfile.open(path, 'w', format=tarfile.USTAR_FORMAT)
+        self.paths.append(path)
+        self._count = 0
+
+    def close(self) -> List[str]:
+        """Finish the last shard, write ``sizes.json``; returns the shard paths."""
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+        with open(osp.join(self.out_dir, 'sizes.json'), 'w') as file:
+            json.dump(self.sizes, file, indent=1, sort_keys=True)
+        return self.paths
+
+    def __enter__(self) -> 'ShardWriter':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def make_shards(image_root: str,
+                captions_file: str,
+                out_dir: str,
+                samples_per_shard: int = 1000,
+                img_key: str = 'filepath',
+                caption_key: str = 'title',
+                sep: str = '\t') -> List[str]:
+    """Pack an image folder and a caption table into img2dataset-style shards.
+
+    Images are copied byte for byte (no re-encoding); keys are ``SSSSSIIII`` like
+    img2dataset's (shard number, index in shard). Rows whose caption is unusable are dropped;
+    rows whose image file is missing raise.
+
+    Args:
+        image_root (str): Folder the table's image paths are relative to.
+        captions_file (str): ``.csv``/``.tsv`` (columns ``img_key``, ``caption_key``,
+            separated by ``sep``) or ``.jsonl``.
+        out_dir (str): Where shards go.
+        samples_per_shard (int): Samples per shard.
+        img_key (str): Image path column/key.
+        caption_key (str): Caption column/key.
+        sep (str): CSV separator.
+
+    Returns:
+        list[str]: Written shard paths.
+    """
+    if captions_file.endswith('.jsonl'):
+        rows, _ = read_jsonl_captions(captions_file, img_key, caption_key)
+    else:
+        rows, _ = read_csv_captions(captions_file, img_key, caption_key, sep)
+    with ShardWriter(out_dir, samples_per_shard) as writer:
+        for index, row in enumerate(rows):
+            path = osp.join(image_root, row['img_path'])
+            if not osp.isfile(path):
+                raise FileNotFoundError(f'{captions_file} row {row["key"]}: image {path} does '
+                                        f'not exist')
+            ext = osp.splitext(path)[1].lstrip('.').lower() or 'jpg'
+            ext = 'jpg' if ext == 'jpeg' else ext
+            with open(path, 'rb') as file:
+                image = file.read()
+            shard, position = divmod(index, samples_per_shard)
+            key = f'{shard:05d}{position:04d}' if samples_per_shard <= 10000 else f'{index:09d}'
+            writer.write(key, {ext: image, 'txt': row['text'],
+                               'json': dict(key=key, caption=row['text'],
+                                            source=row['img_path'])})
+    return writer.paths
+
+
+def inspect_shards(shards: Union[str, Sequence[str]],
+                   decode: bool = True,
+                   max_pixels: Optional[int] = 8192 * 8192,
+                   max_aspect_ratio: Optional[float] = 20.0,
+                   min_size: int = 8) -> dict:
+    """Count the samples of shards and list the bad ones with reasons.
+
+    Uses the same checks as training (:func:`decode_caption`, :func:`decode_image_rgb`).
+
+    Args:
+        shards (str | Sequence[str]): Shard paths or brace patterns.
+        decode (bool): Decode images (False: headers and captions only, much faster).
+        max_pixels, max_aspect_ratio, min_size: As in :class:`LoadImageRGB`.
+
+    Returns:
+        dict: ``num_shards``, ``num_samples``, ``num_good``, ``reasons`` (reason -> count),
+        ``converted`` (PIL mode -> count), ``bad`` (list of ``(shard, key, reason, detail)``)
+        and ``shard_errors`` (list of messages).
+    """
+    paths = expand_shard_urls(shards)
+    reader = ShardReader()
+    report = dict(num_shards=len(paths), num_samples=0, num_good=0, reasons=Counter(),
+                  converted=Counter(), bad=[], shard_errors=[])
+    for path in paths:
+        refs, error = scan_shard(path)
+        if error is not None:
+            report['shard_errors'].append(str(error))
+            report['reasons'][UNREADABLE_SHARD] += 1
+        for ref in refs:
+            report['num_samples'] += 1
+            where = f'{path}:{ref.key}'
+            try:
+                image_ext = image_ext_of(ref, IMAGE_EXTS)
+                if image_ext is None:
+                    raise BadSampleError(MISSING_IMAGE, f'{where} has {sorted(ref.members)}')
+                if 'txt' not in ref.members:
+                    raise BadSampleError(MISSING_CAPTION, where)
+                decode_caption(reader.read(ref, 'txt'), where)
+                if decode:
+                    _, mode = decode_image_rgb(reader.read(ref, image_ext), where, max_pixels,
+                                               max_aspect_ratio, min_size)
+                    if mode != 'RGB':
+                        report['converted'][mode] += 1
+            except BadSampleError as bad:
+                report['reasons'][bad.reason] += 1
+                report['bad'].append((path, ref.key, bad.reason, bad.detail))
+                continue
+            report['num_good'] += 1
+    reader.close()
+    return report

@@ -1,0 +1,54 @@
+"""Pack an (image, caption tokens) pair in the form the RILS data preprocessor expects."""
+from typing import Sequence
+
+import numpy as np
+import torch
+from mmcv.transforms import BaseTransform
+from mmpretrain.registry import TRANSFORMS
+from mmpretrain.structures import DataSample
+
+from ..bad_samples import IMG_MODE_KEY, SKIPPED_KEY
+
+
+@TRANSFORMS.register_module()
+class PackImageText(BaseTransform):
+    """Pack ``img`` and ``text_tokens`` into ``inputs`` and the rest into a DataSample.
+
+    Output::
+
+        dict(inputs=dict(images=uint8 tensor 3 x H x W, texts=long tensor [77]),
+             data_samples=DataSample(metainfo=dict(key=..., caption=..., ...)))
+
+    ``default_collate`` stacks this into ``images`` B x 3 x H x W and ``texts`` B x 77, and keeps
+    the data samples as a list. ``texts`` is left out when there are no tokens (image-only
+    evaluation). ``gt_label``, when present, becomes the data sample's ground-truth label.
+
+    Args:
+        meta_keys (Sequence[str]): Result keys copied into the metainfo when present;
+            ``text`` is stored under the name ``caption``.
+    """
+
+    DEFAULT_META_KEYS = ('key', 'text', 'img_path', 'ori_shape', 'img_shape', IMG_MODE_KEY,
+                         SKIPPED_KEY, 'shard')
+
+    def __init__(self, meta_keys: Sequence[str] = DEFAULT_META_KEYS) -> None:
+        self.meta_keys = tuple(meta_keys)
+
+    def transform(self, results: dict) -> dict:
+        img = results['img']
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise TypeError(f'PackImageText expects an H x W x 3 uint8 RGB image in '
+                            f'results["img"], got {img.dtype} {img.shape} for '
+                            f'{results.get("key", results.get("img_path"))}')
+        inputs = dict(images=torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))))
+        if results.get('text_tokens') is not None:
+            inputs['texts'] = torch.as_tensor(results['text_tokens'], dtype=torch.long)
+        data_sample = DataSample()
+        data_sample.set_metainfo({('caption' if key == 'text' else key): results[key]
+                                  for key in self.meta_keys if key in results})
+        if results.get('gt_label') is not None:
+            data_sample.set_gt_label(results['gt_label'])
+        return dict(inputs=inputs, data_samples=data_sample)
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}(meta_keys={self.meta_keys})'

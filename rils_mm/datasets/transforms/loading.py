@@ -1,0 +1,159 @@
+"""Decode images to RGB uint8 arrays, converting odd modes and skipping unusable images."""
+import io
+from typing import Optional
+
+import mmengine.fileio as fileio
+import numpy as np
+from mmcv.transforms import BaseTransform
+from PIL import Image, ImageOps, UnidentifiedImageError
+from mmpretrain.registry import TRANSFORMS
+
+from ..bad_samples import (EXTREME_ASPECT_RATIO, IMAGE_TOO_LARGE, IMAGE_TOO_SMALL,
+                           MISSING_IMAGE, TRUNCATED_IMAGE, UNDECODABLE_IMAGE, BadSampleError)
+
+# Modes whose alpha (or palette transparency) must be flattened onto a background.
+_ALPHA_MODES = ('RGBA', 'LA', 'PA', 'RGBa', 'La')
+
+
+def pil_to_rgb_array(image: Image.Image, background: int = 255) -> np.ndarray:
+    """Convert a decoded PIL image of any mode to an RGB uint8 array.
+
+    Grayscale, CMYK, palette and YCbCr go through PIL's converters; transparent images are
+    composited onto a uniform ``background`` (a plain ``convert('RGB')`` would expose whatever
+    colour hides under alpha=0, often black); 16/32-bit integer and float images are scaled to
+    8 bits instead of being clipped at 255.
+
+    Args:
+        image (PIL.Image.Image): A loaded image.
+        background (int): Grey level (0-255) shown through transparent pixels.
+
+    Returns:
+        np.ndarray: H x W x 3 uint8 array.
+    """
+    mode = image.mode
+    if mode == 'P' and 'transparency' in image.info:
+        image, mode = image.convert('RGBA'), 'RGBA'
+    if mode in _ALPHA_MODES:
+        rgba = image.convert('RGBA')
+        canvas = Image.new('RGBA', rgba.size, (background, ) * 3 + (255, ))
+        return np.array(Image.alpha_composite(canvas, rgba).convert('RGB'))
+    if mode.startswith('I') or mode == 'F':
+        values = np.asarray(image)
+        # 16-bit data (PNG 'I;16*', or 'I' holding 16-bit values) keeps its top byte.
+        if mode.startswith('I;16') or (mode == 'I' and values.max(initial=0) > 255):
+            gray = (np.clip(values, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+        else:
+            gray = np.clip(values, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode != 'RGB':
+        image = image.convert('RGB')
+    return np.array(image)
+
+
+def decode_image_rgb(data: bytes,
+                     where: str = '',
+                     max_pixels: Optional[int] = None,
+                     max_aspect_ratio: Optional[float] = None,
+                     min_size: int = 1,
+                     exif_transpose: bool = True):
+    """Decode encoded image bytes to RGB, checking the size before decoding pixels.
+
+    Args:
+        data (bytes): The encoded image (JPEG, PNG, WebP, ...).
+        where (str): File or sample key, used in error details.
+        max_pixels (int, optional): Skip images with more pixels (checked from the header,
+            so huge images are never decoded).
+        max_aspect_ratio (float, optional): Skip images whose long/short side exceeds this.
+        min_size (int): Skip images whose short side is smaller.
+        exif_transpose (bool): Apply the EXIF orientation, as viewers do.
+
+    Returns:
+        tuple[np.ndarray, str]: H x W x 3 uint8 RGB array and the original PIL mode.
+
+    Raises:
+        BadSampleError: ``undecodable_image``, ``truncated_image``, ``image_too_large``,
+            ``image_too_small`` or ``extreme_aspect_ratio``.
+    """
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+    except Image.DecompressionBombError as error:
+        raise BadSampleError(IMAGE_TOO_LARGE, f'{where}: {error}') from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise BadSampleError(UNDECODABLE_IMAGE, f'{where}: {error}') from None
+    if max_pixels is not None and width * height > max_pixels:
+        raise BadSampleError(IMAGE_TOO_LARGE,
+                             f'{where}: {width}x{height} > max_pixels={max_pixels}')
+    if min(width, height) < min_size:
+        raise BadSampleError(IMAGE_TOO_SMALL, f'{where}: {width}x{height} < min_size={min_size}')
+    if max_aspect_ratio is not None and max(width, height) > max_aspect_ratio * min(width, height):
+        raise BadSampleError(EXTREME_ASPECT_RATIO,
+                             f'{where}: {width}x{height} > max_aspect_ratio={max_aspect_ratio}')
+    try:
+        image.load()
+    except Image.DecompressionBombError as error:
+        raise BadSampleError(IMAGE_TOO_LARGE, f'{where}: {error}') from None
+    except OSError as error:
+        reason = TRUNCATED_IMAGE if 'truncated' in str(error) else UNDECODABLE_IMAGE
+        raise BadSampleError(reason, f'{where}: {error}') from None
+    except (ValueError, SyntaxError, EOFError) as error:
+        raise BadSampleError(UNDECODABLE_IMAGE, f'{where}: {error}') from None
+    mode = image.mode
+    if exif_transpose:
+        try:
+            image = ImageOps.exif_transpose(image)
+        except Exception:  # noqa: BLE001  a broken EXIF block must not cost the image
+            pass
+    try:
+        return pil_to_rgb_array(image), mode
+    except (OSError, ValueError) as error:
+        raise BadSampleError(UNDECODABLE_IMAGE, f'{where}: mode {mode}: {error}') from None
+
+
+@TRANSFORMS.register_module()
+class LoadImageRGB(BaseTransform):
+    """Decode ``img_bytes`` (shards) or read ``img_path`` (map-style datasets) to RGB.
+
+    **Required keys:** ``img_bytes`` or ``img_path``.
+    **Added keys:** ``img`` (H x W x 3 uint8, RGB), ``img_shape``, ``ori_shape``, ``img_mode``
+    (the PIL mode before conversion, so conversions can be counted). ``img_bytes`` is dropped.
+
+    Unusable images raise :class:`BadSampleError`; the dataset skips and counts them.
+
+    Args:
+        max_pixels (int, optional): Skip images larger than this (default 8192 x 8192).
+        max_aspect_ratio (float, optional): Skip images more elongated than this.
+        min_size (int): Skip images whose short side is below this.
+        backend_args (dict, optional): mmengine file backend arguments for ``img_path``.
+    """
+
+    def __init__(self,
+                 max_pixels: Optional[int] = 8192 * 8192,
+                 max_aspect_ratio: Optional[float] = 20.0,
+                 min_size: int = 8,
+                 backend_args: Optional[dict] = None) -> None:
+        self.max_pixels = max_pixels
+        self.max_aspect_ratio = max_aspect_ratio
+        self.min_size = min_size
+        self.backend_args = backend_args
+
+    def transform(self, results: dict) -> dict:
+        data = results.pop('img_bytes', None)
+        where = results.get('img_path') or results.get('key', '')
+        if data is None:
+            if 'img_path' not in results:
+                raise BadSampleError(MISSING_IMAGE, f'{where}: no img_bytes or img_path')
+            try:
+                data = fileio.get(results['img_path'], backend_args=self.backend_args)
+            except (OSError, FileNotFoundError) as error:
+                raise BadSampleError(MISSING_IMAGE, f'{where}: {error}') from None
+        img, mode = decode_image_rgb(data, where, self.max_pixels, self.max_aspect_ratio,
+                                     self.min_size)
+        results['img'] = img
+        results['img_shape'] = results['ori_shape'] = img.shape[:2]
+        results['img_mode'] = mode
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(max_pixels={self.max_pixels}, '
+                f'max_aspect_ratio={self.max_aspect_ratio}, min_size={self.min_size})')

@@ -1,0 +1,117 @@
+"""The paper configs build the full-size towers and train one iteration on CPU."""
+import io
+import os.path as osp
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.runner import Runner
+from mmpretrain.models import VisionTransformer
+from mmpretrain.models.necks import MAEPretrainDecoder
+from mmpretrain.registry import MODELS
+from PIL import Image
+
+import rils_mm  # noqa: F401
+from rils_mm.datasets import ShardWriter
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def count(module_or_params):
+    params = (module_or_params.parameters() if isinstance(module_or_params, torch.nn.Module)
+              else module_or_params)
+    return sum(p.numel() for p in params)
+
+
+@pytest.mark.parametrize('config,arch,width,layers,clip_name', [
+    ('pretrain_b16.py', 'b', 768, 12, 'ViT-B-16'),
+    ('pretrain_l16.py', 'l', 1024, 24, 'ViT-L-14'),
+])
+def test_full_size_parameter_counts(config, arch, width, layers, clip_name):
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'rils', config))
+    model = MODELS.build(cfg.model)
+    # Vision encoder: mmpretrain's ViT of the same size, less the k part of the qkv bias.
+    reference_vit = VisionTransformer(arch=arch, img_size=224, patch_size=16)
+    assert count(model.backbone) == count(reference_vit) - layers * width
+    # Decoder: one MAE decoder block of the encoder's width predicting encoder features.
+    reference_decoder = MAEPretrainDecoder(num_patches=196, embed_dim=width,
+                                           decoder_embed_dim=width, decoder_depth=1,
+                                           decoder_num_heads=model.neck.decoder_blocks[0]
+                                           .attn.num_heads, predict_feature_dim=width)
+    assert count(model.neck) == count(reference_decoder) - width
+    # Text tower: open_clip's CLIP text tower (ViT-B-16: width 512; ViT-L-14: width 768).
+    clip = open_clip.create_model(clip_name, pretrained=None)
+    clip_text = [p for n, p in clip.named_parameters()
+                 if not n.startswith('visual.') and n != 'logit_scale']
+    assert count(model.text_encoder) == count(clip_text)
+    joint = model.embed_dims
+    assert count(model.image_projection) == width * joint
+    total = count(model)
+    assert total == (count(model.backbone) + count(model.neck) + count(model.text_encoder) +
+                     width * joint + 1)
+    print(f'{config}: {total / 1e6:.1f}M parameters (vision {count(model.backbone) / 1e6:.1f}M, '
+          f'decoder {count(model.neck) / 1e6:.1f}M, text {count(model.text_encoder) / 1e6:.1f}M)')
+
+
+def write_shards(root, num_samples=4, size=224):
+    rng = np.random.default_rng(0)
+    with ShardWriter(str(root), samples_per_shard=num_samples) as writer:
+        for i in range(num_samples):
+            buffer = io.BytesIO()
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(buffer, format='JPEG')
+            writer.write(f'{i:09d}', dict(jpg=buffer.getvalue(), txt=f'a photo number {i}'))
+    return osp.join(str(root), '00000.tar')
+
+
+def test_pretrain_b16_runs_one_iteration_on_cpu(tmp_path):
+    shard = write_shards(tmp_path / 'shards')
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'rils', 'pretrain_b16.py'))
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.train_dataloader.update(batch_size=2, num_workers=0, persistent_workers=False,
+                                pin_memory=False)
+    cfg.train_dataloader.dataset.update(shards=shard, batch_size=2, samples_per_epoch=2)
+    cfg.optim_wrapper.type = 'OptimWrapper'  # AMP needs an accelerator
+    cfg.optim_wrapper.pop('dtype')
+    cfg.optim_wrapper.pop('loss_scale')
+    cfg.train_cfg.max_epochs = 1
+    cfg.default_hooks.checkpoint = None
+    cfg.default_hooks.logger.interval = 1
+    runner = Runner.from_cfg(cfg)
+    recorder = ParameterChangeRecorder()
+    runner.register_hook(recorder)
+    runner.train()
+    assert runner.iter == 1
+    hub = runner.message_hub
+    for key in ('loss', 'loss_contrastive', 'loss_reconstruction'):
+        assert np.isfinite(hub.get_scalar(f'train/{key}').current())
+    for name in ('backbone.layers.11.attn.q_bias', 'neck.decoder_blocks.0.attn.qkv.weight',
+                 'text_encoder.token_embedding.weight', 'image_projection.weight'):
+        assert name in recorder.changed, name
+    assert 'backbone.pos_embed' not in recorder.changed  # fixed sin-cos
+    # Weight decay 0.5 on weight matrices only (the paper recipe).
+    decay = {}
+    names = {id(p): n for n, p in runner.model.named_parameters()}
+    for group in runner.optim_wrapper.optimizer.param_groups:
+        for param in group['params']:
+            decay[names[id(param)]] = group['weight_decay']
+    assert decay['backbone.layers.0.attn.qkv.weight'] == 0.5
+    assert decay['text_encoder.transformer.resblocks.0.mlp.c_fc.weight'] == 0.5
+    for name in ('logit_scale', 'backbone.cls_token', 'backbone.layers.0.attn.q_bias',
+                 'backbone.layers.0.ln1.weight', 'neck.mask_token',
+                 'text_encoder.positional_embedding', 'backbone.patch_embed.projection.bias'):
+        assert decay[name] == 0.0, name
+
+
+class ParameterChangeRecorder(Hook):
+    """Records which parameters the first training iteration changed (after initialisation)."""
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        self.before = {n: p.detach().clone() for n, p in runner.model.named_parameters()}
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.changed = [n for n, p in runner.model.named_parameters()
+                        if not torch.equal(p, self.before[n])]

@@ -1,0 +1,64 @@
+"""make_shards and inspect_shards, through their command-line entry points."""
+import importlib.util
+import os.path as osp
+
+import numpy as np
+import pytest
+
+from rils_mm.datasets import ImageTextShardDataset, ShardWriter, scan_shard
+
+from shard_helpers import encode, good_jpeg
+
+TOOLS = osp.join(osp.dirname(__file__), '..', '..', 'tools', 'dataset_converters')
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, osp.join(TOOLS, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_shards_from_folder_and_tsv(tmp_path, capsys):
+    images = tmp_path / 'images'
+    images.mkdir()
+    rows = ['filepath\ttitle']
+    for index in range(7):
+        ext = 'png' if index % 2 else 'jpg'
+        data = encode(np.full((12, 12, 3), index, np.uint8), 'PNG' if ext == 'png' else 'JPEG')
+        (images / f'{index}.{ext}').write_bytes(data)
+        rows.append(f'{index}.{ext}\tcaption {index}')
+    (tmp_path / 'captions.tsv').write_text('\n'.join(rows) + '\n')
+    load_tool('make_shards').main([str(images), str(tmp_path / 'captions.tsv'),
+                                   str(tmp_path / 'out'), '--samples-per-shard', '3'])
+    assert 'wrote 3 shard(s)' in capsys.readouterr().out
+    refs, error = scan_shard(str(tmp_path / 'out' / '00000.tar'))
+    assert error is None and [sorted(r.members) for r in refs] == [
+        ['jpg', 'json', 'txt'], ['json', 'png', 'txt'], ['jpg', 'json', 'txt']]
+    dataset = ImageTextShardDataset(str(tmp_path / 'out'), shuffle=False)
+    assert len(dataset) == 7  # from sizes.json
+    first = next(iter(dataset))
+    assert first['text'] == 'caption 0' and first['img_bytes'] == (images / '0.jpg').read_bytes()
+
+
+def test_make_shards_names_a_missing_image(tmp_path):
+    (tmp_path / 'captions.tsv').write_text('filepath\ttitle\nnope.jpg\tx\n')
+    with pytest.raises(FileNotFoundError, match='nope.jpg'):
+        load_tool('make_shards').main([str(tmp_path), str(tmp_path / 'captions.tsv'),
+                                       str(tmp_path / 'out')])
+
+
+def test_inspect_shards_lists_bad_samples(tmp_path, capsys):
+    with ShardWriter(str(tmp_path), 4) as writer:
+        for index in range(6):
+            writer.write(f'{index:03d}', dict(jpg=good_jpeg(index), txt=f'c {index}'))
+        writer.write('bad1', dict(jpg=b'garbage', txt='c'))
+        writer.write('bad2', dict(jpg=good_jpeg(1), txt=''))
+        writer.write('gray', dict(jpg=encode(np.zeros((9, 9, 3), np.uint8), 'JPEG', 'L'),
+                                  txt='g'))
+    report = load_tool('inspect_shards').main([str(tmp_path / '{00000..00002}.tar')])
+    out = capsys.readouterr().out
+    assert report['num_samples'] == 9 and report['num_good'] == 7
+    assert dict(report['reasons']) == {'undecodable_image': 1, 'empty_caption': 1}
+    assert dict(report['converted']) == {'L': 1}
+    assert '9 samples, 7 good, 2 bad' in out and 'bad1\tundecodable_image' in out

@@ -1,0 +1,34 @@
+"""Pack an image folder and a caption table into img2dataset-style webdataset shards.
+
+Example::
+
+    python tools/dataset_converters/make_shards.py data/cc_images data/cc.tsv data/cc_shards \
+        --samples-per-shard 1000 --img-key filepath --caption-key title --sep '\\t'
+"""
+import argparse
+
+from rils_mm.datasets.shard_tools import make_shards
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('image_root', help='folder the table\'s image paths are relative to')
+    parser.add_argument('captions', help='caption table: .csv/.tsv (with header) or .jsonl')
+    parser.add_argument('out_dir', help='where to write 00000.tar, 00001.tar, ... and sizes.json')
+    parser.add_argument('--samples-per-shard', type=int, default=1000)
+    parser.add_argument('--img-key', default='filepath', help='image path column/key')
+    parser.add_argument('--caption-key', default='title', help='caption column/key')
+    parser.add_argument('--sep', default='\t', help='CSV separator (default: tab)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    sep = args.sep.encode().decode('unicode_escape')  # allow a literal '\t' on the command line
+    paths = make_shards(args.image_root, args.captions, args.out_dir, args.samples_per_shard,
+                        args.img_key, args.caption_key, sep)
+    print(f'wrote {len(paths)} shard(s) to {args.out_dir}')
+
+
+if __name__ == '__main__':
+    main()
