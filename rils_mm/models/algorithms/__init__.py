@@ -1,4 +1,7 @@
 from .image_text_pretrainer import ImageTextPretrainer
+from .open_clip_wrapper import OpenCLIPModel
 from .rils import RILS
+from .zero_shot import ZeroShotClassifier, ZeroShotRetriever
 
-__all__ = ['ImageTextPretrainer', 'RILS']
+__all__ = ['ImageTextPretrainer', 'OpenCLIPModel', 'RILS', 'ZeroShotClassifier',
+           'ZeroShotRetriever']

@@ -1,3 +1,5 @@
+from .checkpoint_loading import CheckedPretrainedInit, LoadReport, load_checked
 from .qv_bias_layer import QVBiasMultiheadAttention, QVBiasTransformerLayer
 
-__all__ = ['QVBiasMultiheadAttention', 'QVBiasTransformerLayer']
+__all__ = ['CheckedPretrainedInit', 'LoadReport', 'load_checked', 'QVBiasMultiheadAttention',
+           'QVBiasTransformerLayer']

@@ -1,0 +1,5 @@
+# 2-shot ImageNet-1k linear probe; see rils_vit-b16_linear-10shot_in1k.py.
+_base_ = './rils_vit-b16_linear-10shot_in1k.py'
+
+shots = 2
+train_dataloader = dict(dataset=dict(shots=shots))

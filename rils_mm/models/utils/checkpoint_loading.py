@@ -1,0 +1,218 @@
+"""Load part of a checkpoint into a module, report what matched, and fail loudly.
+
+mmengine's ``Pretrained`` initializer (and ``load_checkpoint``) load with ``strict=False`` and
+only log a warning for unmatched keys, so a wrong ``prefix`` silently leaves the backbone at its
+random initialisation. :func:`load_checked` returns a :class:`LoadReport` with the matched,
+missing and unexpected keys and raises when keys the module needs are missing. The registered
+initializer ``CheckedPretrained`` does the same from a config::
+
+    backbone=dict(
+        type='VisionTransformer', ...,
+        init_cfg=dict(type='CheckedPretrained', checkpoint='work_dirs/rils/epoch_25.pth',
+                      prefix='backbone.'))
+
+Nothing here depends on mmpretrain, so mmdet and mmseg backbones use it the same way.
+"""
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from mmengine.logging import print_log
+from mmengine.model.weight_init import update_init_info
+from mmengine.registry import WEIGHT_INITIALIZERS
+from mmengine.runner.checkpoint import CheckpointLoader
+from torch import nn
+
+__all__ = ['LoadReport', 'load_checked', 'extract_state_dict', 'CheckedPretrainedInit']
+
+
+@dataclass
+class LoadReport:
+    """What a checked load did.
+
+    Attributes:
+        checkpoint (str): The checkpoint path or URL.
+        prefix (str): The key prefix that was selected and stripped.
+        matched (list[str]): Module keys that received a value from the checkpoint.
+        missing (list[str]): Module keys the checkpoint did not provide.
+        unexpected (list[str]): Checkpoint keys (after stripping ``prefix``) the module has no
+            place for.
+        ignored_missing (list[str]): The subset of ``missing`` allowed by ``ignore_missing``.
+    """
+    checkpoint: str
+    prefix: str
+    matched: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    ignored_missing: List[str] = field(default_factory=list)
+
+    def summary(self, max_names: int = 20) -> str:
+        """One readable paragraph: counts, then the names (up to ``max_names`` of each)."""
+
+        def names(keys):
+            shown = ', '.join(keys[:max_names])
+            more = f', ... ({len(keys) - max_names} more)' if len(keys) > max_names else ''
+            return shown + more
+
+        lines = [f'Loaded "{self.prefix}*" from {self.checkpoint}: '
+                 f'{len(self.matched)} matched, {len(self.missing)} missing, '
+                 f'{len(self.unexpected)} unexpected.']
+        if self.missing:
+            lines.append(f'  missing: {names(self.missing)}')
+        if self.unexpected:
+            lines.append(f'  unexpected: {names(self.unexpected)}')
+        return '\n'.join(lines)
+
+
+def extract_state_dict(checkpoint: Union[dict, 'torch.nn.Module'],
+                       prefix: str = '') -> Dict[str, torch.Tensor]:
+    """The tensors of a loaded checkpoint whose keys start with ``prefix``, prefix removed.
+
+    Accepts a Runner checkpoint (``state_dict`` key), an open_clip/timm style dict (``model`` or
+    ``state_dict``) or a bare state dict; a DDP ``module.`` prefix is dropped first.
+
+    Args:
+        checkpoint (dict): The object returned by ``torch.load``/``CheckpointLoader``.
+        prefix (str): Keep only keys starting with it (e.g. ``'backbone.'``). ``''`` keeps all.
+
+    Returns:
+        dict[str, Tensor]: The selected sub state dict.
+    """
+    state_dict = checkpoint
+    for key in ('state_dict', 'model', 'module'):
+        if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+            break
+    if not isinstance(state_dict, dict):
+        raise TypeError(f'Cannot find a state dict in a checkpoint of type {type(checkpoint)}')
+    if state_dict and all(k.startswith('module.') for k in state_dict):
+        state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def load_checked(module: nn.Module,
+                 checkpoint: str,
+                 prefix: str = '',
+                 allow_missing: bool = False,
+                 ignore_missing: Sequence[str] = (),
+                 map_location: str = 'cpu',
+                 logger: Optional[str] = 'current') -> LoadReport:
+    """Load ``prefix``-ed weights of a checkpoint into ``module`` and check the result.
+
+    Shape mismatches always raise (torch does). Missing keys raise unless ``allow_missing`` or
+    they match one of the ``ignore_missing`` patterns (fnmatch, e.g. ``'ln2.*'`` for a norm the
+    pretraining did not have). Unexpected keys are reported, never fatal: a pretraining
+    checkpoint routinely holds parts (decoder, projection) that the downstream module lacks.
+
+    Args:
+        module (nn.Module): The module to fill, e.g. a backbone.
+        checkpoint (str): Path or URL, anything mmengine's ``CheckpointLoader`` reads.
+        prefix (str): Sub-module prefix in the checkpoint, e.g. ``'backbone.'``.
+        allow_missing (bool): Report missing keys instead of raising. Defaults to False.
+        ignore_missing (Sequence[str]): fnmatch patterns of module keys that may be missing.
+        map_location (str): Passed to the loader. Defaults to ``'cpu'``.
+        logger (str, optional): Where the report goes (``print_log``). ``None`` prints nothing.
+
+    Returns:
+        LoadReport: Matched, missing and unexpected key names.
+
+    Raises:
+        RuntimeError: If nothing matched, or keys are missing that are neither allowed nor
+            ignored; the message lists them and names the checkpoint.
+    """
+    loaded = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
+    state_dict = extract_state_dict(loaded, prefix)
+    if not state_dict:
+        raise RuntimeError(
+            f'No key of {checkpoint} starts with prefix "{prefix}"; first keys there: '
+            f'{list(extract_state_dict(loaded))[:10]}')
+
+    # torch's own bookkeeping, so that load-time hooks (e.g. mmpretrain's ViT pos_embed
+    # resizing) and renamed buffers are accounted for exactly as the load saw them.
+    result = module.load_state_dict(state_dict, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    expected = set(module.state_dict().keys())
+    report = LoadReport(
+        checkpoint=str(checkpoint),
+        prefix=prefix,
+        matched=sorted(k for k in state_dict if k in expected and k not in unexpected),
+        missing=missing,
+        unexpected=unexpected,
+        ignored_missing=[k for k in missing
+                         if any(fnmatch.fnmatchcase(k, p) for p in ignore_missing)])
+    if logger is not None:
+        print_log(report.summary(), logger=logger)
+
+    if not report.matched:
+        raise RuntimeError(f'No weights were loaded from {checkpoint} (prefix "{prefix}").\n'
+                           f'{report.summary()}')
+    fatal = [k for k in missing if k not in report.ignored_missing]
+    if fatal and not allow_missing:
+        raise RuntimeError(
+            f'{len(fatal)} keys of {type(module).__name__} are missing from {checkpoint} '
+            f'(prefix "{prefix}"); pass allow_missing=True or ignore_missing patterns if this is '
+            f'intended. Missing: {fatal}')
+    return report
+
+
+@WEIGHT_INITIALIZERS.register_module(name='CheckedPretrained')
+class CheckedPretrainedInit:
+    """Weight initializer: :func:`load_checked` from a config.
+
+    mmengine applies initializers of any type other than ``'Pretrained'`` *before* the
+    children's ``init_weights`` and before the module's own code after ``super().init_weights()``
+    (mmpretrain's ``VisionTransformer`` re-draws ``pos_embed`` unless its ``init_cfg`` type is
+    ``'Pretrained'``). So after loading, this initializer marks every sub-module as initialised
+    and records ``init_cfg['type'] = 'Pretrained'`` on the module, which keeps the loaded values.
+    A module whose ``init_weights`` re-initialises unconditionally (mmpretrain's ``MAEViT``)
+    still overwrites them: such a backbone must skip its re-init when its ``init_cfg`` is
+    ``'Pretrained'`` (the load itself is unaffected and still reported).
+
+    Args:
+        checkpoint (str): Path or URL of the checkpoint.
+        prefix (str): Sub-module prefix in the checkpoint, e.g. ``'backbone.'``.
+        allow_missing (bool): Only report missing keys. Defaults to False.
+        ignore_missing (Sequence[str]): fnmatch patterns of keys that may be missing.
+        map_location (str): Defaults to ``'cpu'``.
+    """
+
+    def __init__(self,
+                 checkpoint: str,
+                 prefix: str = '',
+                 allow_missing: bool = False,
+                 ignore_missing: Sequence[str] = (),
+                 map_location: str = 'cpu'):
+        if not checkpoint:
+            raise ValueError('CheckedPretrained needs a checkpoint path (got an empty one); set '
+                             'it in the config, e.g. --cfg-options '
+                             'model.backbone.init_cfg.checkpoint=PATH')
+        self.checkpoint = checkpoint
+        self.prefix = prefix
+        self.allow_missing = allow_missing
+        self.ignore_missing = tuple(ignore_missing)
+        self.map_location = map_location
+        self.report: Optional[LoadReport] = None
+
+    def __call__(self, module: nn.Module) -> None:
+        self.report = load_checked(
+            module,
+            self.checkpoint,
+            prefix=self.prefix,
+            allow_missing=self.allow_missing,
+            ignore_missing=self.ignore_missing,
+            map_location=self.map_location)
+        # Keep the loaded values: children are skipped by BaseModule.init_weights when already
+        # initialised, and the module's own post-init checks look for type 'Pretrained'.
+        for sub in module.modules():
+            if sub is not module and hasattr(sub, '_is_init'):
+                sub._is_init = True
+        init_cfg = getattr(module, 'init_cfg', None)
+        if isinstance(init_cfg, dict) and init_cfg.get('type') == 'CheckedPretrained':
+            module.init_cfg = dict(init_cfg, type='Pretrained')
+        if hasattr(module, '_params_init_info'):
+            update_init_info(module, init_info=self._get_init_info())
+
+    def _get_init_info(self) -> str:
+        return (f'{type(self).__name__}: {len(self.report.matched)} tensors loaded from '
+                f'{self.checkpoint} (prefix "{self.prefix}")')
