@@ -3,13 +3,15 @@
 One class serves pretraining (``forward(x, mask=True)`` for the masked pass, ``mask=False`` for
 the intact pass) and transfer (mmpretrain classifiers, mmdet and mmseg take the intact pass with
 ``out_indices``/``out_type`` as in mmpretrain's ``VisionTransformer``; position embeddings are
-interpolated to any input size).
+interpolated to any input size). For detection, optional ViTDet-style blocks: windowed attention
+in all but a few global blocks and decomposed relative position bias.
 """
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import ModuleList
 from mmpretrain.models.selfsup.mae import MAEViT
+from mmpretrain.models.utils import build_norm_layer, resize_pos_embed
 from mmpretrain.registry import MODELS
 
 from ..utils import QVBiasTransformerLayer
@@ -39,6 +41,24 @@ class RILSViT(MAEViT):
         mask_ratio (float): Fraction of patches removed in the masked pass, in (0, 1).
         qv_bias (bool): Learn q and v attention biases. Defaults to True.
         with_cp (bool): Gradient checkpointing in every block. Defaults to False.
+        frozen_stages (int): Freeze the patch embedding and the first ``frozen_stages``
+            blocks (linear probing: all of them). Defaults to -1 (nothing frozen).
+        pre_norm (bool): A LayerNorm after adding the positions, before the first block, and
+            no patch-embedding bias (CLIP's ``ln_pre``; for imported CLIP encoders).
+            Defaults to False.
+        window_size (int): ViTDet: window size (in patches) of the windowed blocks; 0 disables
+            windowing. Defaults to 0.
+        window_block_indexes (Sequence[int]): ViTDet: blocks that attend within windows; the
+            others attend globally, e.g. all but (2, 5, 8, 11) for ViT-B. With windowed or
+            relative-position blocks the class token is dropped (and frozen), as in ViTDet,
+            and the outputs hold the patch tokens only. Defaults to ().
+        use_rel_pos (bool): ViTDet: decomposed relative position bias in every block (tables
+            ``layers.N.attn.rel_pos_h/w``, zero-initialised, absent from pretraining
+            checkpoints). Defaults to False.
+        rel_pos_size (int | tuple, optional): Token grid the global blocks' relative tables are
+            built for; defaults to the grid of ``img_size``.
+        fixed_pos_embed (bool): Keep the sin-cos position table fixed (pretraining). False
+            trains it, as ViTDet and mmseg's BEiT/MAE fine-tuning do. Defaults to True.
         layer_cfgs (dict | Sequence[dict]): Extra per-block arguments.
         init_cfg (dict | list, optional): Initialisation config.
     """
@@ -59,11 +79,20 @@ class RILSViT(MAEViT):
                  mask_ratio: float = 0.75,
                  qv_bias: bool = True,
                  with_cp: bool = False,
+                 frozen_stages: int = -1,
+                 pre_norm: bool = False,
+                 window_size: int = 0,
+                 window_block_indexes: Sequence[int] = (),
+                 use_rel_pos: bool = False,
+                 rel_pos_size: Optional[Union[int, Tuple[int, int]]] = None,
+                 fixed_pos_embed: bool = True,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         if not 0 < mask_ratio < 1:
             raise ValueError(f'RILSViT: mask_ratio must be in (0, 1), got {mask_ratio}')
         if isinstance(out_indices, int):
             out_indices = [out_indices]
+        if pre_norm:
+            patch_cfg = dict(dict(bias=False), **patch_cfg)  # as mmpretrain's pre_norm ViT
         super().__init__(
             arch=arch,
             img_size=img_size,
@@ -80,8 +109,20 @@ class RILSViT(MAEViT):
             init_cfg=init_cfg)
         # Rebuild the blocks with q/v-bias attention (VisionTransformer hard-codes its layer
         # class); same stochastic-depth schedule.
+        if pre_norm:
+            self.pre_norm = build_norm_layer(norm_cfg, self.embed_dims)
+        self.pos_embed.requires_grad = not fixed_pos_embed  # MAEViT fixes it
         if isinstance(layer_cfgs, dict):
             layer_cfgs = [layer_cfgs] * self.num_layers
+        if window_block_indexes and window_size <= 0:
+            raise ValueError('RILSViT: window_block_indexes needs window_size > 0')
+        window_block_indexes = [i % self.num_layers for i in window_block_indexes]
+        if isinstance(rel_pos_size, int):
+            rel_pos_size = (rel_pos_size, rel_pos_size)
+        self.grid_tokens = bool(window_block_indexes) or use_rel_pos
+        if self.grid_tokens and out_type == 'cls_token':
+            raise ValueError("RILSViT: windowed/relative-position blocks drop the class token "
+                             "(as ViTDet); out_type='cls_token' is not available")
         drop_path_rates = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
         self.layers = ModuleList([
             QVBiasTransformerLayer(
@@ -93,8 +134,44 @@ class RILSViT(MAEViT):
                 norm_cfg=norm_cfg,
                 qv_bias=qv_bias,
                 with_cp=with_cp,
+                window_size=window_size if i in window_block_indexes else 0,
+                use_rel_pos=use_rel_pos,
+                rel_pos_size=rel_pos_size or tuple(self.patch_resolution),
                 **layer_cfgs[i]) for i in range(self.num_layers)
         ])
+        if self.grid_tokens:
+            # ViTDet drops the class token: an unused trainable parameter would stall DDP.
+            self.cls_token.requires_grad = False
+        # Freeze after the blocks are rebuilt (MAEViT does not pass frozen_stages on).
+        self.frozen_stages = frozen_stages
+        if frozen_stages > 0:
+            self._freeze_stages()
+
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """Layer-wise depth of a parameter for layer-wise lr decay.
+
+        As ``VisionTransformer.get_layer_depth`` (stem 0, block i at i + 1, everything else,
+        e.g. the final norm or a head, at ``num_layers + 1``), with ``pre_norm`` in the stem.
+
+        Args:
+            param_name (str): Parameter name, e.g. ``'backbone.layers.3.attn.qkv.weight'``.
+            prefix (str): The backbone's prefix in ``param_name``, e.g. ``'backbone.'``.
+
+        Returns:
+            tuple[int, int]: The parameter's depth and the number of depths.
+        """
+        if param_name.startswith(prefix + 'pre_norm.'):
+            return 0, self.num_layers + 2
+        return super().get_layer_depth(param_name, prefix)
+
+    def init_weights(self) -> None:
+        """MAE's initialisation (sin-cos positions, Xavier patch embedding), except after
+        loading a checkpoint, whose patch embedding and class token must be kept."""
+        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') in (
+                'Pretrained', 'CheckedPretrained'):
+            super(MAEViT, self).init_weights()
+        else:
+            super().init_weights()
 
     def random_masking(self, x: torch.Tensor, mask_ratio: float,
                        noise: Optional[torch.Tensor] = None
@@ -139,14 +216,52 @@ class RILSViT(MAEViT):
             B x (1 + L_keep) x C after the final norm, mask and ids_restore are B x L.
         """
         if not mask:
+            if self.grid_tokens:
+                return self._forward_grid(x)
             return super(MAEViT, self).forward(x)
+        if self.grid_tokens:
+            raise ValueError('RILSViT: the masked pass is not available with windowed or '
+                             'relative-position blocks')
         B = x.shape[0]
         x = self.patch_embed(x)[0] + self.pos_embed[:, 1:, :]
         x, mask, ids_restore = self.random_masking(x, self.mask_ratio, noise)
         cls_token = (self.cls_token + self.pos_embed[:, :1, :]).expand(B, -1, -1)
         x = torch.cat((cls_token, x), dim=1)
+        x = self.pre_norm(x)
         for layer in self.layers:
             x = layer(x)
         if self.final_norm:
             x = self.ln1(x)
         return x, mask, ids_restore
+
+    def _forward_grid(self, x: torch.Tensor) -> tuple:
+        """Intact pass of the ViTDet form: patch tokens only, as an H x W grid.
+
+        The class token's position is used for nothing and the class token is dropped, as in
+        ViTDet; positions are interpolated to the input's grid.
+
+        Args:
+            x (torch.Tensor): Images, B x 3 x H x W.
+
+        Returns:
+            tuple: One output per ``out_indices``: B x C x H/p x W/p for 'featmap', B x L x C
+            for 'raw', B x C for 'avg_featmap'.
+        """
+        x, hw = self.patch_embed(x)
+        pos_embed = resize_pos_embed(self.pos_embed, self.patch_resolution, hw,
+                                     mode=self.interpolate_mode,
+                                     num_extra_tokens=self.num_extra_tokens)
+        x = self.pre_norm(self.drop_after_pos(x + pos_embed[:, self.num_extra_tokens:]))
+        outs = []
+        for i, layer in enumerate(self.layers):
+            x = layer(x, hw)
+            if i == len(self.layers) - 1 and self.final_norm:
+                x = self.ln1(x)
+            if i in self.out_indices:
+                if self.out_type == 'featmap':
+                    outs.append(x.transpose(1, 2).reshape(x.shape[0], -1, *hw))
+                elif self.out_type == 'avg_featmap':
+                    outs.append(self.ln2(x.mean(dim=1)))
+                else:
+                    outs.append(x)
+        return tuple(outs)

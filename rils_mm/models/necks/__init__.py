@@ -1,3 +1,4 @@
 from .rils_decoder import RILSDecoder
+from .simple_feature_pyramid import SimpleFeaturePyramid
 
-__all__ = ['RILSDecoder']
+__all__ = ['RILSDecoder', 'SimpleFeaturePyramid']

@@ -1,0 +1,126 @@
+"""Library side of ``tools/model_converters/*.py``: parse, convert, save, verify, report.
+
+Every conversion prints what it mapped and left out and stops (exit status 1) when the vision
+encoder is incomplete, unless ``--allow-missing`` is given. With ``--config`` the written file
+is also loaded into the backbone built from that config (mmpretrain, mmdet or mmseg) with the
+checked loader, which reports matched/missing/unexpected keys and fails on missing ones.
+"""
+import argparse
+import copy
+import os
+import os.path as osp
+import sys
+from typing import List, Optional
+
+import torch
+
+from ..models.utils.checkpoint_loading import LoadReport, load_checked
+from ..models.utils.converters import (ConversionError, extract_vision_encoder,
+                                       load_state_dict_file, open_clip_to_rils,
+                                       rils_vit_to_timm, to_toolbox_checkpoint)
+
+FORMATS = ('mmpretrain', 'mmdet', 'mmseg', 'timm')
+
+
+def verify_with_config(config: str, checkpoint: str, allow_missing: bool = False
+                       ) -> LoadReport:
+    """Load ``checkpoint``'s ``backbone.*`` into the backbone of ``config``, checked.
+
+    The backbone is built in the config's ``default_scope`` (so an mmdet or mmseg config
+    builds with its own registry) without its ``init_cfg``; the ``ignore_missing`` patterns of
+    a ``CheckedPretrained`` init_cfg are honoured.
+
+    Args:
+        config (str): A model config with ``model.backbone``.
+        checkpoint (str): A ``backbone.``-prefixed checkpoint.
+        allow_missing (bool): Report missing keys instead of raising.
+
+    Returns:
+        LoadReport: Matched, missing and unexpected keys.
+    """
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, DefaultScope
+
+    import rils_mm  # noqa: F401  (registration)
+    import rils_mm.models.toolbox_registration  # noqa: F401
+
+    cfg = Config.fromfile(config)
+    backbone_cfg = copy.deepcopy(cfg.model.backbone)
+    init_cfg = backbone_cfg.pop('init_cfg', None) or {}
+    ignore = init_cfg.get('ignore_missing', ()) if isinstance(init_cfg, dict) else ()
+    scope = cfg.get('default_scope', 'mmpretrain')
+    with DefaultScope.overwrite_default_scope(scope):
+        backbone = MODELS.build(backbone_cfg)
+    return load_checked(backbone, checkpoint, prefix='backbone.', allow_missing=allow_missing,
+                        ignore_missing=ignore)
+
+
+def _save(obj: dict, path: str) -> None:
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    torch.save(obj, path)
+
+
+def rils_to_toolbox_main(argv: Optional[List[str]] = None) -> None:
+    """``tools/model_converters/rils_to_toolbox.py SRC DST --format F [--config C]``."""
+    parser = argparse.ArgumentParser(
+        prog='tools/model_converters/rils_to_toolbox.py',
+        description='Extract the vision encoder (backbone.*) of a RILS or CLIP-baseline '
+        'pretraining checkpoint for mmpretrain/mmdet/mmseg (backbone.-prefixed RILSViT keys) '
+        'or timm (VisionTransformer keys).')
+    parser.add_argument('src', help='pretraining checkpoint (Runner format or state dict)')
+    parser.add_argument('dst', help='output file')
+    parser.add_argument('--format', choices=FORMATS, default='mmdet')
+    parser.add_argument('--prefix', default='backbone.', help='encoder prefix in SRC')
+    parser.add_argument('--config', help='verify: load DST into this config\'s backbone')
+    parser.add_argument('--allow-missing', action='store_true',
+                        help='write an incomplete encoder instead of failing')
+    args = parser.parse_args(argv)
+
+    encoder = extract_vision_encoder(args.src, args.prefix, allow_missing=args.allow_missing)
+    print(f'{args.src}: vision encoder ({args.prefix}*): {encoder.summary()}')
+    meta = dict(source=osp.abspath(args.src), format=args.format)
+    if args.format == 'timm':
+        timm = rils_vit_to_timm(encoder.state_dict, allow_missing=args.allow_missing)
+        print(f'timm layout: {timm.summary()}')
+        _save(timm.state_dict, args.dst)
+    else:
+        _save(to_toolbox_checkpoint(encoder.state_dict, meta=meta), args.dst)
+    print(f'wrote {args.dst}')
+    if args.config:
+        if args.format == 'timm':
+            raise ConversionError('--config verifies toolbox formats, not timm')
+        verify_with_config(args.config, args.dst, allow_missing=args.allow_missing)
+
+
+def open_clip_to_rils_main(argv: Optional[List[str]] = None) -> None:
+    """``tools/model_converters/open_clip_to_rils.py SRC DST [--config C]``."""
+    parser = argparse.ArgumentParser(
+        prog='tools/model_converters/open_clip_to_rils.py',
+        description='Convert an open_clip / OpenAI CLIP ViT state dict (not a TorchScript '
+        'file) to the ImageTextPretrainer layout (backbone.*, text_encoder.*, '
+        'image_projection.weight, logit_scale). The backbone must be RILSViT with '
+        "pre_norm=True, norm_cfg=dict(type='LN', eps=1e-5) and, for QuickGELU models, "
+        "layer_cfgs=dict(act_cfg=dict(type='QuickGELU')).")
+    parser.add_argument('src', help='open_clip checkpoint or state dict')
+    parser.add_argument('dst', help='output checkpoint (dict(state_dict=...))')
+    parser.add_argument('--config', help='verify: load DST\'s backbone.* into this config\'s '
+                        'backbone')
+    parser.add_argument('--allow-missing', action='store_true')
+    args = parser.parse_args(argv)
+
+    result = open_clip_to_rils(load_state_dict_file(args.src), allow_missing=args.allow_missing)
+    print(f'{args.src}: {result.summary()}')
+    _save(dict(state_dict=result.state_dict,
+               meta=dict(source=osp.abspath(args.src), converted_from='open_clip')), args.dst)
+    print(f'wrote {args.dst}')
+    if args.config:
+        verify_with_config(args.config, args.dst, allow_missing=args.allow_missing)
+
+
+def run(main, argv: Optional[List[str]] = None) -> None:
+    """Run a converter main; a conversion or load failure is one line and exit status 1."""
+    try:
+        main(argv)
+    except (ConversionError, RuntimeError, FileNotFoundError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(1)
