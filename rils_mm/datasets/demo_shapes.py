@@ -51,7 +51,7 @@ POSITIONS = {
 }
 TEMPLATES = ('a {size} {colour} {shape} {where}', 'a photo of a {size} {colour} {shape} {where}',
              'a {colour} {shape}, {size}, {where}')
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def class_names() -> List[str]:
@@ -130,6 +130,21 @@ def _write_eval_split(root: str, split: str, pairs, count: int, image_size: int,
         writer = csv.DictWriter(file, fieldnames=list(records[0]), delimiter='\t')
         writer.writeheader()
         writer.writerows(records)
+    # The same split in Karpathy's format, for the retrieval evaluation (KarpathyRetrieval).
+    karpathy = dict(images=[
+        dict(filepath=osp.dirname(record['filepath']), filename=osp.basename(record['filepath']),
+             imgid=index, split='test', sentences=[dict(raw=record['caption'], sentid=index)])
+        for index, record in enumerate(records)
+    ])
+    with open(osp.join(root, f'{split}_karpathy.json'), 'w') as file:
+        json.dump(karpathy, file)
+
+
+def zero_shot_templates() -> List[str]:
+    """Prompt templates for zero-shot classification over ``class_names()``: the training
+    captions' first form with every size and position, the class name in place of
+    "<colour> <shape>"."""
+    return [f'a {size} {{}} {where}' for size in SIZES for _, where in POSITIONS.values()]
 
 
 def generate_demo_shapes(root: str = 'data/demo_shapes',
@@ -159,6 +174,8 @@ def generate_demo_shapes(root: str = 'data/demo_shapes',
                       np.random.default_rng(seed + 2))
     with open(osp.join(root, 'classnames.txt'), 'w') as file:
         file.write('\n'.join(class_names()) + '\n')
+    with open(osp.join(root, 'templates.txt'), 'w') as file:
+        file.write('\n'.join(zero_shot_templates()) + '\n')
     meta = dict(format_version=FORMAT_VERSION, num_train=num_train, num_val=num_val,
                 num_heldout=num_heldout, image_size=image_size,
                 samples_per_shard=samples_per_shard, seed=seed,

@@ -15,6 +15,7 @@ import sys
 from copy import deepcopy
 from typing import Callable, List, Optional
 
+import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -61,6 +62,18 @@ def load_config(config: str, cfg_options: Optional[dict]) -> Config:
     return cfg
 
 
+def check_train_config(cfg: Config) -> None:
+    """Settings that are valid one by one but not together, checked before anything is built."""
+    model = cfg.get('model') or {}
+    reconstruction = model.get('loss_reconstruction') or {}
+    batch_size = (cfg.get('train_dataloader') or {}).get('batch_size')
+    if (reconstruction.get('filter_correct', True) and 'loss_reconstruction' in model
+            and batch_size is not None and batch_size < 2):
+        raise UsageError('train_dataloader.batch_size=1 with '
+                         'model.loss_reconstruction.filter_correct=True: the correct-retrieval '
+                         'filter needs at least 2 pairs per device')
+
+
 def set_work_dir(cfg: Config, config: str, work_dir: Optional[str]) -> None:
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -97,19 +110,22 @@ def as_usage_error(err: BaseException, stage: str) -> UsageError:
 
 
 def prepare_dataloader_defaults(cfg: Config) -> None:
-    """Defaults that mmpretrain's tools apply: collate, pin memory, persistent workers."""
+    """Dataloader defaults: pin memory with a GPU, persistent workers, and for mmpretrain
+    configs its tools' ``default_collate`` (mmdet and mmseg rely on mmengine's
+    ``pseudo_collate``)."""
     for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         if cfg.get(field) is None:
             continue
-        merged = ConfigDict(pin_memory=True, persistent_workers=True,
-                            collate_fn=dict(type='default_collate'))
+        merged = ConfigDict(pin_memory=torch.cuda.is_available(), persistent_workers=True)
+        if cfg.get('default_scope') == 'mmpretrain':
+            merged.collate_fn = dict(type='default_collate')
         merged.update(deepcopy(cfg[field]))
         if merged.get('num_workers', 0) == 0:
             merged.persistent_workers = False
         cfg[field] = merged
 
 
-def train_main(argv: List[str]) -> None:
+def train_main(argv: List[str]) -> Runner:
     parser = argparse.ArgumentParser(prog='tools/train.py', description='Train a model')
     parser.add_argument('config', help='config file')
     parser.add_argument('--resume', nargs='?', const='auto', default=None,
@@ -141,6 +157,7 @@ def train_main(argv: List[str]) -> None:
         if args.auto_scale_lr:
             cfg.setdefault('auto_scale_lr', ConfigDict(base_batch_size=256))
             cfg.auto_scale_lr.enable = True
+        check_train_config(cfg)
         prepare_dataloader_defaults(cfg)
         runner = build_runner(cfg)
         # Build the lazily built parts now, so that config mistakes surface here.
@@ -152,17 +169,23 @@ def train_main(argv: List[str]) -> None:
     except BUILD_ERRORS as err:
         raise as_usage_error(err, args.config) from err
     runner.train()
+    return runner
 
 
-def test_main(argv: List[str]) -> None:
+def test_main(argv: List[str]) -> dict:
     parser = argparse.ArgumentParser(prog='tools/test.py', description='Test a model')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', nargs='?', default=None,
                         help='checkpoint to evaluate (default: the config\'s load_from)')
+    parser.add_argument('--checkpoint', dest='checkpoint_option', default=None,
+                        help='the same as the positional CHECKPOINT')
     parser.add_argument('--out', help='dump the metrics to this JSON/pickle file')
     add_common_args(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    if args.checkpoint and args.checkpoint_option:
+        raise UsageError('give the checkpoint once (positional or --checkpoint)')
+    args.checkpoint = args.checkpoint or args.checkpoint_option
 
     try:
         cfg = load_config(args.config, args.cfg_options)
@@ -183,3 +206,4 @@ def test_main(argv: List[str]) -> None:
     if args.out:
         from mmengine.fileio import dump
         dump(metrics, args.out)
+    return metrics
