@@ -115,3 +115,12 @@ class ParameterChangeRecorder(Hook):
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self.changed = [n for n, p in runner.model.named_parameters()
                         if not torch.equal(p, self.before[n])]
+
+
+def test_clip_baseline_config_is_rils_without_decoder():
+    rils = MODELS.build(Config.fromfile(osp.join(REPO, 'configs', 'rils', 'pretrain_b16.py'))
+                        .model)
+    clip = MODELS.build(Config.fromfile(osp.join(REPO, 'configs', 'clip', 'pretrain_b16.py'))
+                        .model)
+    assert type(clip).__name__ == 'ImageTextPretrainer' and clip.neck is None
+    assert count(clip) == count(rils) - count(rils.neck)

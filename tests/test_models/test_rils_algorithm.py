@@ -188,3 +188,20 @@ def test_batch_of_one_with_filter_is_refused():
     batch = model.data_preprocessor(dict(inputs=dict(images=images, texts=texts)), True)
     with pytest.raises(ValueError, match='batch_size'):
         model(**batch, mode='loss')
+
+
+def test_clip_baseline_is_rils_without_reconstruction():
+    rils = build()
+    clip_cfg = {k: v for k, v in copy.deepcopy(TINY_RILS).items()
+                if k not in ('neck', 'loss_reconstruction')}
+    clip_cfg['type'] = 'ImageTextPretrainer'
+    clip = build(clip_cfg)
+    missing, unexpected = clip.load_state_dict(rils.state_dict(), strict=False)
+    assert not missing and all(key.startswith('neck.') for key in unexpected)
+    images, texts, noise = make_batch()
+    use_fixed_mask_noise(rils, noise)
+    batch = rils.data_preprocessor(dict(inputs=dict(images=images, texts=texts)), True)
+    clip_losses = clip(**batch, mode='loss')
+    rils_losses = rils(**batch, mode='loss')
+    assert set(clip_losses) == {'loss_contrastive', 'i2t_acc', 'logit_scale'}
+    torch.testing.assert_close(clip_losses['loss_contrastive'], rils_losses['loss_contrastive'])
