@@ -44,8 +44,9 @@ def _mmengine_checkpoint_safe_globals() -> list:
     """The non-tensor types that Runner checkpoints of mmengine 0.10 contain.
 
     ``message_hub`` holds ``HistoryBuffer`` objects whose state is numpy arrays and scalars
-    plus its statistics functions, pickled as ``getattr(HistoryBuffer, 'mean')``. ``getattr`` itself is
-    far too powerful to allow, so it is allowed only in a form restricted to exactly that.
+    plus its statistics functions, pickled as ``getattr(HistoryBuffer, 'mean')``.
+    ``getattr`` itself is far too powerful to allow, so it is allowed only in a form restricted
+    to exactly that.
     """
     from mmengine.logging.history_buffer import HistoryBuffer
     multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray

@@ -4,7 +4,6 @@ import os
 import pickle
 import socket
 
-import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -14,7 +13,7 @@ import rils_mm  # noqa: F401  (applies the fixes)
 from rils_mm.compat import UnsafeCheckpointError
 
 
-# --- numpy 2 aliases ------------------------------------------------------------------------------
+# --- numpy 2 aliases -----------------------------------------------------------------------------
 def test_mmpretrain_retrieval_metric_runs_on_numpy_2():
     """mmpretrain's RetrievalAveragePrecision calls np.in1d (removed in numpy 2.4)."""
     from mmpretrain.evaluation.metrics import RetrievalAveragePrecision
@@ -45,7 +44,7 @@ def test_lvis_eval_runs_on_numpy_2(tmp_path):
     assert evaluator.results['AP'] == pytest.approx(1.0)
 
 
-# --- weights-only checkpoint loading ----------------------------------------------------------------
+# --- weights-only checkpoint loading -------------------------------------------------------------
 class ToyModel(BaseModel):
 
     def __init__(self):
@@ -107,7 +106,7 @@ def test_checkpoint_with_other_objects_is_refused(tmp_path):
     assert isinstance(info.value, pickle.UnpicklingError)
 
 
-# --- CPU distributed ---------------------------------------------------------------------------------
+# --- CPU distributed -----------------------------------------------------------------------------
 def _init_and_wrap(rank, world_size, port, out_dir):
     torch.set_num_threads(1)  # forked: keep off the parent's OpenMP pool
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),

@@ -29,7 +29,8 @@ def run_rank(rank, store_file, shards, results):
         runner = SimpleNamespace(iter=0, max_iters=4, logger=MMLogger.get_instance(f'r{rank}'),
                                  message_hub=MessageHub.get_instance(f'r{rank}'),
                                  hooks=[CheckpointHook(interval=2, by_epoch=False)])
-        resume_hook, bad_hook = DataResumeHook(), BadSampleHook(interval=100, min_samples=1, max_bad_fraction=0.9)
+        resume_hook = DataResumeHook()
+        bad_hook = BadSampleHook(interval=100, min_samples=1, max_bad_fraction=0.9)
         iterator = iter(dataset)
         keys = []
         for runner.iter in range(4):

@@ -1,4 +1,5 @@
-"""The contrastive loss against open_clip's ClipLoss, the reconstruction loss against its formula."""
+"""The contrastive loss against open_clip's ClipLoss; the reconstruction loss against its
+formula."""
 import math
 
 import pytest

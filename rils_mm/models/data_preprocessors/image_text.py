@@ -1,5 +1,5 @@
 """Batch preparation for (image, caption tokens) pairs."""
-from typing import Optional, Sequence
+from typing import Sequence
 
 from mmengine.model import ImgDataPreprocessor
 from mmpretrain.registry import MODELS
