@@ -56,8 +56,15 @@ def verify_with_config(config: str, checkpoint: str, allow_missing: bool = False
 
 
 def _save(obj: dict, path: str) -> None:
+    """Write atomically: a killed conversion never leaves a truncated file at ``path``."""
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    torch.save(obj, path)
+    partial = f'{path}.partial-{os.getpid()}'
+    try:
+        torch.save(obj, partial)
+        os.replace(partial, path)
+    finally:
+        if osp.exists(partial):
+            os.remove(partial)
 
 
 def rils_to_toolbox_main(argv: Optional[List[str]] = None) -> None:

@@ -53,14 +53,9 @@ heldout_dataset = dict(
     pipeline=test_pipeline,
     test_mode=True)
 val_seen_dataset = dict(
-    type='JsonlImageTextDataset',
+    heldout_dataset,
     ann_file=data_root + '/val.jsonl',
-    data_prefix=dict(img_path=data_root + '/val'),
-    img_key='filepath',
-    caption_key='caption',
-    label_key='label',
-    pipeline=test_pipeline,
-    test_mode=True)
+    data_prefix=dict(img_path=data_root + '/val'))
 
 custom_hooks = [
     dict(type='DataResumeHook'),

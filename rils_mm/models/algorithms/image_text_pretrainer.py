@@ -100,12 +100,13 @@ class ImageTextPretrainer(BaseSelfSupervisor):
             tuple: the ``ContrastiveOutput``, the local image->text top-1 hits (B bools) and
             the dict of losses and metrics to log.
         """
+        logit_scale = self.get_logit_scale()
         out = self.loss_contrastive(self.embed_image_tokens(tokens), self.encode_text(texts),
-                                    self.get_logit_scale())
+                                    logit_scale)
         correct = out.logits_per_image.argmax(dim=-1) == out.labels
         log = dict(loss_contrastive=out.loss,
                    i2t_acc=correct.float().mean().detach(),
-                   logit_scale=self.get_logit_scale().detach())
+                   logit_scale=logit_scale.detach())
         return out, correct, log
 
     def loss(self, inputs: dict, data_samples: Optional[List[DataSample]] = None
