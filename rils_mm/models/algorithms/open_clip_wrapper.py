@@ -14,6 +14,7 @@ is not an existing file is refused instead of being treated as a hub tag, so not
 downloaded.
 """
 import os.path as osp
+import tempfile
 from typing import List, Optional, Union
 
 import torch
@@ -21,16 +22,43 @@ import torch.nn.functional as F
 from mmengine.model import BaseModel
 from mmpretrain.registry import MODELS
 
+from rils_mm.compat import CheckpointLoadError, weights_only_load
+
 __all__ = ['OpenCLIPModel']
 
 
 def _is_torchscript_archive(path: str) -> bool:
-    """OpenAI's released CLIP checkpoints are TorchScript archives (a ``code/`` folder)."""
+    """Whether ``path`` is a TorchScript archive (OpenAI's released CLIP files are).
+
+    The test is torch's own (``torch.serialization._is_torchscript_zip``): a ``constants.pkl``
+    record. Such files are loaded with ``torch.jit.load``, whose unpickler builds TorchScript
+    types only and never imports or calls Python objects; everything else is loaded
+    weights-only, so a ``torch.save`` file dressed up with a ``code/`` folder gains nothing.
+    """
     import zipfile
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as zf:
-        return any('/code/' in name for name in zf.namelist()[:100])
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith('/constants.pkl') or name == 'constants.pkl'
+                   for name in archive.namelist())
+
+
+def _torchscript_to_state_dict_file(path: str, folder: str) -> str:
+    """Save the weights of a TorchScript archive as a plain state dict file in ``folder``."""
+    try:
+        scripted = torch.jit.load(path, map_location='cpu')
+    except RuntimeError as err:
+        reason = ' '.join(str(err).split())[:200]
+        raise CheckpointLoadError(f'OpenCLIPModel: {path} looks like a TorchScript archive '
+                                  f'but torch.jit.load cannot read it: {reason}') from None
+    # OpenAI's archives keep these scalars beside the weights, and TorchScript also saves the
+    # causal attention mask that the model rebuilds (a non-persistent buffer in open_clip).
+    state_dict = {key: value for key, value in scripted.state_dict().items()
+                  if key not in ('input_resolution', 'context_length', 'vocab_size')
+                  and not key.endswith('attn_mask')}
+    out = osp.join(folder, 'state_dict.pt')
+    torch.save(state_dict, out)
+    return out
 
 
 @MODELS.register_module()
@@ -46,8 +74,9 @@ class OpenCLIPModel(BaseModel):
             weights.
         model_cfg_path (str, optional): A JSON model config file or folder to register with
             ``open_clip.add_model_config`` first, for architectures open_clip does not ship.
-        weights_only (bool): Load with ``torch.load(weights_only=True)``. OpenAI TorchScript
-            archives are detected and loaded with ``torch.jit`` (no pickle) regardless.
+        weights_only (bool): Must stay True (kept for config compatibility): files are
+            loaded with ``torch.load(weights_only=True)``, TorchScript archives (OpenAI's
+            releases) with ``torch.jit.load``, which unpickles no Python objects.
         tokenizer (str, optional): open_clip name of the tokenizer to use; defaults to
             ``arch``'s.
         data_preprocessor (dict, optional): Defaults to ``RILSDataPreprocessor`` with the
@@ -72,10 +101,21 @@ class OpenCLIPModel(BaseModel):
                 raise FileNotFoundError(
                     f'OpenCLIPModel: pretrained={pretrained!r} is not a file. Only local files '
                     'are loaded (no hub tags); download the weights first.')
-            if _is_torchscript_archive(pretrained):
-                weights_only = False  # torch.load hands TorchScript to torch.jit.load
-        clip = open_clip.create_model(
-            arch, pretrained=pretrained, weights_only=weights_only, device='cpu')
+        if not weights_only:
+            raise ValueError('OpenCLIPModel: weights_only=False is not supported: a checkpoint '
+                             'could run code when unpickled. TorchScript archives are '
+                             'detected and loaded with torch.jit.load.')
+        with tempfile.TemporaryDirectory() as folder:
+            weights = pretrained
+            if pretrained is not None and _is_torchscript_archive(pretrained):
+                weights = _torchscript_to_state_dict_file(pretrained, folder)
+            elif pretrained is not None and not pretrained.endswith(('.npz', '.npy',
+                                                                     '.safetensors')):
+                # Our loader first, so that refusals and damaged files are one clear line;
+                # open_clip then loads the same file weights-only for its conversions.
+                weights_only_load(pretrained, 'cpu')
+            clip = open_clip.create_model(arch, pretrained=weights, weights_only=True,
+                                          device='cpu')
         preprocess = open_clip.get_model_preprocess_cfg(clip)
         if data_preprocessor is None:
             data_preprocessor = dict(

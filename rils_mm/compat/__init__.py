@@ -1,0 +1,101 @@
+"""Compatibility and safety fixes that the pinned OpenMMLab releases need on this stack.
+
+mmengine 0.10, mmcv 2.1, mmpretrain 1.2, mmdet 3.3 and mmseg 1.2 predate numpy 2.4, torch's
+``weights_only=True`` default (torch >= 2.6) and CPU-only distributed training, and mmengine
+writes checkpoints non-atomically. Each fix is applied once, when ``rils_mm`` is imported; none
+edits an installed file, and each has a test (``tests/test_compat.py``,
+``tests/test_checkpoint_safety.py``) that fails without it. Remove a fix when the upstream
+release that needs it is no longer supported.
+
+- :mod:`.safe_loading`: every checkpoint scheme (local, URLs, model-zoo names) loads
+  weights-only; refusals and damaged files are one line naming the file.
+- :mod:`.atomic_saving`: checkpoints are written atomically and rotated save-first.
+- :mod:`.epoch_resume`: a mid-epoch checkpoint resumes the epoch where it stopped.
+"""
+import functools
+
+import numpy as np
+import torch
+
+from .atomic_saving import atomic_write_bytes, install_atomic_checkpoints
+from .epoch_resume import install_mid_epoch_resume
+from .safe_loading import (CheckpointLoadError, DamagedCheckpointError, UnsafeCheckpointError,
+                           install_weights_only_loaders, weights_only_load)
+
+__all__ = [
+    'apply_all', 'CheckpointLoadError', 'DamagedCheckpointError', 'UnsafeCheckpointError',
+    'weights_only_load', 'atomic_write_bytes'
+]
+
+
+# --- numpy 2 ---------------------------------------------------------------------------------
+def _restore_numpy_aliases() -> None:
+    """Aliases removed by numpy 2 that the pinned releases still call.
+
+    - ``np.float``: ``lvis`` 0.5.3's ``LVISEval`` (and mmdet's YTVIS evaluation).
+    - ``np.in1d`` (removed in numpy 2.4): mmpretrain's retrieval metrics.
+    """
+    if 'float' not in np.__dict__:
+        np.float = float  # the builtin is exactly what the old alias meant
+    if 'in1d' not in np.__dict__:
+
+        def in1d(ar1, ar2, assume_unique=False, invert=False, **kwargs):
+            """``np.isin`` on the flattened first argument (what ``np.in1d`` returned)."""
+            return np.isin(np.asarray(ar1).ravel(), ar2, assume_unique=assume_unique,
+                           invert=invert, **kwargs)
+
+        np.in1d = in1d
+
+
+# --- CPU distributed -----------------------------------------------------------------------------
+def _support_cpu_distributed() -> None:
+    """Let mmengine's launcher and DDP wrapper run with several CPU processes (gloo).
+
+    mmengine 0.10's ``_init_dist_pytorch`` calls ``torch.cuda.set_device`` unconditionally, and
+    the Runner wraps the model with ``device_ids=[LOCAL_RANK]``, which DDP rejects for a CPU
+    module. Without CUDA we initialise the gloo process group instead and pass no device ids.
+    """
+    import mmengine.dist.utils as dist_utils
+    from mmengine.model.wrappers import MMDistributedDataParallel
+
+    original_init_dist = dist_utils._init_dist_pytorch
+
+    @functools.wraps(original_init_dist)
+    def init_dist_pytorch(backend, init_backend='torch', **kwargs):
+        if torch.cuda.is_available():
+            return original_init_dist(backend, init_backend=init_backend, **kwargs)
+        torch.distributed.init_process_group(backend='gloo', **kwargs)
+
+    dist_utils._init_dist_pytorch = init_dist_pytorch
+
+    original_ddp_init = MMDistributedDataParallel.__init__
+
+    @functools.wraps(original_ddp_init)
+    def ddp_init(self, module, detect_anomalous_params=False, **kwargs):
+        first_param = next(module.parameters(), None)
+        if first_param is not None and first_param.device.type == 'cpu':
+            kwargs['device_ids'] = None
+            kwargs.pop('output_device', None)
+        original_ddp_init(self, module=module,
+                          detect_anomalous_params=detect_anomalous_params, **kwargs)
+
+    MMDistributedDataParallel.__init__ = ddp_init
+
+
+_APPLIED = False
+
+
+def apply_all() -> None:
+    """Apply every fix once (idempotent)."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    _restore_numpy_aliases()
+    install_weights_only_loaders()
+    install_atomic_checkpoints()
+    install_mid_epoch_resume()
+    _support_cpu_distributed()
+    _APPLIED = True
+
+
+apply_all()
