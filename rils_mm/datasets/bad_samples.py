@@ -10,7 +10,7 @@ consumed (not what workers prefetched), so they stay right across a resume.
 from collections import Counter
 from typing import Dict, Iterable, Mapping, Optional
 
-# Reasons a sample is skipped. Shard-level problems are counted apart from samples.
+# Reasons a sample is skipped.
 MISSING_IMAGE = 'missing_image'
 MISSING_CAPTION = 'missing_caption'
 EMPTY_CAPTION = 'empty_caption'
@@ -22,7 +22,11 @@ IMAGE_TOO_SMALL = 'image_too_small'
 EXTREME_ASPECT_RATIO = 'extreme_aspect_ratio'
 UNREADABLE_SAMPLE = 'unreadable_sample'
 FILTERED = 'filtered_by_pipeline'
+# An unreadable shard (or tail) is counted twice: once per shard (UNREADABLE_SHARD, apart
+# from the samples) and by its estimated number of lost samples (UNREADABLE_SHARD_SAMPLES,
+# a bad-sample reason like the others, so it counts toward BadSampleHook's limit).
 UNREADABLE_SHARD = 'unreadable_shard'
+UNREADABLE_SHARD_SAMPLES = 'unreadable_shard_samples'
 
 SAMPLE_REASONS = (MISSING_IMAGE, MISSING_CAPTION, EMPTY_CAPTION, CAPTION_NOT_UTF8,
                   UNDECODABLE_IMAGE, TRUNCATED_IMAGE, IMAGE_TOO_LARGE, IMAGE_TOO_SMALL,
@@ -31,6 +35,7 @@ SHARD_REASONS = (UNREADABLE_SHARD, )
 
 # Metainfo keys written by the datasets and read by the hooks.
 SKIPPED_KEY = 'skipped_before'
+BAD_SHARDS_KEY = 'bad_shards'  # paths of the unreadable shards skipped before the sample
 IMG_MODE_KEY = 'img_mode'
 
 

@@ -19,10 +19,13 @@ import torch
 from mmengine.dataset import BaseDataset
 from mmengine.logging import print_log
 from mmpretrain.registry import DATASETS
+from torch.utils.data import get_worker_info
 
-from .bad_samples import FILTERED, SKIPPED_KEY, BadSampleError
+from .bad_samples import FILTERED, MISSING_IMAGE, SKIPPED_KEY, BadSampleError
 from .caption_files import read_coco_captions, read_csv_captions, read_jsonl_captions
-from .image_text_shards import _mix_seed, attach_metainfo, build_pipeline
+from .image_text_shards import _mix_seed, attach_metainfo, build_pipeline, seeded_global_rngs
+
+AUGMENT_SALT = 0x5EED  # keeps the augmentation seed apart from the caption-sampling one
 
 
 class BaseImageTextDataset(BaseDataset):
@@ -37,7 +40,8 @@ class BaseImageTextDataset(BaseDataset):
         pipeline (Sequence[dict]): Transforms, from mmpretrain's registry.
         data_root (str): Prefix of ``ann_file`` and ``data_prefix``.
         data_prefix (dict): ``dict(img_path=folder)`` images are relative to.
-        seed (int): Seed for caption sampling and for choosing replacements of bad images.
+        seed (int): Seed for caption sampling, augmentation (per visit: seed, epoch, index)
+            and choosing replacements of bad images.
         max_refetch (int): Replacements tried before giving up on an index.
         test_mode (bool): Bad images raise instead of being replaced.
         lazy_init (bool): Defer reading the table until first use.
@@ -96,11 +100,17 @@ class BaseImageTextDataset(BaseDataset):
 
     def prepare_data(self, idx: int):
         data_info = self.get_data_info(idx)
+        epoch = int(self._epoch)
         captions = data_info.pop('captions', None)
         if captions is not None:
-            rng = random.Random(_mix_seed(self.seed, int(self._epoch), idx))
+            rng = random.Random(_mix_seed(self.seed, epoch, idx))
             data_info['text'] = captions[rng.randrange(len(captions))]
-        return self.pipeline(data_info)
+        # Augmentation draws from a per-visit seed, not from the worker's running generator:
+        # the same sample in the same epoch gets the same crop whichever worker loads it and
+        # whether or not the run was resumed in between (the order comes from the sampler).
+        with seeded_global_rngs(_mix_seed(self.seed, epoch, idx, AUGMENT_SALT),
+                                restore=get_worker_info() is None):
+            return self.pipeline(data_info)
 
     def _replacement(self, idx: int, current: int, attempt: int) -> int:
         """A seeded choice among the other samples (so a resumed run picks the same)."""
@@ -121,7 +131,9 @@ class BaseImageTextDataset(BaseDataset):
                     raise BadSampleError(FILTERED, str(self.get_data_info(current)['img_path']))
             except BadSampleError as error:
                 if self.test_mode:
-                    raise ValueError(f'{type(self).__name__}[{current}] is unusable: {error}')
+                    raise ValueError(f'{type(self).__name__}[{current}] is unusable: {error}; '
+                                     f'{self._image_folder_hint(error.reason)}')
+                last_error = error
                 skipped[error.reason] += 1
                 if sum(skipped.values()) == 1:
                     warnings.warn(f'Replacing bad sample {current} ({error})')
@@ -129,7 +141,15 @@ class BaseImageTextDataset(BaseDataset):
                 continue
             return attach_metainfo(output, {SKIPPED_KEY: dict(skipped)})
         raise RuntimeError(f'{type(self).__name__}: sample {idx} and {self.max_refetch} '
-                           f'replacements were all unusable ({dict(skipped)}); check the data')
+                           f'replacements were all unusable ({dict(skipped)}), the last one '
+                           f'{last_error}; {self._image_folder_hint(last_error.reason)}')
+
+    def _image_folder_hint(self, reason: str) -> str:
+        folder = self.data_prefix.get('img_path', '')
+        hint = (f'the images of {self.ann_file} are read from data_prefix img_path={folder!r} '
+                f'({osp.abspath(folder)})')
+        # Images that are all missing usually mean data_root/data_prefix name the wrong folder.
+        return hint + ('; check data_root and data_prefix' if reason == MISSING_IMAGE else '')
 
 
 @DATASETS.register_module()
@@ -141,6 +161,9 @@ class CsvImageTextDataset(BaseImageTextDataset):
         caption_key (str): Caption column (``--csv-caption-key``).
         sep (str): Separator (``--csv-separator``), tab by default.
         label_key (str, optional): Integer class column, kept as ``gt_label``.
+        quoting (str): ``'minimal'`` (quotes may enclose a field) or ``'none'`` (quotes are
+            plain text: for captions holding literal quote characters); see
+            :func:`read_csv_captions`.
         **kwargs: See :class:`BaseImageTextDataset`.
     """
 
@@ -150,15 +173,17 @@ class CsvImageTextDataset(BaseImageTextDataset):
                  caption_key: str = 'title',
                  sep: str = '\t',
                  label_key: Optional[str] = None,
+                 quoting: str = 'minimal',
                  **kwargs) -> None:
         self.img_key, self.caption_key, self.sep = img_key, caption_key, sep
+        self.quoting = quoting
         self.label_key = label_key
         super().__init__(ann_file, **kwargs)
 
     def read_rows(self, ann_file: str):
         extra = (self.label_key, ) if self.label_key else ()
         rows, dropped = read_csv_captions(ann_file, self.img_key, self.caption_key, self.sep,
-                                          extra)
+                                          extra, self.quoting)
         return _labels_to_int(rows, self.label_key, ann_file), dropped
 
 

@@ -29,11 +29,44 @@ def _clean_caption(value, where: str, dropped: Counter) -> Optional[str]:
         return None
 
 
+# read_csv_captions' ``quoting`` names -> the csv module's constants.
+QUOTING = {'minimal': csv.QUOTE_MINIMAL, 'none': csv.QUOTE_NONE}
+_QUOTE_HINT = "if captions hold literal quote characters, read the table with quoting='none'"
+
+
+def _csv_rows(file, path: str, sep: str, quoting: str) -> Iterator[Tuple[int, List[str]]]:
+    """(line number, fields) of each non-blank row; a row that is not one line raises.
+
+    A quoted field may legally hold line breaks, but in caption tables that almost always
+    means an unterminated quote swallowing the following rows, so it is an error here.
+    """
+    if quoting not in QUOTING:
+        raise ValueError(f'{path}: quoting={quoting!r}; expected one of {sorted(QUOTING)}')
+    reader = csv.reader(file, delimiter=sep, quoting=QUOTING[quoting], strict=True)
+    start = 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ValueError(f'{path}:{start}: {error} in the row starting on this line (an '
+                             f'unterminated or stray quote?); {_QUOTE_HINT}') from None
+        if reader.line_num > start or any('\n' in f or '\r' in f for f in fields):
+            raise ValueError(f'{path}:{start}: a quoted field holds a line break, reading on '
+                             f'to line {reader.line_num} (an unterminated quote?); expected '
+                             f'one row per line; {_QUOTE_HINT}')
+        line, start = start, reader.line_num + 1
+        if any(field.strip() for field in fields):
+            yield line, fields
+
+
 def read_csv_captions(path: str,
                       img_key: str = 'filepath',
                       caption_key: str = 'title',
                       sep: str = '\t',
-                      extra_keys: Tuple[str, ...] = ()) -> Tuple[List[Dict], Counter]:
+                      extra_keys: Tuple[str, ...] = (),
+                      quoting: str = 'minimal') -> Tuple[List[Dict], Counter]:
     """Read an open_clip-style CSV/TSV (``--csv-img-key``, ``--csv-caption-key``,
     ``--csv-separator``).
 
@@ -43,33 +76,45 @@ def read_csv_captions(path: str,
         caption_key (str): Column holding captions.
         sep (str): Field separator (``'\\t'`` for open_clip's default TSV).
         extra_keys (tuple[str]): Further columns to keep when present.
+        quoting (str): ``'minimal'`` (``csv.QUOTE_MINIMAL``): a field may be quoted with
+            ``"`` to hold the separator, and ``""`` inside it stands for one quote.
+            ``'none'`` (``csv.QUOTE_NONE``): quote characters are plain text; use it for
+            tables whose captions contain literal quotes (the separator then cannot occur
+            inside a field).
 
     Returns:
-        tuple[list[dict], Counter]: Rows as ``dict(img_path, text, key, **extra)`` and the
-        dropped rows per reason.
+        tuple[list[dict], Counter]: Rows as ``dict(img_path, text, key, line, **extra)``
+        (``line``: the row's line in the file) and the dropped rows per reason.
 
     Raises:
         KeyError: A required column is missing (names the column, the file and the columns
             found).
+        ValueError: A row is not one line with as many fields as the header (an
+            unterminated quote, a stray separator), naming ``path:line``.
     """
     rows, dropped = [], Counter()
     with open(path, newline='', encoding='utf-8', errors='surrogateescape') as file:
-        reader = csv.DictReader(file, delimiter=sep)
-        columns = reader.fieldnames or []
+        records = _csv_rows(file, path, sep, quoting)
+        _, columns = next(records, (1, []))
         for key in (img_key, caption_key):
             if key not in columns:
                 raise KeyError(f'{path}: column {key!r} not found; the header (split on '
                                f'{sep!r}) has {columns}. Set img_key/caption_key/sep to match.')
-        for line, row in enumerate(reader, start=2):
+        for index, (line, fields) in enumerate(records):
             where = f'{path}:{line}'
-            image = row.get(img_key)
+            if len(fields) != len(columns):
+                raise ValueError(f'{where} has {len(fields)} fields, the header has '
+                                 f'{len(columns)} (separator {sep!r}); a stray separator or '
+                                 f'quote?')
+            row = dict(zip(columns, fields))
+            image = row[img_key]
             if not image:
                 dropped['missing_image'] += 1
                 continue
-            text = _clean_caption(row.get(caption_key), where, dropped)
+            text = _clean_caption(row[caption_key], where, dropped)
             if text is None:
                 continue
-            entry = dict(img_path=image, text=text, key=f'{line - 2}')
+            entry = dict(img_path=image, text=text, key=f'{index}', line=line)
             entry.update({k: row[k] for k in extra_keys if row.get(k) not in (None, '')})
             rows.append(entry)
     return rows, dropped
@@ -98,8 +143,8 @@ def read_jsonl_captions(path: str,
     """Read one ``{img_key: path, caption_key: text, ...}`` object per line.
 
     Returns:
-        tuple[list[dict], Counter]: Rows as ``dict(img_path, text, key, **extra)`` and the
-        dropped rows per reason.
+        tuple[list[dict], Counter]: Rows as ``dict(img_path, text, key, line, **extra)`` and
+        the dropped rows per reason.
 
     Raises:
         KeyError: A line lacks ``img_key`` (names the key, file and line).
@@ -118,7 +163,7 @@ def read_jsonl_captions(path: str,
         if text is None:
             continue
         entry = dict(img_path=record[img_key], text=text,
-                     key=str(record.get('key', line_number - 1)))
+                     key=str(record.get('key', line_number - 1)), line=line_number)
         entry.update({k: record[k] for k in extra_keys if k in record})
         rows.append(entry)
     return rows, dropped

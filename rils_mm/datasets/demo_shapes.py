@@ -12,16 +12,22 @@ the ``"<colour> <shape>"`` classes measures compositional generalisation. Layout
     heldout/images/*.png     unseen pairs
     heldout.jsonl, heldout.tsv
     classnames.txt           "<colour> <shape>" per line; line i is label i
-    meta.json                generation parameters and the held-out pairs
+    meta.json                generation settings, the training shards and held-out pairs
+
+The folder is written beside ``root`` and renamed into place when complete; ``meta.json``
+records the settings, and asking for other settings on an existing folder is an error
+(delete the folder or choose another one) rather than a mix of old and new files.
 
 A few thousand 64 px images take a couple of seconds to generate.
 """
 import csv
+import inspect
 import io
 import json
 import os
 import os.path as osp
 import re
+import shutil
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -51,7 +57,7 @@ POSITIONS = {
 }
 TEMPLATES = ('a {size} {colour} {shape} {where}', 'a photo of a {size} {colour} {shape} {where}',
              'a {colour} {shape}, {size}, {where}')
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: meta.json lists train_shards
 
 
 def class_names() -> List[str]:
@@ -147,6 +153,38 @@ def zero_shot_templates() -> List[str]:
     return [f'a {size} {{}} {where}' for size in SIZES for _, where in POSITIONS.values()]
 
 
+def demo_settings(**kwargs) -> dict:
+    """All settings of :func:`generate_demo_shapes` (defaults filled in) and the format."""
+    bound = inspect.signature(generate_demo_shapes).bind_partial(**kwargs)
+    bound.apply_defaults()
+    bound.arguments.pop('root')
+    return dict(format_version=FORMAT_VERSION, **bound.arguments)
+
+
+def read_demo_meta(root: str, settings: Optional[dict] = None) -> dict:
+    """The ``meta.json`` of a complete demo dataset, checked against ``settings``.
+
+    Raises:
+        FileNotFoundError: ``root`` has no ``meta.json`` (missing, or an interrupted or
+            foreign folder).
+        ValueError: ``root`` was generated with other settings (names the differences).
+    """
+    meta_path = osp.join(root, 'meta.json')
+    if not osp.isfile(meta_path):
+        raise FileNotFoundError(f'{root} holds no meta.json, so it is not a complete demo '
+                                f'dataset (an interrupted generation, or another folder); '
+                                f'delete it or choose another folder (data_root)')
+    with open(meta_path) as file:
+        meta = json.load(file)
+    differing = [f'{key}={meta.get(key)} instead of {value}'
+                 for key, value in (settings or {}).items() if meta.get(key) != value]
+    if differing:
+        raise ValueError(f'{root} holds demo data generated with other settings: '
+                         f'{", ".join(differing)}; delete {root} to regenerate it, or choose '
+                         f'another folder (data_root)')
+    return meta
+
+
 def generate_demo_shapes(root: str = 'data/demo_shapes',
                          num_train: int = 4096,
                          num_val: int = 512,
@@ -154,12 +192,41 @@ def generate_demo_shapes(root: str = 'data/demo_shapes',
                          image_size: int = 64,
                          samples_per_shard: int = 256,
                          seed: int = 0) -> dict:
-    """Write the demo dataset under ``root`` (see the module docs); returns its meta dict."""
+    """Write the demo dataset under ``root`` (see the module docs); returns its meta dict.
+
+    ``meta.json`` records the settings and lists the training shards. When ``root`` already
+    holds a dataset with these settings it is kept as it is; other settings raise instead of
+    mixing old and new files. The data is written to a temporary folder beside ``root`` and
+    renamed into place when complete, so an interrupted run leaves no ``root``.
+
+    Raises:
+        ValueError: ``root`` holds a dataset generated with other settings.
+        FileNotFoundError: ``root`` exists, is not empty and holds no ``meta.json``.
+    """
+    settings = demo_settings(num_train=num_train, num_val=num_val, num_heldout=num_heldout,
+                             image_size=image_size, samples_per_shard=samples_per_shard,
+                             seed=seed)
+    if osp.isdir(root) and os.listdir(root):
+        return read_demo_meta(root, settings)
+    work = f'{osp.abspath(root)}.incomplete-{os.getpid()}'
+    shutil.rmtree(work, ignore_errors=True)  # left by an interrupted run with this pid
+    os.makedirs(work)
+    try:
+        meta = _write_demo_shapes(work, settings)
+        os.replace(work, root)  # also replaces an empty root folder
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return meta
+
+
+def _write_demo_shapes(root: str, settings: dict) -> dict:
     heldout = heldout_pairs()
     seen = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in heldout]
-    rng = np.random.default_rng(seed)
-    with ShardWriter(osp.join(root, 'train'), samples_per_shard) as writer:
-        for index in range(num_train):
+    image_size = settings['image_size']
+    rng = np.random.default_rng(settings['seed'])
+    with ShardWriter(osp.join(root, 'train'), settings['samples_per_shard']) as writer:
+        for index in range(settings['num_train']):
             scene = sample_scene(seen, rng)
             image = render_shape(scene['colour'], scene['shape'], scene['size'],
                                  scene['position'], image_size, rng)
@@ -169,43 +236,38 @@ def generate_demo_shapes(root: str = 'data/demo_shapes',
             writer.write(key, dict(jpg=buffer.getvalue(), txt=scene['caption'],
                                    json=dict(key=key, label=scene['label'],
                                              classname=scene['classname'])))
-    _write_eval_split(root, 'val', seen, num_val, image_size, np.random.default_rng(seed + 1))
-    _write_eval_split(root, 'heldout', heldout, num_heldout, image_size,
-                      np.random.default_rng(seed + 2))
+    _write_eval_split(root, 'val', seen, settings['num_val'], image_size,
+                      np.random.default_rng(settings['seed'] + 1))
+    _write_eval_split(root, 'heldout', heldout, settings['num_heldout'], image_size,
+                      np.random.default_rng(settings['seed'] + 2))
     with open(osp.join(root, 'classnames.txt'), 'w') as file:
         file.write('\n'.join(class_names()) + '\n')
     with open(osp.join(root, 'templates.txt'), 'w') as file:
         file.write('\n'.join(zero_shot_templates()) + '\n')
-    meta = dict(format_version=FORMAT_VERSION, num_train=num_train, num_val=num_val,
-                num_heldout=num_heldout, image_size=image_size,
-                samples_per_shard=samples_per_shard, seed=seed,
-                heldout_pairs=[list(pair) for pair in heldout],
-                num_shards=len(writer.paths))
-    # meta.json last: its presence marks a complete dataset.
+    # The dataset reads exactly train_shards, never whatever *.tar lies in train/.
+    meta = dict(settings, heldout_pairs=[list(pair) for pair in heldout],
+                num_shards=len(writer.paths),
+                train_shards=[osp.basename(path) for path in writer.paths])
     with open(osp.join(root, 'meta.json'), 'w') as file:
         json.dump(meta, file, indent=1)
     return meta
 
 
 def ensure_demo_shapes(root: str = 'data/demo_shapes', **kwargs) -> dict:
-    """Generate the demo dataset unless ``root`` already holds one with these parameters.
+    """Generate the demo dataset unless ``root`` already holds one with these settings.
 
     In a distributed run rank 0 generates while the others wait.
+
+    Raises:
+        ValueError: ``root`` holds a dataset generated with other settings.
+        FileNotFoundError: ``root`` holds something else, or an interrupted generation.
     """
-    meta_path = osp.join(root, 'meta.json')
     rank, world_size = get_dist_info()
     if rank == 0:
-        current: Optional[dict] = None
-        if osp.isfile(meta_path):
-            with open(meta_path) as file:
-                current = json.load(file)
-        wanted = dict(format_version=FORMAT_VERSION, **kwargs)
-        if current is None or any(current.get(k) != v for k, v in wanted.items()):
-            generate_demo_shapes(root, **kwargs)
+        generate_demo_shapes(root, **kwargs)
     if world_size > 1:
         barrier()
-    with open(meta_path) as file:
-        return json.load(file)
+    return read_demo_meta(root, demo_settings(**kwargs))
 
 
 @DATASETS.register_module()
@@ -221,5 +283,6 @@ class DemoShapesShardDataset(ImageTextShardDataset):
 
     def __init__(self, data_root: str = 'data/demo_shapes', generate_cfg: Optional[dict] = None,
                  **kwargs) -> None:
-        ensure_demo_shapes(data_root, **(generate_cfg or {}))
-        super().__init__(shards=osp.join(data_root, 'train'), **kwargs)
+        meta = ensure_demo_shapes(data_root, **(generate_cfg or {}))
+        super().__init__(shards=[osp.join(data_root, 'train', name)
+                                 for name in meta['train_shards']], **kwargs)

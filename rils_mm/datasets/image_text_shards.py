@@ -34,7 +34,9 @@ from a per-sample seed ``(seed, epoch, role, position)``, so crops match too.
 
 Bad samples raise :class:`BadSampleError` in the pipeline (or, for a missing image or
 caption, before any decoding); they are skipped and their reasons travel with the next good sample
-(``skipped_before`` in its metainfo) to :class:`BadSampleHook`.
+(``skipped_before`` in its metainfo) to :class:`BadSampleHook`. An unreadable shard (or tail)
+travels the same way, counted as its estimated number of lost samples, with its path in
+``bad_shards``.
 """
 import json
 import math
@@ -52,21 +54,26 @@ from mmengine.dist import get_dist_info
 from mmpretrain.registry import DATASETS, TRANSFORMS
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .bad_samples import (FILTERED, MISSING_IMAGE, SKIPPED_KEY, UNREADABLE_SAMPLE,
-                          UNREADABLE_SHARD, BadSampleError, decode_caption)
+from .bad_samples import (BAD_SHARDS_KEY, FILTERED, MISSING_IMAGE, SKIPPED_KEY,
+                          UNREADABLE_SAMPLE, UNREADABLE_SHARD, UNREADABLE_SHARD_SAMPLES,
+                          BadSampleError, decode_caption)
 from .shards import (CAPTION_EXT, IMAGE_EXTS, SampleRef, ShardReader, expand_shard_urls,
                      image_ext_of, scan_shard)
 
 STREAM_STATE_KEY = 'stream_state'
-BAD_SHARDS_KEY = 'bad_shards'
 
 
 class _ShardFailure:
-    """Stream entry standing for a shard (or its tail) that could not be read."""
+    """Stream entry standing for a shard (or its tail) that could not be read.
 
-    def __init__(self, shard: str, message: str) -> None:
+    ``lost`` is the estimated number of samples of the role's unit that were not read (see
+    :meth:`ImageTextShardDataset.raw_stream`); they count as bad samples.
+    """
+
+    def __init__(self, shard: str, message: str, lost: int = 1) -> None:
         self.shard = shard
         self.message = message
+        self.lost = lost
 
 
 def count_from_size_files(shards: Sequence[str]) -> Optional[int]:
@@ -91,6 +98,21 @@ def count_from_size_files(shards: Sequence[str]) -> Optional[int]:
         else:
             return None
     return total
+
+
+def _estimate_lost(path: str, refs: List[SampleRef], part: int, parts: int,
+                   readable_sizes: Sequence[int]) -> int:
+    """Estimated samples of part ``part`` (of ``parts``) of an unreadable shard not read.
+
+    The shard's size is taken from ``sizes.json`` / img2dataset's ``*_stats.json`` when they
+    list it; otherwise it is estimated as the mean size of the readable shards this role has
+    scanned so far in this epoch (so a resumed run's replay gives the same number). At least
+    1 is counted, so an unreadable shard never goes unnoticed in the bad fraction.
+    """
+    size = count_from_size_files([path])
+    if size is None:
+        size = round(sum(readable_sizes) / len(readable_sizes)) if readable_sizes else 0
+    return max(1, len(range(part, size, parts)) - len(refs[part::parts]))
 
 
 def build_pipeline(pipeline: Sequence[Union[dict, callable]]) -> Compose:
@@ -212,6 +234,7 @@ class ImageTextShardDataset(IterableDataset):
                                  'cut equal numbers of batches on every rank')
             self.batches_per_rank = math.ceil(samples_per_epoch / (self.world_size * batch_size))
         self._resume_state: Optional[dict] = None
+        self._resume_batches_done = 0
         # (epoch, position, valid) per role, in shared memory so that worker processes,
         # persistent or not, pass their position on to the next pass over the dataloader.
         self._positions = torch.zeros((self.MAX_WORKERS, 3), dtype=torch.int64).share_memory_()
@@ -239,30 +262,47 @@ class ImageTextShardDataset(IterableDataset):
                 position)})`` as recorded by :class:`DataResumeHook`; None starts afresh.
         """
         self._resume_state = state
+        self._resume_batches_done = 0
         self._positions.zero_()
 
-    def _start_of(self, worker_id: int, num_workers: int) -> Tuple[int, int, int]:
-        """(role in this rank, first epoch, positions of that epoch to skip) for a worker."""
+    def skip_batches(self, done: int) -> None:
+        """Make the next pass the rest of a nominal epoch whose first ``done`` batches (of this
+        rank) were trained before the checkpoint (``EpochBasedTrainLoop`` resuming mid-epoch).
+
+        The stream positions come from :meth:`set_resume_state`; this only shortens the pass
+        and keeps each remaining batch with the role that would have produced it.
+        """
+        if done and (self.samples_per_epoch is None or not self._resume_state):
+            raise ValueError('skip_batches needs samples_per_epoch and a resume state '
+                             '(set_resume_state, done by DataResumeHook)')
+        # Workers copy this when they start (a persistent worker clears its copy after the
+        # pass); the loop calls skip_batches(0) after the pass for later worker starts.
+        self._resume_batches_done = int(done)
+
+    def _start_of(self, worker_id: int, num_workers: int) -> Tuple[int, int, int, int]:
+        """(role in this rank, first epoch, positions of that epoch to skip, batches of the
+        nominal epoch already trained) for a worker."""
         if num_workers > len(self._positions):
             raise ValueError(f'At most {len(self._positions)} dataloader workers are supported')
         finite = self.samples_per_epoch is not None
-        if finite and self._positions[worker_id, 2]:
+        done = self._resume_batches_done if finite else 0
+        if finite and not done and self._positions[worker_id, 2]:
             # A later pass over the dataloader: go on where this role's last pass stopped.
             epoch, position, _ = self._positions[worker_id].tolist()
-            return worker_id, epoch, position
+            return worker_id, epoch, position, 0
         state = self._resume_state
         if not state:
-            return worker_id, 0, 0
+            return worker_id, 0, 0, 0
         if state['num_workers'] != num_workers:
             raise ValueError(
                 f'Cannot resume the shard stream exactly: the checkpoint was written with '
                 f'num_workers={state["num_workers"]} per rank, this run uses {num_workers}. '
                 f'Resume with the same num_workers (and world size).')
-        # Endless stream: the worker due next takes over role 0's place in the round robin.
-        # Nominal epochs restart the round robin at worker 0 on every pass.
-        role = worker_id if finite else (worker_id + state['next_role']) % num_workers
+        # Endless stream, or the rest of a nominal epoch: the worker due next takes over role
+        # 0's place in the round robin. A whole nominal epoch restarts it at worker 0.
+        role = worker_id if finite and not done else (worker_id + state['next_role']) % num_workers
         epoch, position = state['roles'].get(role, state['roles'].get(str(role), (0, 0)))
-        return role, int(epoch), int(position)
+        return role, int(epoch), int(position), done
 
     # ------------------------------------------------------------------ order
     def epoch_units(self, epoch: int, num_roles: int) -> Tuple[List[Tuple[int, int]], int]:
@@ -282,11 +322,15 @@ class ImageTextShardDataset(IterableDataset):
         units, parts = self.epoch_units(epoch, num_roles)
         rng = random.Random(_mix_seed(self.seed, epoch, role, num_roles))
         buffer: List[SampleRef] = []
+        readable_sizes: List[int] = []
         for shard_index, part in units[role::num_roles]:
             path = self.shards[shard_index]
             refs, error = scan_shard(path)
-            if error is not None:
-                yield _ShardFailure(path, str(error))
+            if error is None:
+                readable_sizes.append(len(refs))
+            else:
+                yield _ShardFailure(path, str(error),
+                                    _estimate_lost(path, refs, part, parts, readable_sizes))
             for ref in refs[part::parts]:
                 if len(buffer) < self.shuffle_buffer:
                     buffer.append(ref)
@@ -332,13 +376,16 @@ class ImageTextShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
         worker_id, num_workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
-        role, start_epoch, skip = self._start_of(worker_id, num_workers)
+        role, start_epoch, skip, done = self._start_of(worker_id, num_workers)
         global_role = self.rank * num_workers + role
         num_roles = self.world_size * num_workers
-        # Nominal epochs: worker w yields batches w, w + W, ... of the rank's batches.
+        # Nominal epochs: worker w yields batches w, w + W, ... of the rank's batches (of those
+        # after the first ``done`` when resuming mid-epoch).
         quota = None
         if self.samples_per_epoch is not None:
-            quota = len(range(worker_id, self.batches_per_rank, num_workers)) * self.batch_size
+            quota = len(range(done + worker_id, self.batches_per_rank,
+                              num_workers)) * self.batch_size
+            self._resume_batches_done = 0  # this worker's copy: the next pass is whole
             if quota == 0:
                 return
         skipped: Counter = Counter()
@@ -351,8 +398,10 @@ class ImageTextShardDataset(IterableDataset):
                 if epoch == start_epoch and position <= skip:
                     continue  # replaying up to the resume point: headers only
                 if isinstance(item, _ShardFailure):
-                    warnings.warn(f'Skipping unreadable shard (or its tail): {item.message}')
+                    warnings.warn(f'Skipping unreadable shard (or its tail): {item.message} '
+                                  f'(about {item.lost} sample(s) lost, counted as bad)')
                     skipped[UNREADABLE_SHARD] += 1
+                    skipped[UNREADABLE_SHARD_SAMPLES] += item.lost
                     bad_shards.append(item.shard)
                     continue
                 seed = (_mix_seed(self.seed, epoch, global_role, position)

@@ -21,11 +21,17 @@ class ShardWriter:
     fixed owner and time stamps so equal inputs give byte-identical shards. ``close`` writes
     ``sizes.json`` (shard name -> sample count), which open_clip reads for dataset sizes.
 
+    Shards are written as ``NAME.partial`` and renamed into place (``sizes.json`` last) only
+    when the ``with`` block ends without an error; after an error (or :meth:`abort`) the
+    partial files are removed, so a failed run never leaves what looks like a dataset.
+
     Args:
         out_dir (str): Output folder (created).
         samples_per_shard (int): Samples per shard.
         name_format (str): Shard file name for a shard number.
     """
+
+    PARTIAL = '.partial'
 
     def __init__(self,
                  out_dir: str,
@@ -37,7 +43,7 @@ class ShardWriter:
         self.out_dir = out_dir
         self.samples_per_shard = samples_per_shard
         self.name_format = name_format
-        self.paths: List[str] = []
+        self.paths: List[str] = []  # final names; the files are PATH.partial until close
         self.sizes: Dict[str, int] = {}
         self._tar: Optional[tarfile.TarFile] = None
         self._count = 0
@@ -61,24 +67,40 @@ class ShardWriter:
         if self._tar is not None:
             self._tar.close()
         path = osp.join(self.out_dir, self.name_format.format(len(self.paths)))
-        self._tar = tarfile.open(path, 'w', format=tarfile.USTAR_FORMAT)
+        self._tar = tarfile.open(path + self.PARTIAL, 'w', format=tarfile.USTAR_FORMAT)
         self.paths.append(path)
         self._count = 0
 
     def close(self) -> List[str]:
-        """Finish the last shard, write ``sizes.json``; returns the shard paths."""
+        """Finish the last shard, move the shards into place and write ``sizes.json``;
+        returns the shard paths."""
         if self._tar is not None:
             self._tar.close()
             self._tar = None
-        with open(osp.join(self.out_dir, 'sizes.json'), 'w') as file:
+        sizes_path = osp.join(self.out_dir, 'sizes.json')
+        with open(sizes_path + self.PARTIAL, 'w') as file:
             json.dump(self.sizes, file, indent=1, sort_keys=True)
+        for path in self.paths + [sizes_path]:
+            os.replace(path + self.PARTIAL, path)
         return self.paths
+
+    def abort(self) -> None:
+        """Close and delete the shards written so far (none of them was moved into place)."""
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+        for path in self.paths:
+            if osp.exists(path + self.PARTIAL):
+                os.remove(path + self.PARTIAL)
 
     def __enter__(self) -> 'ShardWriter':
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def make_shards(image_root: str,
@@ -87,12 +109,14 @@ def make_shards(image_root: str,
                 samples_per_shard: int = 1000,
                 img_key: str = 'filepath',
                 caption_key: str = 'title',
-                sep: str = '\t') -> List[str]:
+                sep: str = '\t',
+                quoting: str = 'minimal') -> List[str]:
     """Pack an image folder and a caption table into img2dataset-style shards.
 
     Images are copied byte for byte (no re-encoding); keys are ``SSSSSIIII`` like
     img2dataset's (shard number, index in shard). Rows whose caption is unusable are dropped;
-    rows whose image file is missing raise.
+    a row whose image file is missing raises, and then nothing is left in ``out_dir`` (see
+    :class:`ShardWriter`).
 
     Args:
         image_root (str): Folder the table's image paths are relative to.
@@ -103,20 +127,25 @@ def make_shards(image_root: str,
         img_key (str): Image path column/key.
         caption_key (str): Caption column/key.
         sep (str): CSV separator.
+        quoting (str): CSV quoting, ``'minimal'`` or ``'none'`` (see
+            :func:`read_csv_captions`).
 
     Returns:
         list[str]: Written shard paths.
+
+    Raises:
+        FileNotFoundError: An image is missing (names the table, its line and the image).
     """
     if captions_file.endswith('.jsonl'):
         rows, _ = read_jsonl_captions(captions_file, img_key, caption_key)
     else:
-        rows, _ = read_csv_captions(captions_file, img_key, caption_key, sep)
+        rows, _ = read_csv_captions(captions_file, img_key, caption_key, sep, quoting=quoting)
     with ShardWriter(out_dir, samples_per_shard) as writer:
         for index, row in enumerate(rows):
             path = osp.join(image_root, row['img_path'])
             if not osp.isfile(path):
-                raise FileNotFoundError(f'{captions_file} row {row["key"]}: image {path} does '
-                                        f'not exist')
+                raise FileNotFoundError(f'{captions_file}:{row["line"]}: image {path} does not '
+                                        f'exist (image paths are relative to {image_root})')
             ext = osp.splitext(path)[1].lstrip('.').lower() or 'jpg'
             ext = 'jpg' if ext == 'jpeg' else ext
             with open(path, 'rb') as file:

@@ -1,4 +1,5 @@
 """Bad samples are skipped and counted per reason, odd images converted, the limit enforced."""
+import os
 from collections import Counter
 from types import SimpleNamespace
 
@@ -8,9 +9,10 @@ from mmengine.logging import MessageHub, MMLogger
 
 from rils_mm.datasets import ImageTextShardDataset, ShardWriter, counts_from_batch
 from rils_mm.datasets.transforms import LoadImageRGB
+from rils_mm.engine.errors import RunStopped
 from rils_mm.engine.hooks.bad_sample_hook import BadSampleHook
 
-from shard_helpers import encode, good_jpeg
+from shard_helpers import encode, good_jpeg, write_good_shards
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
@@ -107,6 +109,8 @@ def test_unreadable_and_cut_shards_are_named_and_skipped(bad_shard, tmp_path):
     for item in items:
         counts.update(counts_from_batch(dict(data_samples=[item['data_samples']])))
     assert counts['unreadable_shard'] == 2
+    # Neither is in sizes.json and no readable shard was seen to estimate from: 1 each.
+    assert counts['unreadable_shard_samples'] == 2
     assert sorted(s for i in items for s in i['data_samples'].get('bad_shards', [])) == \
         sorted([str(broken), str(cut)])
 
@@ -122,7 +126,7 @@ def test_limit_stops_training_with_a_clear_message(bad_shard):
                for i in range(0, len(items), 4)]
     hook = BadSampleHook(interval=1, max_bad_fraction=0.1, min_samples=10)
     runner = fake_runner('bad_sample_limit')
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(RunStopped) as error:
         for runner.iter, batch in enumerate(batches):
             hook.after_train_iter(runner, runner.iter, batch)
     message = str(error.value)
@@ -161,3 +165,32 @@ def test_load_image_rgb_reads_paths_and_reports_missing_files(tmp_path):
     from rils_mm.datasets import BadSampleError
     with pytest.raises(BadSampleError, match='missing.png'):
         LoadImageRGB()(dict(img_path=str(tmp_path / 'missing.png')))
+
+
+@pytest.mark.parametrize('sizes_json', [True, False])
+def test_unreadable_shards_count_toward_the_limit(tmp_path, sizes_json):
+    paths = write_good_shards(tmp_path, num_samples=80, per_shard=8)
+    broken = [paths[i] for i in (1, 2, 4, 5, 7, 9)]  # 6 of 10; the first one is readable
+    for path in broken:
+        with open(path, 'wb') as file:
+            file.write(b'not a tar' * 100)
+    if not sizes_json:  # then each is estimated as the mean size of the readable ones: 8
+        os.remove(tmp_path / 'sizes.json')
+    items, counts = one_epoch([str(p) for p in paths])
+    assert len(items) == 32
+    assert counts['unreadable_shard'] == 6 and counts['unreadable_shard_samples'] == 48
+
+    batches = [dict(data_samples=[item['data_samples'] for item in items[i:i + 8]])
+               for i in range(0, len(items), 8)]
+    hook = BadSampleHook(interval=1000, max_bad_fraction=0.5, min_samples=10)
+    runner = fake_runner(f'unreadable_shards_{sizes_json}', max_iters=len(batches))
+    with pytest.raises(RunStopped) as error:
+        for runner.iter, batch in enumerate(batches):
+            hook.after_train_iter(runner, runner.iter, batch)
+    summary = runner.message_hub.get_info('bad_samples')
+    assert (summary['bad'], summary['seen'], summary['shard_samples']) == (48, 80, 48)
+    message = str(error.value)
+    assert '60.00% of the samples seen are bad (48 of 80, of which 48 estimated in unreadable ' \
+        'shards)' in message
+    assert 'Unreadable shards: 6 (about 48 samples' in message
+    assert f'{paths[1]}, {paths[2]}' in message

@@ -1,5 +1,6 @@
 """CSV/TSV, JSONL and COCO caption datasets: columns, caption sampling, errors, bad images."""
 import json
+import re
 
 import mmengine.dataset.sampler as sampler_module
 import numpy as np
@@ -140,3 +141,58 @@ def test_default_sampler_splits_map_style_exactly(monkeypatch, coco_file, image_
         monkeypatch.setattr(sampler_module, 'get_dist_info', lambda r=rank: (r, 2))
         seen += list(DefaultSampler(dataset, shuffle=True, seed=3, round_up=False))
     assert sorted(seen) == list(range(len(dataset)))
+
+
+def test_csv_unterminated_quote_names_the_row(tmp_path):
+    ann = tmp_path / 'train.tsv'
+    # Row 3's opening quote is never closed: csv would read rows 4-5 into its caption.
+    ann.write_text('filepath\ttitle\n0.png\tfine\n1.png\t"oops no end\n2.png\tx\n3.png\ty\n')
+    with pytest.raises(ValueError, match=r"train\.tsv:3: .*quote.*quoting='none'"):
+        CsvImageTextDataset(str(ann))
+    # Closed further down: the rows in between would still vanish into one caption.
+    ann.write_text('filepath\ttitle\n0.png\t"a\n1.png\tb"\n')
+    with pytest.raises(ValueError, match=r'train\.tsv:2: .*line break.*to line 3'):
+        CsvImageTextDataset(str(ann))
+    ann.write_text('filepath\ttitle\n0.png\t"quoted" then text\n')
+    with pytest.raises(ValueError, match=r"train\.tsv:2: .*quoting='none'"):
+        CsvImageTextDataset(str(ann))
+
+
+@pytest.mark.parametrize('row,count', [('1.png\tb\textra', 3), ('1.png', 1)])
+def test_csv_row_with_other_field_count_names_the_line(tmp_path, row, count):
+    ann = tmp_path / 'train.tsv'
+    ann.write_text(f'filepath\ttitle\n\n0.png\ta\n{row}\n')
+    with pytest.raises(ValueError, match=rf'train\.tsv:4 has {count} fields, the header has 2'):
+        CsvImageTextDataset(str(ann))
+
+
+def test_csv_quoting_none_keeps_literal_quotes(tmp_path, image_dir):
+    ann = tmp_path / 'train.tsv'
+    ann.write_text('filepath\ttitle\n0.png\t"quoted" start\n1.png\ta 12" record\n\n\n')
+    dataset = CsvImageTextDataset(str(ann), quoting='none', pipeline=PIPELINE,
+                                  data_prefix=dict(img_path=str(image_dir)))
+    assert [dataset[i]['data_samples'].caption for i in range(2)] == [
+        '"quoted" start', 'a 12" record']
+    ann.write_text('filepath\ttitle\n0.png\tplain\n\n  \n')  # blank trailing lines are fine
+    assert len(CsvImageTextDataset(str(ann))) == 1
+    with pytest.raises(ValueError, match="quoting='all'; expected one of"):
+        CsvImageTextDataset(str(ann), quoting='all')
+
+
+def test_jsonl_whose_images_are_all_missing_names_the_folder(tmp_path):
+    ann = tmp_path / 'val.jsonl'
+    ann.write_text(''.join(json.dumps(dict(filepath=f'{i}.png', caption=f'c {i}')) + '\n'
+                           for i in range(3)))
+    folder = tmp_path / 'wrong_folder'
+    dataset = JsonlImageTextDataset(str(ann), pipeline=PIPELINE, max_refetch=2,
+                                    data_prefix=dict(img_path=str(folder)))
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError) as error:
+        dataset[0]
+    message = str(error.value)
+    assert f"data_prefix img_path='{folder}'" in message
+    assert 'missing_image' in message and re.search(rf'{re.escape(str(folder))}/\d\.png', message)
+    strict = JsonlImageTextDataset(str(ann), pipeline=PIPELINE, test_mode=True,
+                                   data_prefix=dict(img_path=str(folder)))
+    missing = re.escape(f'{folder}/0.png does not exist')
+    with pytest.raises(ValueError, match=missing + '.*img_path='):
+        strict[0]

@@ -1,16 +1,20 @@
 """The generated demo dataset and the dataset base configs."""
 import filecmp
-import math
 import json
+import math
+import os
 import os.path as osp
+import re
+import shutil
 
+import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from mmpretrain.registry import DATASETS, TRANSFORMS
 
-from rils_mm.datasets import generate_demo_shapes, scan_shard
+from rils_mm.datasets import DemoShapesShardDataset, demo_shapes, generate_demo_shapes, scan_shard
 from rils_mm.datasets.demo_shapes import class_names, heldout_pairs
 from rils_mm.datasets.shards import ShardReader
 
@@ -87,3 +91,42 @@ def test_laion_config_pipeline_and_dataset_build(tmp_path):
     assert len(dataset) == math.ceil(20_000_000 / 128) * 128  # whole batches per rank
     item = next(iter(dataset))
     assert item['inputs']['images'].shape == (3, 224, 224)
+
+
+def test_demo_data_with_other_settings_is_refused(tmp_path):
+    root = str(tmp_path / 'demo')
+    generate_demo_shapes(root, **SMALL)
+    assert generate_demo_shapes(root, **SMALL)['num_train'] == 80  # same settings: kept
+    fewer = dict(SMALL, num_train=40)
+    with pytest.raises(ValueError, match=re.escape(root) + ' .*num_train=80 instead of 40.*del'):
+        generate_demo_shapes(root, **fewer)
+    with pytest.raises(ValueError, match=re.escape(root) + ' .*image_size=32 instead of 64'):
+        DemoShapesShardDataset(root, generate_cfg=dict(SMALL, image_size=64))
+    assert len(list((tmp_path / 'demo' / 'train').glob('*.tar'))) == 3  # nothing rewritten
+
+
+def test_demo_dataset_reads_only_the_listed_shards(tmp_path):
+    root = tmp_path / 'demo'
+    generate_demo_shapes(str(root), **SMALL)
+    shutil.copy(root / 'train' / '00000.tar', root / 'train' / '00007.tar')  # a stray shard
+    dataset = DemoShapesShardDataset(str(root), generate_cfg=SMALL, shuffle=False)
+    assert [osp.basename(path) for path in dataset.shards] == [
+        '00000.tar', '00001.tar', '00002.tar']
+    assert len(dataset) == 80
+
+
+def test_interrupted_demo_generation_never_looks_complete(tmp_path, monkeypatch):
+    root = tmp_path / 'demo'
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo_shapes, '_write_eval_split', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate_demo_shapes(str(root), **SMALL)
+    assert not root.exists() and os.listdir(tmp_path) == []  # nothing half-written is left
+    # A folder without meta.json (e.g. from an older, interrupted run) is named, not used.
+    (root / 'train').mkdir(parents=True)
+    shutil.copy(write_good_shards(tmp_path / 'other', 4, 4)[0], root / 'train' / '00000.tar')
+    with pytest.raises(FileNotFoundError, match=re.escape(str(root)) + ' holds no meta.json'):
+        DemoShapesShardDataset(str(root), generate_cfg=SMALL)

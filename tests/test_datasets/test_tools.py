@@ -1,15 +1,18 @@
 """make_shards and inspect_shards, through their command-line entry points."""
 import importlib.util
+import os
 import os.path as osp
+import subprocess
+import sys
 
 import numpy as np
-import pytest
 
 from rils_mm.datasets import ImageTextShardDataset, ShardWriter, scan_shard
 
 from shard_helpers import encode, good_jpeg
 
-TOOLS = osp.join(osp.dirname(__file__), '..', '..', 'tools', 'dataset_converters')
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+TOOLS = osp.join(REPO, 'tools', 'dataset_converters')
 
 
 def load_tool(name):
@@ -41,11 +44,22 @@ def test_make_shards_from_folder_and_tsv(tmp_path, capsys):
     assert first['text'] == 'caption 0' and first['img_bytes'] == (images / '0.jpg').read_bytes()
 
 
-def test_make_shards_names_a_missing_image(tmp_path):
-    (tmp_path / 'captions.tsv').write_text('filepath\ttitle\nnope.jpg\tx\n')
-    with pytest.raises(FileNotFoundError, match='nope.jpg'):
-        load_tool('make_shards').main([str(tmp_path), str(tmp_path / 'captions.tsv'),
-                                       str(tmp_path / 'out')])
+def test_make_shards_missing_image_is_one_line_and_leaves_no_dataset(tmp_path):
+    for index in range(3):
+        (tmp_path / f'{index}.jpg').write_bytes(good_jpeg(index))
+    # Line 5 names a missing image, after a full shard of 2 samples has been written.
+    (tmp_path / 'captions.tsv').write_text(
+        'filepath\ttitle\n0.jpg\ta\n1.jpg\tb\n2.jpg\tc\nnope.jpg\td\n')
+    out = tmp_path / 'out'
+    result = subprocess.run(
+        [sys.executable, 'tools/dataset_converters/make_shards.py', str(tmp_path),
+         str(tmp_path / 'captions.tsv'), str(out), '--samples-per-shard', '2'],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and 'Traceback' not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f'make_shards.py: error: {tmp_path}/captions.tsv:5: image {tmp_path}/nope.jpg does not '
+        f'exist (image paths are relative to {tmp_path})']
+    assert os.listdir(out) == []  # no shard, no sizes.json, no partial file
 
 
 def test_inspect_shards_lists_bad_samples(tmp_path, capsys):

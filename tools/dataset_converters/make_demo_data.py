@@ -5,6 +5,8 @@ Example (what the README's demo runs on first use)::
     python tools/dataset_converters/make_demo_data.py --out data/demo_shapes --num-train 4096
 """
 import argparse
+import os.path as osp
+import sys
 import time
 
 from rils_mm.datasets.demo_shapes import generate_demo_shapes
@@ -25,9 +27,16 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
-    meta = generate_demo_shapes(args.out, num_train=args.num_train, num_val=args.num_val,
-                                num_heldout=args.num_heldout, image_size=args.image_size,
-                                samples_per_shard=args.samples_per_shard, seed=args.seed)
+    existed = osp.exists(osp.join(args.out, 'meta.json'))
+    try:
+        meta = generate_demo_shapes(args.out, num_train=args.num_train, num_val=args.num_val,
+                                    num_heldout=args.num_heldout, image_size=args.image_size,
+                                    samples_per_shard=args.samples_per_shard, seed=args.seed)
+    except (OSError, ValueError) as error:
+        sys.exit(f'make_demo_data.py: error: {error}')
+    if existed:
+        print(f'{args.out} already holds the demo data with these settings; nothing to do')
+        return
     print(f'wrote {meta["num_train"]} train pairs in {meta["num_shards"]} shard(s), '
           f'{meta["num_val"]} val and {meta["num_heldout"]} held-out images to {args.out} '
           f'in {time.time() - start:.1f} s; held-out pairs: {meta["heldout_pairs"]}')

@@ -6,6 +6,7 @@ Example::
         --samples-per-shard 1000 --img-key filepath --caption-key title --sep '\\t'
 """
 import argparse
+import sys
 
 from rils_mm.datasets.shard_tools import make_shards
 
@@ -19,14 +20,23 @@ def parse_args(argv=None):
     parser.add_argument('--img-key', default='filepath', help='image path column/key')
     parser.add_argument('--caption-key', default='title', help='caption column/key')
     parser.add_argument('--sep', default='\t', help='CSV separator (default: tab)')
+    parser.add_argument('--quoting', default='minimal', choices=('minimal', 'none'),
+                        help="CSV quoting: 'none' reads quote characters as plain text "
+                        '(for captions that contain them)')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     sep = args.sep.encode().decode('unicode_escape')  # allow a literal '\t' on the command line
-    paths = make_shards(args.image_root, args.captions, args.out_dir, args.samples_per_shard,
-                        args.img_key, args.caption_key, sep)
+    try:
+        paths = make_shards(args.image_root, args.captions, args.out_dir,
+                            args.samples_per_shard, args.img_key, args.caption_key, sep,
+                            args.quoting)
+    except (OSError, KeyError, ValueError) as error:
+        # Data problems are the user's to fix: one line naming the file, no traceback.
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        sys.exit(f'make_shards.py: error: {message}')
     print(f'wrote {len(paths)} shard(s) to {args.out_dir}')
 
 

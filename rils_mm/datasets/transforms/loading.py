@@ -145,7 +145,9 @@ class LoadImageRGB(BaseTransform):
                 raise BadSampleError(MISSING_IMAGE, f'{where}: no img_bytes or img_path')
             try:
                 data = fileio.get(results['img_path'], backend_args=self.backend_args)
-            except (OSError, FileNotFoundError) as error:
+            except FileNotFoundError:
+                raise BadSampleError(MISSING_IMAGE, f'{where} does not exist') from None
+            except OSError as error:
                 raise BadSampleError(MISSING_IMAGE, f'{where}: {error}') from None
         img, mode = decode_image_rgb(data, where, self.max_pixels, self.max_aspect_ratio,
                                      self.min_size)

@@ -12,8 +12,8 @@ only) and turns the loop's skipping into no-ops.
 
 Without the hook (or when the saved state is missing) resume is still exact, only slow, for
 the endless stream of ``IterBasedTrainLoop``. With ``EpochBasedTrainLoop`` (the dataset's
-``samples_per_epoch`` mode) the hook is required: it restores the position at the epoch
-boundary the checkpoint was written at.
+``samples_per_epoch`` mode) the hook is required: it restores the position the checkpoint was
+written at, at an epoch boundary or in the middle of an epoch.
 
 Since ``Runner.save_checkpoint`` runs on rank 0 only, the ranks' states are gathered in
 ``after_train_iter`` on the iterations where a ``CheckpointHook`` is about to save.
@@ -143,11 +143,9 @@ class DataResumeHook(Hook):
             restart_dataloader_iterator(loop, loop.iter)
             skipped = f'the {loop.iter} consumed batches are skipped without decoding'
         else:
-            # The epoch loop iterates the dataloader afresh, from the state just set.
-            skipped = 'continuing with the next nominal epoch'
-            if loop.iter % len(loop.dataloader):
-                print_log('DataResumeHook: the checkpoint is from the middle of an epoch; '
-                          'mmengine repeats that epoch from its start with new data',
-                          logger='current', level=30)
+            # The epoch loop iterates the dataloader afresh, from the state just set; in the
+            # middle of an epoch it asks the dataset for the rest of that epoch only
+            # (rils_mm.compat.epoch_resume, ImageTextShardDataset.skip_batches).
+            skipped = 'continuing the nominal epoch where it stopped'
         print_log(f'DataResumeHook: data stream resumes at {self.state["roles"]} '
                   f'(role: (epoch, position)); {skipped}', logger='current')
