@@ -23,7 +23,9 @@ def main(argv):
     parser.add_argument('--epochs', type=int, default=None, help='override max_epochs')
     args = parser.parse_args(argv)
     start = time.time()
-    train_args = [osp.join(CONFIGS, 'demo_cpu.py'), '--work-dir', args.work_dir]
+    # A rerun of the demo replaces the previous demo run (tools/train.py refuses to do that
+    # to a work dir without --overwrite).
+    train_args = [osp.join(CONFIGS, 'demo_cpu.py'), '--work-dir', args.work_dir, '--overwrite']
     if args.epochs:
         train_args += ['--cfg-options', f'train_cfg.max_epochs={args.epochs}']
     runner = train_main(train_args)

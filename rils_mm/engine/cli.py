@@ -8,10 +8,13 @@ model, dataloaders and evaluators are built before anything runs, and a mistake 
 with exit status 2, instead of a traceback from inside the Runner (``--debug`` shows it).
 """
 import argparse
+import glob
 import inspect
+import math
 import os
 import os.path as osp
 import sys
+import zipfile
 from copy import deepcopy
 from typing import Callable, List, Optional
 
@@ -21,6 +24,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import rils_mm  # noqa: F401  (compatibility fixes and registration before the Runner starts)
+from rils_mm.compat import CheckpointLoadError, DamagedCheckpointError
+from rils_mm.engine.errors import RunStopped
 
 # Top-level keys the Runner (and the OpenMMLab tools) read; --cfg-options may set these even
 # when the config does not, any other new top-level key is most likely a typo.
@@ -34,6 +39,12 @@ BUILD_ERRORS = (FileNotFoundError, KeyError, TypeError, ValueError, ImportError,
 
 class UsageError(Exception):
     """A mistake in the command line or config, reported in one line."""
+
+
+# Hooks every training run gets unless its config lists them (see their docstrings).
+DEFAULT_TRAIN_HOOKS = ('RandomStateHook', 'NonFiniteCheckHook')
+URL_PREFIXES = ('http://', 'https://', 'torchvision://', 'modelzoo://', 'open-mmlab://',
+                'openmmlab://', 'mmcls://', 's3://', 'petrel://', 'pavi://')
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -58,8 +69,47 @@ def load_config(config: str, cfg_options: Optional[dict]) -> Config:
         if unknown:
             raise UsageError(f'unknown key(s) {", ".join(unknown)} in --cfg-options: not in '
                              f'{config} and not a Runner setting')
+        check_override_types(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
     return cfg
+
+
+def _lookup(cfg, dotted: str):
+    """The config value at a dotted key (list indices allowed), or KeyError."""
+    node = cfg
+    for part in dotted.split('.'):
+        if isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            raise KeyError(dotted)
+    return node
+
+
+def check_override_types(cfg: Config, cfg_options: dict) -> None:
+    """Refuse ``--cfg-options`` values that cannot stand where they go.
+
+    ``DictAction`` parses numbers, booleans, None, lists and tuples; anything else stays a
+    string. A string where the config holds a number (``batch_size=abc``) or a dict
+    (``model.backbone={...}``, which would replace the whole section by text) fails deep in
+    the Runner with a message that names neither key nor value; here it is one line naming both.
+    """
+    plain = cfg.to_dict()
+    for key, value in cfg_options.items():
+        if not isinstance(value, str):
+            continue
+        try:
+            current = _lookup(plain, key)
+        except KeyError:
+            continue
+        if isinstance(current, dict):
+            raise UsageError(f'--cfg-options {key}={value!r}: {key} is a section of the config '
+                             f'(keys {", ".join(list(current)[:6])}); set its keys one by one, '
+                             f'e.g. {key}.{next(iter(current), "type")}=...')
+        if isinstance(current, (int, float)) and not isinstance(current, bool):
+            raise UsageError(f'--cfg-options {key}={value!r}: expected a number (the config '
+                             f'has {current!r})')
 
 
 def check_train_config(cfg: Config) -> None:
@@ -74,11 +124,144 @@ def check_train_config(cfg: Config) -> None:
                          'filter needs at least 2 pairs per device')
 
 
+def check_learning_rates(cfg: Config) -> None:
+    """Refuse a non-numeric, non-finite or negative ``lr`` before anything is built."""
+    optim_wrapper = cfg.get('optim_wrapper') or {}
+    wrappers = ({'optim_wrapper': optim_wrapper} if 'optimizer' in optim_wrapper else
+                {f'optim_wrapper.{k}': v for k, v in optim_wrapper.items()
+                 if isinstance(v, dict) and 'optimizer' in v})
+    for name, wrapper in wrappers.items():
+        lr = (wrapper.get('optimizer') or {}).get('lr')
+        if lr is None:
+            continue
+        try:
+            ok = math.isfinite(float(lr)) and float(lr) >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise UsageError(f'{name}.optimizer.lr={lr!r} is not a finite, non-negative number')
+
+
 def set_work_dir(cfg: Config, config: str, work_dir: Optional[str]) -> None:
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
+
+
+def check_writable(folder: str) -> None:
+    """Create ``folder`` if needed and make sure files can be written there."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = osp.join(folder, f'.write-test-{os.getpid()}')
+        with open(probe, 'w'):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise UsageError(f'work dir {folder} is not writable: {err.strerror or err}') from None
+
+
+def run_checkpoints(work_dir: str) -> List[str]:
+    """The checkpoint files a Runner wrote into ``work_dir``, newest first.
+
+    ``last_checkpoint`` names the newest; the others follow by modification time. Files left by
+    an interrupted atomic save (``*.partial-<pid>``) are not checkpoints.
+    """
+    found = sorted(glob.glob(osp.join(work_dir, '*.pth')), key=osp.getmtime, reverse=True)
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(pointer):
+        with open(pointer) as file:
+            last = file.read().strip()
+        if osp.isfile(last):
+            found = [last] + [f for f in found if osp.abspath(f) != osp.abspath(last)]
+    return found
+
+
+def check_checkpoint_file(path: str) -> None:
+    """Raise :class:`DamagedCheckpointError` if ``path`` is not a complete checkpoint.
+
+    PyTorch checkpoints are zip archives with a CRC per record: reading them back finds a
+    truncated or corrupted file without unpickling anything. (Files in torch's legacy
+    non-zip format are left to the loader.)
+    """
+    if osp.getsize(path) == 0:
+        raise DamagedCheckpointError(f'checkpoint {path} is empty (0 bytes)')
+    with open(path, 'rb') as file:
+        if file.read(4) != b'PK\x03\x04':
+            return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            raise DamagedCheckpointError(f'checkpoint {path} is damaged: record {bad} fails '
+                                         f'its checksum')
+    except zipfile.BadZipFile as err:
+        raise DamagedCheckpointError(f'checkpoint {path} is damaged or not a PyTorch '
+                                     f'checkpoint (truncated?): {err}') from None
+
+
+def choose_resume_checkpoint(work_dir: str) -> Optional[str]:
+    """The newest undamaged checkpoint in ``work_dir`` (warning about damaged newer ones)."""
+    from mmengine.logging import print_log
+    for path in run_checkpoints(work_dir):
+        try:
+            check_checkpoint_file(path)
+            return path
+        except DamagedCheckpointError as err:
+            print_log(f'--resume: skipping {err}; trying the previous checkpoint',
+                      logger='current', level=30)
+    return None
+
+
+def configure_resume(cfg: Config, resume: Optional[str], overwrite: bool) -> None:
+    """Set ``cfg.resume``/``cfg.load_from`` from ``--resume``, refusing to clobber a run.
+
+    Args:
+        resume: None (new run), ``'auto'`` (the newest good checkpoint of the work dir, or a
+            new run with a warning when there is none) or a checkpoint path.
+        overwrite: Allow a new run into a work dir that holds another run's checkpoints.
+    """
+    from mmengine.logging import print_log
+    if resume is None:
+        existing = run_checkpoints(cfg.work_dir)
+        if existing and not overwrite:
+            names = ', '.join(osp.basename(p) for p in existing[:3])
+            raise UsageError(f'work dir {cfg.work_dir} holds the checkpoints of an earlier run '
+                             f'({names}{", ..." if len(existing) > 3 else ""}): give --resume '
+                             f'to continue it, another --work-dir, or --overwrite to replace '
+                             f'them')
+        return
+    if resume == 'auto':
+        chosen = choose_resume_checkpoint(cfg.work_dir)
+        if chosen is None:
+            print_log(f'--resume: no checkpoint to resume in {cfg.work_dir}; starting a new '
+                      f'run', logger='current', level=30)
+            return
+        cfg.resume, cfg.load_from = True, chosen
+        return
+    if not osp.isfile(resume):
+        raise UsageError(f'--resume: checkpoint not found: {resume}')
+    check_checkpoint_file(resume)
+    cfg.resume, cfg.load_from = True, resume
+
+
+def add_default_train_hooks(cfg: Config, skip_nonfinite: bool) -> None:
+    """Add :data:`DEFAULT_TRAIN_HOOKS` to ``custom_hooks`` unless the config has them."""
+    hooks = list(cfg.get('custom_hooks') or [])
+    present = {hook.get('type') for hook in hooks if isinstance(hook, dict)}
+    for name in DEFAULT_TRAIN_HOOKS:
+        if name not in present:
+            hook = dict(type=name)
+            if name == 'NonFiniteCheckHook' and skip_nonfinite:
+                hook['action'] = 'skip'
+            hooks.append(hook)
+    cfg.custom_hooks = hooks
+
+
+def check_load_from(cfg: Config) -> None:
+    load_from = cfg.get('load_from')
+    if load_from and not str(load_from).startswith(URL_PREFIXES) and not osp.isfile(load_from):
+        raise UsageError(f'load_from: checkpoint not found: {load_from}')
 
 
 def build_runner(cfg: Config) -> Runner:
@@ -99,6 +282,13 @@ def run_cli(main: Callable[[List[str]], None], argv: Optional[List[str]] = None,
             raise
         print(f'{prog}: error: {err}', file=sys.stderr)
         sys.exit(2)
+    except (RunStopped, CheckpointLoadError) as err:
+        # A check stopped the run, or a checkpoint was refused: the message says it all, and
+        # the files already written are untouched.
+        if debug:
+            raise
+        print(f'{prog}: error: {" ".join(str(err).split())}', file=sys.stderr)
+        sys.exit(1)
 
 
 def as_usage_error(err: BaseException, stage: str) -> UsageError:
@@ -135,6 +325,12 @@ def train_main(argv: List[str]) -> Runner:
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by the actual total batch size')
     parser.add_argument('--no-validate', action='store_true', help='skip validation')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='start a new run in a work dir that holds an earlier run\'s '
+                        'checkpoints (they are replaced as the new run saves)')
+    parser.add_argument('--skip-nonfinite', action='store_true',
+                        help='skip (and count) optimizer steps with a non-finite loss or '
+                        'gradient instead of stopping the run')
     add_common_args(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -146,14 +342,16 @@ def train_main(argv: List[str]) -> Runner:
         if args.no_validate:
             cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
         if args.amp:
+            if not torch.cuda.is_available():
+                raise UsageError('--amp needs a CUDA GPU: mmengine\'s AmpOptimWrapper does not '
+                                 'train in mixed precision on the CPU')
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-        if args.resume == 'auto':
-            cfg.resume, cfg.load_from = True, None
-        elif args.resume is not None:
-            if not osp.isfile(args.resume):
-                raise UsageError(f'--resume: checkpoint not found: {args.resume}')
-            cfg.resume, cfg.load_from = True, args.resume
+        check_writable(cfg.work_dir)
+        configure_resume(cfg, args.resume, args.overwrite)
+        check_load_from(cfg)
+        check_learning_rates(cfg)
+        add_default_train_hooks(cfg, args.skip_nonfinite)
         if args.auto_scale_lr:
             cfg.setdefault('auto_scale_lr', ConfigDict(base_batch_size=256))
             cfg.auto_scale_lr.enable = True
@@ -194,7 +392,9 @@ def test_main(argv: List[str]) -> dict:
         if args.checkpoint is not None:
             if not osp.isfile(args.checkpoint):
                 raise UsageError(f'checkpoint not found: {args.checkpoint}')
+            check_checkpoint_file(args.checkpoint)
             cfg.load_from = args.checkpoint
+        check_load_from(cfg)
         prepare_dataloader_defaults(cfg)
         runner = build_runner(cfg)
         runner.test_loop  # noqa: B018

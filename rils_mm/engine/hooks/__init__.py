@@ -1,4 +1,6 @@
 from .bad_sample_hook import BadSampleHook
 from .data_resume_hook import DataResumeHook
+from .non_finite_check_hook import NonFiniteCheckHook
+from .random_state_hook import RandomStateHook
 
-__all__ = ['BadSampleHook', 'DataResumeHook']
+__all__ = ['BadSampleHook', 'DataResumeHook', 'NonFiniteCheckHook', 'RandomStateHook']

@@ -1,0 +1,179 @@
+"""Faults a user meets with tools/train.py and tools/test.py, each in its own process.
+
+A non-finite loss stops the run (or, on request, is skipped and counted) before anything
+poisoned is saved; bad settings and damaged checkpoints are one line naming what is wrong;
+a finished run's checkpoints are never silently replaced; ``--resume`` passes over a damaged
+newest checkpoint to the last good one.
+"""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import rils_mm  # noqa: F401  (the types of Runner checkpoints are allowed by weights-only loading)
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEMO = 'configs/rils/demo_cpu.py'
+TINY_MODEL = [
+    'model.backbone.arch.embed_dims=32', 'model.backbone.arch.num_layers=1',
+    'model.backbone.arch.num_heads=2', 'model.backbone.arch.feedforward_channels=64',
+    'model.backbone.img_size=32', 'model.neck.num_patches=16', 'model.neck.embed_dim=32',
+    'model.neck.decoder_embed_dim=32', 'model.neck.decoder_num_heads=2',
+    'model.text_encoder.width=32', 'model.text_encoder.layers=1', 'model.text_encoder.heads=2',
+    'model.text_encoder.output_dim=16', 'model.embed_dims=16'
+]
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    """--cfg-options for a 4-iteration demo run (checkpoint every iteration) on 32 px data."""
+    root = tmp_path_factory.mktemp('shapes') / 'data'
+    return TINY_MODEL + [
+        'train_cfg.max_epochs=1', 'train_dataloader.batch_size=16',
+        'train_dataloader.dataset.batch_size=16', 'train_dataloader.dataset.samples_per_epoch=64',
+        'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+        'default_hooks.logger.interval=1', 'default_hooks.checkpoint.by_epoch=False',
+        'default_hooks.checkpoint.interval=1', f'train_dataloader.dataset.data_root={root}',
+        'train_dataloader.dataset.generate_cfg.num_train=64',
+        'train_dataloader.dataset.generate_cfg.num_val=8',
+        'train_dataloader.dataset.generate_cfg.num_heldout=8',
+        'train_dataloader.dataset.generate_cfg.image_size=32',
+        'train_dataloader.dataset.pipeline.1.scale=32'
+    ]
+
+
+def run(tool, *args, timeout=300):
+    return subprocess.run([sys.executable, tool, *args], cwd=REPO, capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'),
+                          timeout=timeout)
+
+
+def one_error_line(result, tool='tools/train.py'):
+    """The single ``<tool>: error: ...`` line; no traceback."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f'{tool}: error:')]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+    return lines[0]
+
+
+def train(work_dir, tiny, *extra, cfg=()):
+    return run('tools/train.py', DEMO, '--work-dir', str(work_dir), *extra, '--cfg-options',
+               *tiny, *cfg)
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory, tiny):
+    """A finished 4-iteration run: iter_2..iter_4.pth kept (max_keep_ckpts=3)."""
+    work_dir = tmp_path_factory.mktemp('finished')
+    result = train(work_dir, tiny)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work_dir
+
+
+def all_finite(path):
+    state = torch.load(path, weights_only=True)['state_dict']
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_good_checkpoint(tmp_path, tiny):
+    result = train(tmp_path, tiny, cfg=['optim_wrapper.optimizer.lr=1e30'])
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert 'non-finite loss at iteration 2 (epoch 1)' in line
+    assert 'loss_contrastive=nan' in line and 'loss_reconstruction=' in line
+    assert f'the last checkpoint, {tmp_path}/iter_1.pth, was written before it' in line
+    saved = sorted(p.name for p in tmp_path.glob('*.pth'))
+    assert saved == ['iter_1.pth']
+    assert all_finite(tmp_path / 'iter_1.pth')
+    assert (tmp_path / 'last_checkpoint').read_text().strip().endswith('iter_1.pth')
+
+
+def test_skip_nonfinite_skips_and_counts_the_bad_steps(tmp_path, tiny):
+    result = train(tmp_path, tiny, '--skip-nonfinite', cfg=['optim_wrapper.optimizer.lr=1e30'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert 'Skipped the step of iteration 2 (epoch 1): non-finite loss' in log
+    assert '3 step(s) skipped so far' in log
+    for name in ('iter_2.pth', 'iter_3.pth', 'iter_4.pth'):
+        assert all_finite(tmp_path / name), name
+    assert torch.load(tmp_path / 'iter_4.pth', weights_only=True)['nonfinite_skipped'] == 3
+
+
+@pytest.mark.parametrize('args,expected', [
+    (['--cfg-options', 'optim_wrapper.optimizer.lr=inf'],
+     'optim_wrapper.optimizer.lr=inf is not a finite, non-negative number'),
+    (['--cfg-options', 'optim_wrapper.optimizer.lr=-0.1'],
+     'optim_wrapper.optimizer.lr=-0.1 is not a finite, non-negative number'),
+    (['--cfg-options', 'train_dataloader.batch_size=abc'],
+     "train_dataloader.batch_size='abc': expected a number (the config has 64)"),
+    (['--cfg-options', 'model.backbone={type:X}'],
+     'model.backbone is a section of the config'),
+    (['--cfg-options', 'load_from=/no/such/checkpoint.pth'],
+     'load_from: checkpoint not found: /no/such/checkpoint.pth'),
+    (['--amp'], '--amp needs a CUDA GPU'),
+    (['--work-dir', '/proc/rils_mm_work_dir'], 'work dir /proc/rils_mm_work_dir is not writable'),
+])
+def test_bad_settings_are_one_line(tmp_path, args, expected):
+    if '--work-dir' not in args:
+        args = ['--work-dir', str(tmp_path)] + args
+    result = run('tools/train.py', DEMO, *args)
+    assert result.returncode == 2
+    assert expected in one_error_line(result)
+
+
+def test_a_finished_run_is_not_overwritten(finished_run, tiny):
+    before = {p.name: p.stat().st_mtime_ns for p in finished_run.glob('*.pth')}
+    result = train(finished_run, tiny)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert f'work dir {finished_run} holds the checkpoints of an earlier run' in line
+    assert 'iter_4.pth' in line and '--resume' in line and '--overwrite' in line
+    assert {p.name: p.stat().st_mtime_ns for p in finished_run.glob('*.pth')} == before
+
+
+def test_resume_with_nothing_to_resume_says_so(tmp_path, tiny):
+    result = train(tmp_path, tiny, '--resume', cfg=['train_cfg.max_epochs=1'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'no checkpoint to resume in {tmp_path}; starting a new run' in (result.stdout +
+                                                                          result.stderr)
+    assert (tmp_path / 'iter_4.pth').is_file()
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(finished_run, tiny, tmp_path):
+    work_dir = tmp_path / 'copy'
+    work_dir.mkdir()
+    for path in finished_run.glob('iter_*.pth'):
+        (work_dir / path.name).write_bytes(path.read_bytes())
+    data = (work_dir / 'iter_4.pth').read_bytes()
+    (work_dir / 'iter_4.pth').write_bytes(data[:len(data) // 3])  # a copy cut short
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'iter_4.pth'))
+    result = train(work_dir, tiny, '--resume', cfg=['train_cfg.max_epochs=2'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert f'skipping checkpoint {work_dir}/iter_4.pth is damaged' in log
+    assert f'Load checkpoint from {work_dir}/iter_3.pth' in log
+    assert 'resumed epoch: 0, iter: 3' in log
+    assert torch.load(work_dir / 'iter_8.pth', weights_only=True)['meta']['iter'] == 8
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'empty'])
+def test_test_tool_names_a_damaged_checkpoint(finished_run, tmp_path, damage):
+    path = tmp_path / f'{damage}.pth'
+    data = (finished_run / 'iter_4.pth').read_bytes()
+    path.write_bytes(data[:len(data) // 2] if damage == 'truncated' else b'')
+    result = run('tools/test.py', 'configs/rils/demo_cpu_zeroshot.py', str(path))
+    assert result.returncode == 1
+    line = one_error_line(result, 'tools/test.py')
+    assert f'checkpoint {path} is' in line and ('damaged' in line or 'empty' in line)
+
+
+def test_resume_names_a_damaged_checkpoint_given_explicitly(finished_run, tmp_path, tiny):
+    path = tmp_path / 'cut.pth'
+    data = (finished_run / 'iter_4.pth').read_bytes()
+    path.write_bytes(data[:1000])
+    result = train(tmp_path / 'work', tiny, '--resume', str(path))
+    assert result.returncode == 1
+    assert f'checkpoint {path} is damaged' in one_error_line(result)
