@@ -11,6 +11,8 @@ import argparse
 import os.path as osp
 import time
 
+import torch
+
 from rils_mm.datasets.demo_shapes import class_names
 from rils_mm.engine.cli import run_cli, test_main, train_main
 
@@ -21,13 +23,19 @@ def main(argv):
     parser = argparse.ArgumentParser(prog='tools/demo.py', description=__doc__.split('\n')[0])
     parser.add_argument('--work-dir', default='work_dirs/demo_cpu')
     parser.add_argument('--epochs', type=int, default=None, help='override max_epochs')
+    parser.add_argument('--seed', type=int, default=0, help='randomness.seed (default 0)')
+    parser.add_argument('--threads', type=int, default=2,
+                        help='torch CPU threads (default 2, as for the README figures: the '
+                        'order of floating-point sums, hence the figures, depends on it)')
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     start = time.time()
     # A rerun of the demo replaces the previous demo run (tools/train.py refuses to do that
     # to a work dir without --overwrite).
     train_args = [osp.join(CONFIGS, 'demo_cpu.py'), '--work-dir', args.work_dir, '--overwrite']
+    train_args += ['--cfg-options', f'randomness.seed={args.seed}']
     if args.epochs:
-        train_args += ['--cfg-options', f'train_cfg.max_epochs={args.epochs}']
+        train_args += [f'train_cfg.max_epochs={args.epochs}']
     runner = train_main(train_args)
     checkpoint = osp.join(args.work_dir, f'epoch_{runner.epoch}.pth')
     train_time = time.time() - start
@@ -50,6 +58,8 @@ def main(argv):
     lines = [
         '', f'RILS demo: {runner.epoch} epochs, {runner.iter} iterations in {train_time:.0f} s; '
         f'total {time.time() - start:.0f} s; checkpoint {checkpoint}',
+        f'  (seed {args.seed}, {torch.get_num_threads()} torch threads, CPU kernels '
+        f'{torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__})',
         f'  zero-shot top-1, held-out (unseen) combinations: {metric(heldout, "top1"):5.1f} %'
         f'   (chance {chance:.1f} %, {len(class_names())} classes)',
         f'  zero-shot top-1, seen combinations, new images:  {metric(seen, "top1"):5.1f} %',

@@ -20,10 +20,12 @@ __all__ = ['install_mid_epoch_resume', 'batches_done_in_epoch']
 
 
 def batches_done_in_epoch(loop) -> int:
-    """Batches of the current epoch already trained (0 at an epoch boundary)."""
+    """Batches of the current epoch already trained: 0 at its start, ``len(dataloader)``
+    when an iteration checkpoint was written after its last batch (mmengine advances the
+    epoch only after the epoch-end hooks, so such a checkpoint still names that epoch)."""
     per_epoch = len(loop.dataloader)
     done = loop._iter - loop._epoch * per_epoch
-    return done if 0 < done < per_epoch else 0
+    return min(max(done, 0), per_epoch)
 
 
 def _resume_iterator(loader, done: int):
@@ -55,10 +57,17 @@ def run_epoch(self) -> None:
     self.runner.call_hook('before_train_epoch')
     self.runner.model.train()
     done = batches_done_in_epoch(self)
-    batches = _resume_iterator(self.dataloader, done) if done else self.dataloader
+    if done == len(self.dataloader):
+        # Every batch was trained before the checkpoint: only the epoch-end hooks (and the
+        # validation after them) are left to run.
+        batches = []
+    elif done:
+        batches = _resume_iterator(self.dataloader, done)
+    else:
+        batches = self.dataloader
     for idx, data_batch in enumerate(batches, start=done):
         self.run_iter(idx, data_batch)
-    if done and hasattr(self.dataloader.dataset, 'skip_batches'):
+    if 0 < done < len(self.dataloader) and hasattr(self.dataloader.dataset, 'skip_batches'):
         self.dataloader.dataset.skip_batches(0)  # the next epoch is a whole one
     self.runner.call_hook('after_train_epoch')
     self._epoch += 1
