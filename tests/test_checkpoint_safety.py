@@ -136,57 +136,75 @@ def test_crafted_checkpoint_alone_would_run_its_payload(tmp_path):
     assert marker.exists()
 
 
-@pytest.mark.parametrize('loader', [
+LOCAL_LOADERS = [
     'mmengine.runner.load_checkpoint(torch.nn.Linear(2, 2), PATH)',
     'mmengine.runner.checkpoint._load_checkpoint(PATH)',
     'rils_mm.models.utils.checkpoint_loading.load_checked(torch.nn.Linear(2, 2), PATH)',
-])
-def test_crafted_local_file_is_refused(crafted, loader):
-    path, marker = crafted
-    result = run_python(f'''
-        import torch, mmengine.runner, rils_mm, rils_mm.models.utils.checkpoint_loading
-        PATH = {str(path)!r}
-        {loader}
-    ''', env=dict(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1'))
-    assert result.returncode != 0
-    assert f'refused to load {path}: it holds the Python object posix.system' in result.stderr
+]
+
+
+def try_each(calls, **names) -> str:
+    """Code that runs each call in one fresh interpreter and prints its outcome on one line."""
+    code = ['import torch, mmengine.runner, rils_mm, rils_mm.models.utils.checkpoint_loading']
+    code += [f'{key} = {value!r}' for key, value in names.items()]
+    for call in calls:
+        code += ['try:', f'    {call}', f'    print("LOADED", {call!r})',
+                 'except Exception as err:',
+                 f'    print("REFUSED", {call!r}, "|", " ".join(str(err).split()))']
+    return '\n'.join(code) + '\n'
+
+
+def outcomes(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [line for line in result.stdout.splitlines() if line.startswith(('LOADED', 'REFUSED'))]
+
+
+def test_crafted_local_file_is_refused_by_every_loader(crafted):
+    """Also with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set: every load says weights_only=True."""
+    path, _ = crafted
+    result = run_python(try_each(LOCAL_LOADERS, PATH=str(path)),
+                        env=dict(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1'))
+    lines = outcomes(result)
+    assert len(lines) == len(LOCAL_LOADERS)
+    for line in lines:
+        assert line.startswith('REFUSED'), line
+        assert f'refused to load {path}: it holds the Python object posix.system' in line
 
 
 def _zoo_url(scheme: str, name: str) -> str:
     from mmengine.runner.checkpoint import (get_external_models, get_mmcls_models,
                                             get_torchvision_models)
-    table = {'torchvision://': get_torchvision_models, 'open-mmlab://': get_external_models,
-             'mmcls://': get_mmcls_models}[scheme]()
+    table = {'torchvision://': get_torchvision_models, 'modelzoo://': get_torchvision_models,
+             'open-mmlab://': get_external_models, 'mmcls://': get_mmcls_models}[scheme]()
     return table[name]
 
 
-@pytest.mark.parametrize('source', [
-    'https://example.invalid/models/evil_weights.pth',
-    'http://example.invalid/evil_weights_http.pth',
-    'torchvision://resnet50',
-    'modelzoo://resnet50',
-    'open-mmlab://resnet50_v1c',
-    'mmcls://resnet50',
-])
-def test_crafted_file_in_the_hub_cache_is_refused_for_every_url_scheme(tmp_path, source):
+URL_SOURCES = ['https://example.invalid/models/evil_weights.pth',
+               'http://example.invalid/evil_weights_http.pth', 'torchvision://resnet50',
+               'modelzoo://resnet50', 'open-mmlab://resnet50_v1c', 'mmcls://resnet50']
+
+
+def test_crafted_file_in_the_hub_cache_is_refused_for_every_url_scheme(tmp_path):
     """No network: the crafted file waits in the torch hub cache under the URL's file name."""
     marker = tmp_path / 'PAYLOAD_RAN'
-    url = source
-    for scheme in ('torchvision://', 'modelzoo://', 'open-mmlab://', 'mmcls://'):
-        if source.startswith(scheme):
-            url = _zoo_url('torchvision://' if scheme == 'modelzoo://' else scheme,
-                           source[len(scheme):])
     cache = tmp_path / 'torch_home' / 'hub' / 'checkpoints'
     cache.mkdir(parents=True)
-    write_crafted(cache / osp.basename(url), marker)
-    result = run_python(f'''
-        import torch, mmengine.runner, rils_mm
-        mmengine.runner.load_checkpoint(torch.nn.Linear(2, 2), {source!r})
-    ''', env=dict(TORCH_HOME=str(tmp_path / 'torch_home')))
-    assert result.returncode != 0
-    lines = refusal_lines(result.stderr)
-    assert lines and 'posix.system' in lines[-1] and osp.basename(url) in lines[-1]
-    assert not marker.exists(), f'{source}: the payload ran'
+    names = {}
+    for source in URL_SOURCES:
+        scheme = source.split('://')[0] + '://'
+        url = source if scheme in ('http://', 'https://') else _zoo_url(
+            scheme, source[len(scheme):])
+        names[source] = osp.basename(url)
+        write_crafted(cache / names[source], marker)
+    calls = [f'mmengine.runner.load_checkpoint(torch.nn.Linear(2, 2), {source!r})'
+             for source in URL_SOURCES]
+    result = run_python(try_each(calls), env=dict(TORCH_HOME=str(tmp_path / 'torch_home')))
+    lines = outcomes(result)
+    assert len(lines) == len(URL_SOURCES)
+    for source, line in zip(URL_SOURCES, lines):
+        assert line.startswith('REFUSED') and 'posix.system' in line, line
+        assert f'cached as {cache / names[source]}' in line, line
+    assert not marker.exists(), 'the payload ran'
 
 
 def test_crafted_checkpoint_is_refused_by_init_cfg_pretrained(crafted):
@@ -328,3 +346,15 @@ r.train()
     assert (tmp_path / 'last_checkpoint').read_text().endswith('iter_2.pth')
     torch.load(tmp_path / 'iter_2.pth', weights_only=True)
 
+
+
+def test_refusal_names_the_reason_when_torch_gives_no_global(tmp_path):
+    """torch words some refusals without a GLOBAL name; the reason must still be shown."""
+    import numpy as np
+    from rils_mm.compat import UnsafeCheckpointError, weights_only_load
+    path = tmp_path / 'complex.pth'
+    torch.save({'a': np.zeros(2, np.complex64)}, path)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        weights_only_load(str(path))
+    assert f'refused to load {path}: Can only build' in str(info.value)
+    assert 'Complex64DType' in str(info.value)

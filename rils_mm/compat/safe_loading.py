@@ -77,10 +77,12 @@ def _refusal_reason(err: BaseException) -> str:
     if match:
         return f'it holds the Python object {match.group(1).rstrip(".")}'
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in lines:
+    for index, line in enumerate(lines):
         if 'not allowed' in line or 'Unsupported' in line or 'WeightsUnpickler error' in line:
-            return line.replace('WeightsUnpickler error: ', '')
-    boilerplate = ('Weights only load failed', 'Check the documentation')
+            reason = line.split('WeightsUnpickler error:')[-1].strip()
+            # torch sometimes puts the reason on the line after the marker.
+            return reason or (lines[index + 1] if index + 1 < len(lines) else line)
+    boilerplate = ('Weights only load failed', 'Check the documentation', 'Please file an issue')
     informative = [line for line in lines if not line.startswith(boilerplate)]
     return (informative or lines or [type(err).__name__])[0]
 

@@ -250,8 +250,10 @@ def add_default_train_hooks(cfg: Config, skip_nonfinite: bool) -> None:
     hooks = list(cfg.get('custom_hooks') or [])
     present = {hook.get('type') for hook in hooks if isinstance(hook, dict)}
     for name in DEFAULT_TRAIN_HOOKS:
-        if name not in present:
-            hook = dict(type=name)
+        if name not in present and f'mmpretrain.{name}' not in present:
+            # Scoped: the hooks live in mmpretrain's registry, and mmdet/mmseg configs build
+            # hooks from their own.
+            hook = dict(type=f'mmpretrain.{name}')
             if name == 'NonFiniteCheckHook' and skip_nonfinite:
                 hook['action'] = 'skip'
             hooks.append(hook)

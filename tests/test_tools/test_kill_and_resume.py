@@ -11,6 +11,7 @@ import json
 import os
 import os.path as osp
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -163,21 +164,22 @@ def order(probe):
 
 
 def kill_at(scenario, config, work_dir, after_iter, delay, during_save=False):
-    """Start a run and SIGKILL it ``delay`` s after checkpoint ``after_iter`` appears (or as
-    soon as a save is seen in progress). Returns False if the run ended before the kill."""
+    """Start a run and SIGKILL it ``delay`` s after checkpoint ``after_iter`` appears, or
+    (``during_save``) while the save after that one is being written. Returns False if the
+    run ended before the kill."""
     process = subprocess.Popen(scenario.command(config, work_dir), cwd=REPO, env=scenario.env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = osp.join(work_dir, f'iter_{after_iter}.pth')
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            if during_save and osp.isdir(work_dir) and any(
-                    '.partial-' in name for name in os.listdir(work_dir)):
-                break
             if osp.exists(target):
-                time.sleep(delay)
-                break
-            time.sleep(0.002 if during_save else 0.02)
+                if not during_save:
+                    time.sleep(delay)
+                    break
+                if any('.partial-' in name for name in os.listdir(work_dir)):
+                    break
+            time.sleep(0.001 if during_save else 0.02)
         if process.poll() is not None:
             return False
         process.send_signal(signal.SIGKILL)
@@ -204,6 +206,10 @@ def check_kills(scenario, kills, seed):
         result = scenario.run(config, work_dir, '--resume')
         log = result.stdout + result.stderr
         assert 'Traceback' not in log
+        resumed = re.search(r'resumed epoch: (\d+), iter: (\d+)', log)
+        assert resumed and int(resumed.group(2)) >= after_iter, (
+            f'trial {trial}: the run did not resume from iteration >= {after_iter}: '
+            f'{log[-3000:]}')
         assert osp.isfile(osp.join(work_dir, f'iter_{TOTAL_ITERS}.pth')), (
             f'trial {trial} (kill after {after_iter}): no final checkpoint; files '
             f'{sorted(os.listdir(work_dir))}; log: {log[-3000:]}')
