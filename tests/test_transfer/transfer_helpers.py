@@ -144,3 +144,20 @@ def shrink_sizes(node):
 
 def tiny_loader(loader):
     loader.update(batch_size=2, num_workers=0, persistent_workers=False)
+
+
+def pretrainer_cfg(arch):
+    """``TINY_RILS`` with another ViT ``arch`` (e.g. a few blocks at ViT-B's width); the
+    decoder, text tower and projections stay tiny."""
+    cfg = copy.deepcopy(TINY_RILS)
+    cfg['backbone']['arch'] = dict(arch)
+    cfg['neck']['embed_dim'] = arch['embed_dims']
+    return cfg
+
+
+def shrink_sizes_but_backbone(cfg):
+    """``shrink_sizes`` everywhere except ``model.backbone`` (whose ``img_size`` only sets the
+    position table, which is interpolated to the input's grid)."""
+    backbone = cfg.model.pop('backbone')
+    shrink_sizes(cfg)
+    cfg.model.backbone = backbone

@@ -16,6 +16,45 @@ from mmpretrain.registry import MODELS
 
 from ..utils import QVBiasTransformerLayer
 
+# mmcv's model zoos that toolbox base configs name in ``pretrained`` (CNN weights, e.g. mmseg's
+# 'open-mmlab://resnet50_v1c'); none of them holds a RILS encoder.
+_CNN_MODEL_ZOOS = ('open-mmlab://', 'torchvision://')
+
+
+def pretrained_to_init_cfg(pretrained: Optional[str],
+                           init_cfg: Optional[Union[dict, list]]) -> Optional[Union[dict, list]]:
+    """The ``init_cfg`` that the toolboxes' ``pretrained`` argument stands for.
+
+    mmseg's segmentors set ``backbone.pretrained = model.pretrained``, and mmseg's own ViT and
+    MAE backbones read ``pretrained=PATH`` as ``init_cfg=dict(type='Pretrained',
+    checkpoint=PATH)`` and refuse it together with ``init_cfg``. Here ``PATH`` is loaded with the
+    checked loader from its ``backbone.*`` keys (the converter's output or a pretraining
+    checkpoint), so a file without them fails instead of leaving the encoder random.
+
+    Args:
+        pretrained (str, optional): Checkpoint path or URL, or None.
+        init_cfg (dict | list, optional): The backbone's own ``init_cfg``.
+
+    Returns:
+        dict | list | None: ``init_cfg`` unchanged if ``pretrained`` is None, else a
+        ``CheckedPretrained`` config with ``prefix='backbone.'``.
+    """
+    if pretrained is None:
+        return init_cfg
+    if not isinstance(pretrained, str):
+        raise TypeError(f'RILSViT: pretrained must be a checkpoint path or None, '
+                        f'got {pretrained!r}')
+    if init_cfg:
+        raise ValueError(f'RILSViT: pretrained={pretrained!r} and init_cfg are both set; give '
+                         f'one (in an mmseg config set model.pretrained=None: the segmentor '
+                         f'passes it to the backbone)')
+    if pretrained.startswith(_CNN_MODEL_ZOOS):
+        raise ValueError(f'RILSViT: pretrained={pretrained!r} names CNN weights of mmcv\'s model '
+                         f'zoo, not a RILS encoder; in an mmseg config set model.pretrained=None '
+                         f'(the segmentor passes it to the backbone) and load the encoder with '
+                         f'init_cfg')
+    return dict(type='CheckedPretrained', checkpoint=pretrained, prefix='backbone.')
+
 
 @MODELS.register_module()
 class RILSViT(MAEViT):
@@ -60,6 +99,11 @@ class RILSViT(MAEViT):
         fixed_pos_embed (bool): Keep the sin-cos position table fixed (pretraining). False
             trains it, as ViTDet and mmseg's BEiT/MAE fine-tuning do. Defaults to True.
         layer_cfgs (dict | Sequence[dict]): Extra per-block arguments.
+        pretrained (str, optional): The toolboxes' older way to name a checkpoint (mmseg's
+            segmentors pass ``model.pretrained`` here): ``PATH`` means
+            ``init_cfg=dict(type='CheckedPretrained', checkpoint=PATH, prefix='backbone.')``.
+            Not together with ``init_cfg``; model-zoo CNN names ('open-mmlab://...') are
+            refused. Defaults to None.
         init_cfg (dict | list, optional): Initialisation config.
     """
 
@@ -86,7 +130,9 @@ class RILSViT(MAEViT):
                  use_rel_pos: bool = False,
                  rel_pos_size: Optional[Union[int, Tuple[int, int]]] = None,
                  fixed_pos_embed: bool = True,
+                 pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
+        init_cfg = pretrained_to_init_cfg(pretrained, init_cfg)
         if not 0 < mask_ratio < 1:
             raise ValueError(f'RILSViT: mask_ratio must be in (0, 1), got {mask_ratio}')
         if isinstance(out_indices, int):
