@@ -13,6 +13,7 @@ import inspect
 import math
 import os
 import os.path as osp
+import re
 import sys
 import zipfile
 from copy import deepcopy
@@ -162,19 +163,22 @@ def check_writable(folder: str) -> None:
 
 
 def run_checkpoints(work_dir: str) -> List[str]:
-    """The checkpoint files a Runner wrote into ``work_dir``, newest first.
+    """The checkpoints a Runner's ``CheckpointHook`` wrote into ``work_dir``, newest first.
 
-    ``last_checkpoint`` names the newest; the others follow by modification time. Files left by
-    an interrupted atomic save (``*.partial-<pid>``) are not checkpoints.
+    ``epoch_N.pth``/``iter_N.pth`` and the file ``last_checkpoint`` names, by modification
+    time: a run killed after writing a checkpoint but before updating ``last_checkpoint``
+    still resumes from the newest one. Files left by an interrupted atomic save
+    (``*.partial-<pid>``) are not checkpoints.
     """
-    found = sorted(glob.glob(osp.join(work_dir, '*.pth')), key=osp.getmtime, reverse=True)
+    found = {osp.abspath(p) for p in glob.glob(osp.join(work_dir, '*.pth'))
+             if re.fullmatch(r'(epoch|iter)_\d+\.pth', osp.basename(p))}
     pointer = osp.join(work_dir, 'last_checkpoint')
     if osp.isfile(pointer):
         with open(pointer) as file:
             last = file.read().strip()
         if osp.isfile(last):
-            found = [last] + [f for f in found if osp.abspath(f) != osp.abspath(last)]
-    return found
+            found.add(osp.abspath(last))
+    return sorted(found, key=osp.getmtime, reverse=True)
 
 
 def check_checkpoint_file(path: str) -> None:

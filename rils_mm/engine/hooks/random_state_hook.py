@@ -20,9 +20,11 @@ from typing import Optional
 import numpy as np
 import torch
 from mmengine.dist import all_gather_object, get_dist_info
-from mmengine.hooks import Hook
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
 from mmpretrain.registry import HOOKS
+
+from .data_resume_hook import checkpoint_due
 
 CHECKPOINT_KEY = 'random_states'
 
@@ -46,6 +48,16 @@ def set_random_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states['cuda'])
 
 
+def epoch_checkpoint_due(runner) -> bool:
+    """Whether a ``CheckpointHook`` saves in this epoch's ``after_train_epoch``."""
+    for hook in runner.hooks:
+        if isinstance(hook, CheckpointHook) and hook.by_epoch:
+            if hook.every_n_epochs(runner, hook.interval, hook.save_begin) or (
+                    hook.save_last and hook.is_last_train_epoch(runner)):
+                return True
+    return False
+
+
 @HOOKS.register_module()
 class RandomStateHook(Hook):
     """Store every rank's random generator states in checkpoints; restore them on resume.
@@ -59,6 +71,7 @@ class RandomStateHook(Hook):
 
     def __init__(self) -> None:
         self._before_val: Optional[dict] = None
+        self._gathered: Optional[list] = None
 
     def before_train(self, runner) -> None:
         for loop in (runner.train_loop, getattr(runner, '_val_loop', None)):
@@ -74,13 +87,24 @@ class RandomStateHook(Hook):
             set_random_states(self._before_val)
             self._before_val = None
 
+    # Runner.save_checkpoint runs on rank 0 only, so the ranks' states are gathered (a
+    # collective, on every rank) just before a CheckpointHook saves.
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if get_dist_info()[1] > 1 and checkpoint_due(runner):
+            self._gathered = all_gather_object(get_random_states())
+
+    def after_train_epoch(self, runner) -> None:
+        if get_dist_info()[1] > 1 and epoch_checkpoint_due(runner):
+            self._gathered = all_gather_object(get_random_states())
+
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        # Runner.save_checkpoint calls this hook on every rank before rank 0 writes.
-        states = get_random_states()
-        if get_dist_info()[1] > 1:
-            checkpoint[CHECKPOINT_KEY] = all_gather_object(states)
-        else:
-            checkpoint[CHECKPOINT_KEY] = [states]
+        if get_dist_info()[1] == 1:
+            checkpoint[CHECKPOINT_KEY] = [get_random_states()]
+        elif self._gathered is not None:
+            checkpoint[CHECKPOINT_KEY] = self._gathered
+            self._gathered = None
+        # else: a save outside the CheckpointHook schedule (e.g. a best checkpoint after
+        # validation); without every rank's state it stores none.
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         saved = checkpoint.get(CHECKPOINT_KEY)
