@@ -28,7 +28,7 @@ from mmengine.config import Config
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(REPO, 'tests', 'test_transfer'))
 from transfer_helpers import (CLASSES, TINY_ARCH, shrink_sizes, tiny_loader,  # noqa: E402
-                              write_ade, write_coco)
+                              tiny_mask_rcnn, write_ade, write_coco)
 
 DEMO = 'configs/rils/demo_cpu.py'
 DEMO_ZERO_SHOT = 'configs/rils/demo_cpu_zeroshot.py'
@@ -158,28 +158,11 @@ def tiny_mask_rcnn_config(encoder, data_root):
     32-channel pyramid and heads, 128 px images, 4 generated images: 2 iterations an epoch."""
     ann_file = write_coco(str(data_root))
     cfg = Config.fromfile(osp.join(REPO, COCO_CONFIG))
-    shrink_sizes(cfg)
-    cfg.model.backbone.update(arch=TINY_ARCH, window_size=4, window_block_indexes=[0, 1, 3],
-                              out_indices=[3])
-    cfg.model.backbone.init_cfg.checkpoint = str(encoder)
-    cfg.model.neck.update(in_channels=32, out_channels=32)
-    cfg.model.rpn_head.update(in_channels=32, feat_channels=32)
-    roi = cfg.model.roi_head
-    roi.bbox_roi_extractor.out_channels = roi.mask_roi_extractor.out_channels = 32
-    roi.bbox_head.update(in_channels=32, conv_out_channels=32, fc_out_channels=32,
-                         num_classes=len(CLASSES))
-    roi.mask_head.update(in_channels=32, conv_out_channels=32, num_classes=len(CLASSES))
-    cfg.model.train_cfg.rpn_proposal.max_per_img = 64
-    cfg.model.train_cfg.rcnn.sampler.num = 32
-    cfg.model.test_cfg.rpn.update(nms_pre=100, max_per_img=50)
-    cfg.train_cfg.update(max_epochs=1, val_interval=1)
-    cfg.default_hooks.logger.interval = 1
+    tiny_mask_rcnn(cfg, str(encoder))
     cfg.train_dataloader.dataset.times = 1
     datasets = (cfg.train_dataloader.dataset.dataset, cfg.val_dataloader.dataset,
                 cfg.test_dataloader.dataset)
-    for loader, dataset in zip((cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader),
-                               datasets):
-        tiny_loader(loader)
+    for dataset in datasets:
         dataset.update(data_root=str(data_root), ann_file=ann_file,
                        data_prefix=dict(img='images/'), metainfo=dict(classes=CLASSES))
     cfg.val_evaluator.ann_file = cfg.test_evaluator.ann_file = ann_file

@@ -11,8 +11,8 @@ from mmengine.config import Config
 from rils_mm.engine import cli  # (not importing test_main: pytest would collect it)
 from rils_mm.tools.model_converters import rils_to_toolbox_main
 
-from transfer_helpers import (CLASSES, TINY_ARCH, shrink_sizes, tiny_loader, write_ade,
-                              write_coco)
+from transfer_helpers import (CLASSES, TINY_ARCH, shrink_sizes, tiny_loader, tiny_mask_rcnn,
+                              write_ade, write_coco)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 COCO_CONFIG = osp.join(ROOT, 'configs/mask_rcnn/rils_vit-b16_mask-rcnn_vitdet-lsj-100e_coco.py')
@@ -26,29 +26,6 @@ def encoder_checkpoint(pretrain_checkpoint, tmp_path_factory):
     dst = str(tmp_path_factory.mktemp('encoder') / 'encoder.pth')
     rils_to_toolbox_main([src, dst, '--format', 'mmdet'])
     return dst, len(pretrainer.backbone.state_dict())
-
-
-def tiny_mask_rcnn(cfg, checkpoint):
-    """ViTDet Mask R-CNN with a 4-block, 32-wide ViT (windows of 4 patches, block 2 global),
-    32-channel pyramid and heads, few proposals, 128 px inputs."""
-    shrink_sizes(cfg)
-    cfg.model.backbone.update(arch=TINY_ARCH, window_size=4, window_block_indexes=[0, 1, 3],
-                              out_indices=[3])
-    cfg.model.backbone.init_cfg.checkpoint = checkpoint
-    cfg.model.neck.update(in_channels=32, out_channels=32)
-    cfg.model.rpn_head.update(in_channels=32, feat_channels=32)
-    roi = cfg.model.roi_head
-    roi.bbox_roi_extractor.out_channels = roi.mask_roi_extractor.out_channels = 32
-    roi.bbox_head.update(in_channels=32, conv_out_channels=32, fc_out_channels=32,
-                         num_classes=len(CLASSES))
-    roi.mask_head.update(in_channels=32, conv_out_channels=32, num_classes=len(CLASSES))
-    cfg.model.train_cfg.rpn_proposal.max_per_img = 64
-    cfg.model.train_cfg.rcnn.sampler.num = 32
-    cfg.model.test_cfg.rpn.update(nms_pre=100, max_per_img=50)
-    cfg.train_cfg.update(max_epochs=1, val_interval=1)
-    cfg.default_hooks.logger.interval = 1
-    for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
-        tiny_loader(loader)
 
 
 def set_coco_data(dataset, root, ann_file, image_dir):

@@ -146,6 +146,29 @@ def tiny_loader(loader):
     loader.update(batch_size=2, num_workers=0, persistent_workers=False)
 
 
+def tiny_mask_rcnn(cfg, checkpoint):
+    """ViTDet Mask R-CNN with a 4-block, 32-wide ViT (windows of 4 patches, block 2 global),
+    32-channel pyramid and heads, few proposals, 128 px inputs."""
+    shrink_sizes(cfg)
+    cfg.model.backbone.update(arch=TINY_ARCH, window_size=4, window_block_indexes=[0, 1, 3],
+                              out_indices=[3])
+    cfg.model.backbone.init_cfg.checkpoint = checkpoint
+    cfg.model.neck.update(in_channels=32, out_channels=32)
+    cfg.model.rpn_head.update(in_channels=32, feat_channels=32)
+    roi = cfg.model.roi_head
+    roi.bbox_roi_extractor.out_channels = roi.mask_roi_extractor.out_channels = 32
+    roi.bbox_head.update(in_channels=32, conv_out_channels=32, fc_out_channels=32,
+                         num_classes=len(CLASSES))
+    roi.mask_head.update(in_channels=32, conv_out_channels=32, num_classes=len(CLASSES))
+    cfg.model.train_cfg.rpn_proposal.max_per_img = 64
+    cfg.model.train_cfg.rcnn.sampler.num = 32
+    cfg.model.test_cfg.rpn.update(nms_pre=100, max_per_img=50)
+    cfg.train_cfg.update(max_epochs=1, val_interval=1)
+    cfg.default_hooks.logger.interval = 1
+    for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
+        tiny_loader(loader)
+
+
 def pretrainer_cfg(arch):
     """``TINY_RILS`` with another ViT ``arch`` (e.g. a few blocks at ViT-B's width); the
     decoder, text tower and projections stay tiny."""
