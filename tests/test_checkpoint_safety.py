@@ -358,3 +358,24 @@ def test_refusal_names_the_reason_when_torch_gives_no_global(tmp_path):
         weights_only_load(str(path))
     assert f'refused to load {path}: Can only build' in str(info.value)
     assert 'Complex64DType' in str(info.value)
+
+
+@pytest.mark.parametrize('how', ['resume', 'load_from'])
+def test_crafted_checkpoint_is_refused_by_the_training_tool(crafted, tmp_path, how):
+    """``tools/train.py --resume FILE`` and ``load_from=FILE`` (the path ``tools/test.py
+    CONFIG FILE`` takes too): one line naming the file and the blocked global, exit status 1,
+    and the payload never runs (the ``crafted`` fixture checks its marker)."""
+    path, _ = crafted
+    tiny_data = [f'train_dataloader.dataset.data_root={tmp_path}/data',
+                 'train_dataloader.dataset.generate_cfg.num_train=64',
+                 'train_dataloader.dataset.generate_cfg.num_val=8',
+                 'train_dataloader.dataset.generate_cfg.num_heldout=8']
+    extra = (['--resume', str(path), '--cfg-options', *tiny_data] if how == 'resume' else
+             ['--cfg-options', f'load_from={path}', *tiny_data])
+    result = run_tool('tools/train.py', 'configs/rils/demo_cpu.py', '--work-dir',
+                      str(tmp_path / 'work'), *extra)
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines()
+             if line.startswith('tools/train.py: error:')]
+    assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    assert f'refused to load {path}: it holds the Python object posix.system' in lines[0]
