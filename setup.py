@@ -28,7 +28,7 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['rils_mm', 'rils_mm.*']),
     include_package_data=True,
-    package_data={'rils_mm.evaluation': ['data/*.txt']},
+    package_data={'rils_mm.datasets': ['data/*.txt']},
     python_requires='>=3.9',
     # torch/torchvision and mmcv (built with ops) are installed by tools/setup_env.sh; they are
     # listed so that `pip install .` into a prepared environment checks them.

@@ -1,4 +1,4 @@
-# RILS ViT-B/16 pretraining, the paper recipe (METHOD.md, section 1):
+# RILS ViT-B/16 pretraining, the paper recipe (Yang et al., CVPR 2023, arXiv:2301.06958):
 #   tools/dist_train.sh configs/rils/pretrain_b16.py 32
 # LAION image-text shards (img2dataset layout) under data/laion; 128 pairs per GPU on 32 GPUs
 # = global batch 4096; AdamW (0.9, 0.98), wd 0.5, lr 5e-4 at 4096 (auto-scaled), 1 warm-up

@@ -24,7 +24,7 @@ from mmpretrain.datasets import CustomDataset
 from mmpretrain.datasets.custom import find_folders, get_samples
 from mmpretrain.registry import DATASETS, TRANSFORMS
 
-from ..evaluation.resources import load_class_subset, read_lines, resolve_data_file
+from .resources import load_class_subset, read_lines, resolve_data_file
 
 __all__ = ['ImageNetFolder', 'ImageNetV2', 'ObjectNet', 'objectnet_class_groups', 'CropBorder']
 

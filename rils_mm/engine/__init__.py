@@ -1,8 +1,11 @@
 """Training-time pieces: hooks (data resume, bad-sample accounting), optimizer constructors.
 
-``rils_mm.engine.cli`` (the library side of tools/train.py and test.py) is not imported here.
+Importing this package registers them in mmpretrain's registries, and the optimizer
+constructor in mmdet's and mmseg's too (:mod:`.toolbox_registration`). ``rils_mm.engine.cli``
+(the library side of tools/train.py and test.py) is not imported here.
 """
 from .errors import RunStopped  # noqa: F401
 from .hooks import (BadSampleHook, DataResumeHook, NonFiniteCheckHook,  # noqa: F401
                     RandomStateHook)
 from .optimizers import RILSLayerDecayOptimWrapperConstructor  # noqa: F401
+from . import toolbox_registration  # noqa: F401,I001  (mmdet's and mmseg's registries)

@@ -1,17 +1,11 @@
-"""Zero-shot evaluation: text resources, classifier building and metrics (issue 5).
+"""Zero-shot evaluation metrics.
 
 Importing this package registers ``ZeroShotAccuracy`` and ``ImageTextRetrievalRecall`` in
-mmpretrain's ``METRICS`` and ``FewShotDataset`` in its ``DATASETS``.
+mmpretrain's ``METRICS``. The evaluation datasets, few-shot subsets and text resources (class
+names, prompt templates) are in :mod:`rils_mm.datasets`; the zero-shot classifier and its
+prompt-ensembled weights are in :mod:`rils_mm.models`.
 """
-from .few_shot import FewShotDataset, few_shot_indices
 from .metrics import (ImageTextRetrievalRecall, ZeroShotAccuracy, retrieval_metrics,
                       retrieval_ranks)
-from .resources import (DATA_DIR, load_class_subset, load_classnames, load_templates,
-                        resolve_data_file)
-from .zero_shot import build_text_classifier, group_logits
 
-__all__ = [
-    'ImageTextRetrievalRecall', 'ZeroShotAccuracy', 'retrieval_metrics', 'retrieval_ranks',
-    'DATA_DIR', 'load_class_subset', 'load_classnames', 'load_templates', 'resolve_data_file',
-    'build_text_classifier', 'group_logits', 'FewShotDataset', 'few_shot_indices'
-]
+__all__ = ['ImageTextRetrievalRecall', 'ZeroShotAccuracy', 'retrieval_metrics', 'retrieval_ranks']

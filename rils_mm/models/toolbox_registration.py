@@ -1,27 +1,37 @@
-"""Register the transfer modules in mmdet's and mmseg's registries too.
+"""Register the transfer models in mmdet's and mmseg's registries too.
 
 mmengine resolves a config's ``type`` in the registry of its ``default_scope`` (and that
 registry's parents), so a detector config (``default_scope='mmdet'``) cannot find a module that
-only mmpretrain's registry knows. The *same* class objects are added to each toolbox's registry
-(no copies): the RILS vision encoder, the ViTDet feature pyramid, the layer-decay optimizer
-constructor, and mmpretrain's channel LayerNorm ``LN2d`` (ViTDet's necks and heads use it).
-A toolbox that is not installed is skipped.
+only mmpretrain's registry knows. The *same* class objects are added to each toolbox's
+``MODELS`` registry (no copies): the RILS vision encoder, the ViTDet feature pyramid and
+mmpretrain's channel LayerNorm ``LN2d`` (ViTDet's necks and heads use it). A toolbox that is not
+installed is skipped. The layer-decay optimizer constructor is registered likewise by
+:mod:`rils_mm.engine.toolbox_registration`.
 """
 import importlib
+from typing import Optional
 
 from mmpretrain.models.utils import LayerNorm2d
 
-from ..engine.optimizers import RILSLayerDecayOptimWrapperConstructor
 from .backbones.rils_vit import RILSViT
 from .necks.simple_feature_pyramid import SimpleFeaturePyramid
 
-__all__ = ['register_in_toolboxes', 'REGISTERED_TOOLBOXES']
+__all__ = ['register_in_toolboxes', 'register_same_module', 'REGISTERED_TOOLBOXES']
 
 REGISTERED_TOOLBOXES = []
 
 
-def _register(registry, module, name=None) -> None:
-    """Add ``module`` to ``registry`` unless that name already holds exactly it."""
+def register_same_module(registry, module: type, name: Optional[str] = None) -> None:
+    """Add ``module`` to ``registry`` unless that name already holds exactly it.
+
+    Args:
+        registry (mmengine.Registry): The registry to add to.
+        module (type): The class (the object itself, not a copy, is registered).
+        name (str, optional): Registered name. Defaults to ``module.__name__``.
+
+    Raises:
+        KeyError: If ``name`` is registered there as another object.
+    """
     name = name or module.__name__
     existing = registry.module_dict.get(name)
     if existing is module:
@@ -33,7 +43,7 @@ def _register(registry, module, name=None) -> None:
 
 
 def register_in_toolboxes(toolboxes=('mmpretrain', 'mmdet', 'mmseg')) -> list:
-    """Register the transfer modules in each installed toolbox's registries.
+    """Register the transfer models in each installed toolbox's ``MODELS`` registry.
 
     Args:
         toolboxes (Sequence[str]): Toolbox packages with a ``registry`` module.
@@ -47,10 +57,9 @@ def register_in_toolboxes(toolboxes=('mmpretrain', 'mmdet', 'mmseg')) -> list:
         except ImportError:
             continue
         for module in (RILSViT, SimpleFeaturePyramid):
-            _register(registry.MODELS, module)
+            register_same_module(registry.MODELS, module)
         if 'LN2d' not in registry.MODELS.module_dict:
-            _register(registry.MODELS, LayerNorm2d, name='LN2d')
-        _register(registry.OPTIM_WRAPPER_CONSTRUCTORS, RILSLayerDecayOptimWrapperConstructor)
+            register_same_module(registry.MODELS, LayerNorm2d, name='LN2d')
         if toolbox not in REGISTERED_TOOLBOXES:
             REGISTERED_TOOLBOXES.append(toolbox)
     return REGISTERED_TOOLBOXES

@@ -15,9 +15,8 @@ from typing import List, Optional
 import torch
 
 from ..models.utils.checkpoint_loading import LoadReport, load_checked
-from ..models.utils.converters import (ConversionError, extract_vision_encoder,
-                                       load_state_dict_file, open_clip_to_rils,
-                                       rils_vit_to_timm, to_toolbox_checkpoint)
+from .converters import (ConversionError, extract_vision_encoder, load_state_dict_file,
+                         open_clip_to_rils, rils_vit_to_timm, to_toolbox_checkpoint)
 
 FORMATS = ('mmpretrain', 'mmdet', 'mmseg', 'timm')
 
@@ -41,8 +40,7 @@ def verify_with_config(config: str, checkpoint: str, allow_missing: bool = False
     from mmengine.config import Config
     from mmengine.registry import MODELS, DefaultScope
 
-    import rils_mm  # noqa: F401  (registration)
-    import rils_mm.models.toolbox_registration  # noqa: F401
+    import rils_mm  # noqa: F401  (registration, in mmdet's and mmseg's registries too)
 
     cfg = Config.fromfile(config)
     backbone_cfg = copy.deepcopy(cfg.model.backbone)
@@ -105,7 +103,7 @@ def open_clip_to_rils_main(argv: Optional[List[str]] = None) -> None:
         prog='tools/model_converters/open_clip_to_rils.py',
         description='Convert an open_clip / OpenAI CLIP ViT state dict (not a TorchScript '
         'file) to the ImageTextPretrainer layout (backbone.*, text_encoder.*, '
-        'image_projection.weight, logit_scale). The backbone must be RILSViT with '
+        'image_head.projection.weight, logit_scale). The backbone must be RILSViT with '
         "pre_norm=True, norm_cfg=dict(type='LN', eps=1e-5) and, for QuickGELU models, "
         "layer_cfgs=dict(act_cfg=dict(type='QuickGELU')).")
     parser.add_argument('src', help='open_clip checkpoint or state dict')

@@ -48,7 +48,7 @@ def test_full_size_parameter_counts(config, arch, width, layers, clip_name):
                  if not n.startswith('visual.') and n != 'logit_scale']
     assert count(model.text_encoder) == count(clip_text)
     joint = model.embed_dims
-    assert count(model.image_projection) == width * joint
+    assert count(model.image_head) == width * joint
     total = count(model)
     assert total == (count(model.backbone) + count(model.neck) + count(model.text_encoder) +
                      width * joint + 1)
@@ -67,9 +67,10 @@ def write_shards(root, num_samples=4, size=224):
     return osp.join(str(root), '00000.tar')
 
 
-def test_pretrain_b16_runs_one_iteration_on_cpu(tmp_path):
+def one_iteration_config(config, tmp_path):
+    """A full-size config reduced to one CPU iteration of batch 2 on two written pairs."""
     shard = write_shards(tmp_path / 'shards')
-    cfg = Config.fromfile(osp.join(REPO, 'configs', 'rils', 'pretrain_b16.py'))
+    cfg = Config.fromfile(osp.join(REPO, 'configs', config))
     cfg.work_dir = str(tmp_path / 'work')
     cfg.train_dataloader.update(batch_size=2, num_workers=0, persistent_workers=False,
                                 pin_memory=False)
@@ -80,6 +81,11 @@ def test_pretrain_b16_runs_one_iteration_on_cpu(tmp_path):
     cfg.train_cfg.max_epochs = 1
     cfg.default_hooks.checkpoint = None
     cfg.default_hooks.logger.interval = 1
+    return cfg
+
+
+def test_pretrain_b16_runs_one_iteration_on_cpu(tmp_path):
+    cfg = one_iteration_config('rils/pretrain_b16.py', tmp_path)
     runner = Runner.from_cfg(cfg)
     recorder = ParameterChangeRecorder()
     runner.register_hook(recorder)
@@ -89,7 +95,7 @@ def test_pretrain_b16_runs_one_iteration_on_cpu(tmp_path):
     for key in ('loss', 'loss_contrastive', 'loss_reconstruction'):
         assert np.isfinite(hub.get_scalar(f'train/{key}').current())
     for name in ('backbone.layers.11.attn.q_bias', 'neck.decoder_blocks.0.attn.qkv.weight',
-                 'text_encoder.token_embedding.weight', 'image_projection.weight'):
+                 'text_encoder.token_embedding.weight', 'image_head.projection.weight'):
         assert name in recorder.changed, name
     assert 'backbone.pos_embed' not in recorder.changed  # fixed sin-cos
     # Weight decay 0.5 on weight matrices only (the paper recipe).
@@ -124,3 +130,74 @@ def test_clip_baseline_config_is_rils_without_decoder():
                         .model)
     assert type(clip).__name__ == 'ImageTextPretrainer' and clip.neck is None
     assert count(clip) == count(rils) - count(rils.neck)
+
+
+@pytest.mark.parametrize('config,losses', [
+    ('clip/pretrain_b16.py', ('loss_contrastive', )),
+    ('mae/pretrain_b16.py', ('loss', )),
+    ('mae_clip/pretrain_b16.py', ('loss_contrastive', 'loss_pixel')),
+    ('rils/pretrain_b16_vision-space.py', ('loss_contrastive', 'loss_reconstruction')),
+])
+def test_baseline_configs_run_one_iteration_on_cpu(config, losses, tmp_path):
+    cfg = one_iteration_config(config, tmp_path)
+    runner = Runner.from_cfg(cfg)
+    recorder = ParameterChangeRecorder()
+    runner.register_hook(recorder)
+    runner.train()
+    assert runner.iter == 1
+    for key in losses:
+        assert np.isfinite(runner.message_hub.get_scalar(f'train/{key}').current()), key
+    assert 'backbone.layers.11.attn.q_bias' in recorder.changed
+    assert 'backbone.pos_embed' not in recorder.changed
+
+
+def test_baseline_configs_full_size_parameter_counts():
+    """MAE and MAE+CLIP use mmpretrain's MAE decoder unchanged (8 blocks, width 512); the
+    vision-space RILS adds K x D fixed prototypes and no parameter."""
+    def build(config):
+        return MODELS.build(Config.fromfile(osp.join(REPO, 'configs', config)).model)
+
+    rils, vision_space = build('rils/pretrain_b16.py'), build('rils/pretrain_b16_vision-space.py')
+    mae, mae_clip, clip = (build('mae/pretrain_b16.py'), build('mae_clip/pretrain_b16.py'),
+                           build('clip/pretrain_b16.py'))
+    reference_decoder = MAEPretrainDecoder(num_patches=196, patch_size=16, embed_dim=768,
+                                           decoder_embed_dim=512, decoder_depth=8,
+                                           decoder_num_heads=16)
+    assert type(mae).__name__ == 'MAE' and type(mae.backbone).__name__ == 'RILSPretrainViT'
+    assert count(mae.neck) == count(mae_clip.neck) == count(reference_decoder)
+    assert count(mae.backbone) == count(clip.backbone) == count(rils.backbone)
+    assert count(mae_clip) == count(clip) + count(reference_decoder)
+    assert count(vision_space) == count(rils)
+    assert vision_space.head.prototypes.prototypes.shape == (4096, 512)
+    torch.testing.assert_close(vision_space.head.prototypes.prototypes.norm(dim=-1),
+                               torch.ones(4096))
+
+
+@pytest.mark.parametrize('chain,first_stage', [
+    ('two_stage/mim_to_clip_b16.py', 'mae/pretrain_b16.py'),
+    ('two_stage/clip_to_mim_b16.py', 'clip/pretrain_b16.py'),
+])
+def test_second_stage_starts_from_the_first_stage_encoder(chain, first_stage, tmp_path):
+    """Stage 2 of each B/16 chain loads stage 1's encoder (checked) and trains an iteration."""
+    chain_cfg = Config.fromfile(osp.join(REPO, 'configs', chain))
+    assert chain_cfg.stages[0].config.endswith(first_stage)
+    first = MODELS.build(Config.fromfile(osp.join(REPO, 'configs', first_stage)).model)
+    checkpoint = str(tmp_path / 'stage1.pth')
+    torch.save(dict(state_dict=first.state_dict()), checkpoint)
+    second_config = osp.normpath(osp.join('two_stage', chain_cfg.stages[1].config))
+    cfg = one_iteration_config(second_config, tmp_path)
+    key = chain_cfg.stages[1].init_key
+    assert key == 'model.backbone.init_cfg.checkpoint'
+    cfg.model.backbone.init_cfg.checkpoint = checkpoint
+    runner = Runner.from_cfg(cfg)
+    recorder = ParameterChangeRecorder()
+    runner.register_hook(recorder)
+    runner.train()
+    for name, value in first.backbone.state_dict().items():
+        if f'backbone.{name}' in recorder.before:
+            torch.testing.assert_close(recorder.before[f'backbone.{name}'], value, rtol=0, atol=0)
+    # A missing stage-1 checkpoint fails, naming it.
+    cfg.model.backbone.init_cfg.checkpoint = str(tmp_path / 'missing.pth')
+    cfg.work_dir = str(tmp_path / 'work2')
+    with pytest.raises(Exception, match='missing.pth'):
+        Runner.from_cfg(cfg).train()

@@ -74,7 +74,7 @@ def write_images_fixture():
 @pytest.fixture
 def imagenet_subset_folder(tmp_path):
     """A folder of 3 ImageNet classes (indices 1, 5, 9) x 2 images; returns (root, indices)."""
-    from rils_mm.evaluation.resources import read_lines
+    from rils_mm.datasets.resources import read_lines
     wnids = read_lines('imagenet_wnids.txt')
     indices = [1, 5, 9]
     root = tmp_path / 'imagenet_subset'
@@ -108,7 +108,7 @@ def tiny_rils_model_cfg():
     return dict(
         type='RILS',
         backbone=dict(
-            type='RILSViT',
+            type='RILSPretrainViT',
             arch=dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64),
             img_size=IMG,
             patch_size=8,
@@ -120,7 +120,8 @@ def tiny_rils_model_cfg():
                           width=32, heads=2, layers=1, output_dim=16),
         embed_dims=16,
         loss_contrastive=dict(type='ContrastiveLoss'),
-        loss_reconstruction=dict(type='LanguageSpaceReconstructionLoss'),
+        head=dict(type='LanguageReconstructionHead',
+                  loss=dict(type='LanguageSpaceReconstructionLoss')),
         data_preprocessor=dict(type='RILSDataPreprocessor'))
 
 

@@ -10,7 +10,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from rils_mm.evaluation.resources import load_class_subset, read_lines
+from rils_mm.datasets.resources import load_class_subset, read_lines
 
 CFG_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..', 'configs',
                                         'benchmarks'))
@@ -186,8 +186,8 @@ def test_zero_shot_config_on_rils_checkpoint(name, tiny_rils_model_cfg, tiny_ril
 
     # The checkpoint reached the wrapped model (not left at random init).
     state = torch.load(tiny_rils_ckpt)['state_dict']
-    torch.testing.assert_close(runner.model.model.image_projection.weight,
-                               state['image_projection.weight'])
+    torch.testing.assert_close(runner.model.model.image_head.projection.weight,
+                               state['image_head.projection.weight'])
     torch.testing.assert_close(runner.model.model.backbone.patch_embed.projection.weight,
                                state['backbone.patch_embed.projection.weight'])
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from mmpretrain.registry import DATASETS
 
-from rils_mm.evaluation.resources import (load_class_subset, load_classnames, load_templates,
-                                          read_lines)
+from rils_mm.datasets.resources import (load_class_subset, load_classnames, load_templates,
+                                       read_lines)
 
 
 def _labels(dataset):

@@ -10,7 +10,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 import open_clip
-from rils_mm.evaluation.resources import read_lines
+from rils_mm.datasets.resources import read_lines
 
 CFG_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'benchmarks')
 IMG = 32

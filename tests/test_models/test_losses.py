@@ -73,7 +73,7 @@ def test_contrastive_loss_equals_open_clip_with_two_processes(run_distributed, t
 
 
 def written_out_reconstruction_loss(pred, target, text, mask, keep, t_student, t_teacher):
-    """The formula of METHOD.md step 5, one patch at a time."""
+    """The RILS reconstruction loss (Yang et al., 2023, arXiv:2301.06958), one patch at a time."""
     total, count = 0.0, 0
     for b in range(pred.shape[0]):
         if not keep[b]:

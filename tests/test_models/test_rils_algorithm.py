@@ -12,13 +12,14 @@ XAVIER_INIT = [dict(type='Xavier', layer='Linear', distribution='uniform'),
                dict(type='Constant', layer='LayerNorm', val=1.0, bias=0.0)]
 TINY_RILS = dict(
     type='RILS',
-    backbone=dict(type='RILSViT', arch=dict(embed_dims=32, num_layers=2, num_heads=4,
+    backbone=dict(type='RILSPretrainViT', arch=dict(embed_dims=32, num_layers=2, num_heads=4,
                                             feedforward_channels=64),
                   img_size=32, patch_size=8, mask_ratio=0.75, init_cfg=XAVIER_INIT),
     neck=dict(type='RILSDecoder', num_patches=16, embed_dim=32, decoder_embed_dim=32,
               decoder_num_heads=4, init_cfg=XAVIER_INIT),
-    text_encoder=dict(type='CLIPTextEncoder', vocab_size=64, width=32, heads=4, layers=2,
-                      output_dim=16),
+    head=dict(type='LanguageReconstructionHead',
+              loss=dict(type='LanguageSpaceReconstructionLoss')),
+    text_encoder=dict(type='CLIPTextEncoder', vocab_size=64, width=32, heads=4, layers=2),
     embed_dims=16)
 
 
@@ -70,8 +71,8 @@ def loss_and_grads(model, images, texts):
 def _train_step_on_half_batch(rank, world_size, out_dir, mode):
     if mode == 'authors':
         model = build(loss_contrastive=dict(type='ContrastiveLoss', gather_with_grad=False),
-                      loss_reconstruction=dict(type='LanguageSpaceReconstructionLoss',
-                                               global_average=False))
+                      **{'head.loss': dict(type='LanguageSpaceReconstructionLoss',
+                                           global_average=False)})
     else:
         model = build()
     images, texts, noise = make_batch()
@@ -155,7 +156,7 @@ def test_inference_entry_points():
     # The image embedding is the global average of patch tokens, projected.
     tokens = features[-1]
     expected = torch.nn.functional.normalize(
-        tokens[:, 1:].mean(1) @ model.image_projection.weight.t(), dim=-1)
+        tokens[:, 1:].mean(1) @ model.image_head.projection.weight.t(), dim=-1)
     torch.testing.assert_close(image_embeddings, expected)
     torch.testing.assert_close(tensor_mode[-1], tokens)
 
@@ -171,10 +172,11 @@ def test_logit_scale_is_clamped_at_100():
 @pytest.mark.parametrize('key,value,match', [
     ('neck.embed_dim', 24, 'embed_dim'),
     ('neck.decoder_num_heads', 5, 'decoder_num_heads'),
-    ('embed_dims', 8, 'embed_dims'),
+    ('text_encoder.output_dim', 8, 'embed_dims'),
     ('backbone.mask_ratio', 1.5, 'mask_ratio'),
-    ('loss_reconstruction', dict(type='LanguageSpaceReconstructionLoss',
-                                 teacher_temperature=0), 'teacher_temperature'),
+    ('head', dict(type='LanguageReconstructionHead',
+                  loss=dict(type='LanguageSpaceReconstructionLoss', teacher_temperature=0)),
+     'teacher_temperature'),
     ('backbone.out_type', 'cls_token', 'out_type'),
 ])
 def test_bad_settings_fail_at_build_time(key, value, match):
@@ -193,7 +195,7 @@ def test_batch_of_one_with_filter_is_refused():
 def test_clip_baseline_is_rils_without_reconstruction():
     rils = build()
     clip_cfg = {k: v for k, v in copy.deepcopy(TINY_RILS).items()
-                if k not in ('neck', 'loss_reconstruction')}
+                if k not in ('neck', 'head')}
     clip_cfg['type'] = 'ImageTextPretrainer'
     clip = build(clip_cfg)
     missing, unexpected = clip.load_state_dict(rils.state_dict(), strict=False)

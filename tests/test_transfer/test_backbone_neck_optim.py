@@ -39,7 +39,7 @@ def copy_weights(source, target):
 
 def test_import_rils_mm_registers_in_every_toolbox():
     # A fresh interpreter: what ``custom_imports=dict(imports=['rils_mm'])`` gives a config
-    # (this test process imports the registration module explicitly, see conftest).
+    # (models register themselves there, the engine its optimizer constructor).
     code = ('import rils_mm, importlib\n'
             'from rils_mm.models.backbones.rils_vit import RILSViT\n'
             'from rils_mm.models.necks import SimpleFeaturePyramid\n'

@@ -9,8 +9,8 @@ import torch
 from mmengine.registry import DefaultScope
 
 from rils_mm.models.utils.checkpoint_loading import load_checked
-from rils_mm.models.utils.converters import (ConversionError, extract_vision_encoder,
-                                             open_clip_to_rils, rils_vit_to_timm)
+from rils_mm.tools.converters import (ConversionError, extract_vision_encoder, open_clip_to_rils,
+                                      rils_vit_to_timm)
 from rils_mm.tools.model_converters import rils_to_toolbox_main
 
 from transfer_helpers import PRETRAIN_SIZE, TINY_ARCH
@@ -140,7 +140,7 @@ def test_open_clip_import_maps_both_towers(quick_gelu, tmp_path):
     torch.save(dict(epoch=1, state_dict={'module.' + k: v for k, v in clip.state_dict().items()}),
                path)
 
-    from rils_mm.models.utils.converters import load_state_dict_file
+    from rils_mm.tools.converters import load_state_dict_file
     result = open_clip_to_rils(load_state_dict_file(str(path)))
     assert result.missing == [] and result.unmapped == []
     act = dict(act_cfg=dict(type='QuickGELU')) if quick_gelu else dict()
@@ -154,6 +154,7 @@ def test_open_clip_import_maps_both_towers(quick_gelu, tmp_path):
             text_encoder=dict(type='CLIPTextEncoder', context_length=16, vocab_size=64,
                               width=32, heads=2, layers=2, output_dim=16,
                               quick_gelu=quick_gelu),
+            image_head=dict(type='ImageEmbeddingHead', pooling='cls_token'),
             embed_dims=16)).eval()
     ours.load_state_dict(result.state_dict, strict=True)  # every key of our model, both ways
 
@@ -165,8 +166,7 @@ def test_open_clip_import_maps_both_towers(quick_gelu, tmp_path):
         pooled, patch_tokens = clip.visual(IMAGES)
         tokens = ours.backbone(IMAGES)[-1]
         torch.testing.assert_close(tokens[:, 1:], patch_tokens, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(ours.image_projection(tokens[:, 0]), pooled,
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours.image_head(tokens), pooled, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(ours.text_encoder(texts), clip.encode_text(texts),
                                    rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours.logit_scale, clip.logit_scale)

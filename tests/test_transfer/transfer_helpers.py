@@ -10,9 +10,7 @@ import numpy as np
 import torch
 from mmpretrain.registry import MODELS
 
-import rils_mm  # noqa: F401
-# Until rils_mm/models/__init__.py imports it (see the report), register explicitly.
-import rils_mm.models.toolbox_registration  # noqa: F401
+import rils_mm  # noqa: F401  (registers in mmdet's and mmseg's registries too)
 
 TINY_ARCH = dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64)
 PRETRAIN_SIZE = 64  # pretraining image size; transfer runs at other sizes (pos-embed resize)

@@ -1,7 +1,8 @@
 # LAION image-text pairs as img2dataset webdataset shards (KEY.jpg + KEY.txt [+ KEY.json]).
-# Paper recipe (METHOD.md): 20M pairs, 25 epochs, 32 GPUs x 128 = 4096 pairs per step,
-# RandomResizedCrop to 224 with scale (0.5, 1.0). CLIP normalisation happens in the model's
-# data preprocessor, so the pipeline ends with uint8 images and token ids.
+# Paper recipe (RILS, Yang et al., CVPR 2023, arXiv:2301.06958): 20M pairs, 25 epochs,
+# 32 GPUs x 128 = 4096 pairs per step, RandomResizedCrop to 224 with scale (0.5, 1.0). CLIP
+# normalisation happens in the model's data preprocessor, so the pipeline ends with uint8
+# images and token ids.
 #
 # The shard stream is split over ranks and dataloader workers, shuffled with `seed` per epoch,
 # resumes exactly (DataResumeHook) and skips bad samples, counted by BadSampleHook.

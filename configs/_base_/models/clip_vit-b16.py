@@ -1,10 +1,11 @@
-# The paper's CLIP baseline (METHOD.md, section 2): RILS's towers without the decoder and the
-# reconstruction loss -- a ViT-B/16 (q/v bias, sin-cos positions, mean-pooled patch tokens)
-# and the CLIP text tower, trained with the contrastive loss alone.
+# The RILS paper's CLIP baseline: RILS's towers without the decoder and the reconstruction
+# objective -- a ViT-B/16 (q/v bias, fixed sin-cos positions), mean-pooled patch tokens and a
+# bias-free projection into the joint space, the CLIP text tower of width 512, trained with the
+# contrastive loss alone. docs/methods/clip.md.
 model = dict(
     type='ImageTextPretrainer',
     backbone=dict(
-        type='RILSViT',
+        type='RILSPretrainViT',
         arch='b',
         img_size=224,
         patch_size=16,
@@ -13,14 +14,14 @@ model = dict(
             dict(type='Xavier', layer='Linear', distribution='uniform'),
             dict(type='Constant', layer='LayerNorm', val=1.0, bias=0.0),
         ]),
+    image_head=dict(type='ImageEmbeddingHead', pooling='mean', projection_bias=False),
     text_encoder=dict(
         type='CLIPTextEncoder',
         context_length=77,
         vocab_size=49408,
         width=512,
         heads=8,
-        layers=12,
-        output_dim=512),
-    embed_dims=512,
+        layers=12),
+    embed_dims=512,  # the joint width: the image head and the text tower take it from here
     loss_contrastive=dict(type='ContrastiveLoss', gather_with_grad=True),
     data_preprocessor=dict(type='ImageTextDataPreprocessor'))

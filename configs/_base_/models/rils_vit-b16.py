@@ -1,7 +1,6 @@
-# RILS ViT-B/16 (METHOD.md, section 1): the CLIP baseline's towers (ViT-B/16 with q/v bias and
-# fixed sin-cos positions, the CLIP text tower of width 512, a shared 768 -> 512 image
-# projection) plus the masked pass, a one-block decoder of the encoder's width, and the
-# language-space reconstruction loss, weighted 1 : 0.5 against the contrastive loss.
+# RILS ViT-B/16 (Yang et al., 2023; docs/methods/rils.md): the CLIP baseline's towers plus the
+# masked pass, a one-block decoder of the encoder's width, and reconstruction scored against
+# the batch's captions in the joint space, weighted 1 : 0.5 against the contrastive loss.
 _base_ = ['./clip_vit-b16.py']
 
 model = dict(
@@ -18,10 +17,13 @@ model = dict(
             dict(type='Xavier', layer='Linear', distribution='uniform'),
             dict(type='Constant', layer='LayerNorm', val=1.0, bias=0.0),
         ]),
-    loss_reconstruction=dict(
-        type='LanguageSpaceReconstructionLoss',
-        student_temperature=0.1,
-        teacher_temperature=0.04,
-        loss_weight=0.5,
-        filter_correct=True,
-        global_average=True))
+    head=dict(
+        type='LanguageReconstructionHead',
+        prototypes=dict(type='CaptionPrototypes'),
+        loss=dict(
+            type='LanguageSpaceReconstructionLoss',
+            student_temperature=0.1,
+            teacher_temperature=0.04,
+            loss_weight=0.5,
+            filter_correct=True,
+            global_average=True)))

@@ -4,5 +4,5 @@ _base_ = ['./rils_vit-b16.py']
 model = dict(
     backbone=dict(arch='l'),
     neck=dict(embed_dim=1024, decoder_embed_dim=1024, decoder_num_heads=16),
-    text_encoder=dict(width=768, heads=12, output_dim=768),
+    text_encoder=dict(width=768, heads=12),
     embed_dims=768)

@@ -2,7 +2,7 @@
 # the 1000 class names with the 80 OpenAI prompt templates (open_clip's zero-shot protocol:
 # bicubic resize of the short side to 224, centre crop 224).
 data_root = 'data/imagenet'
-classnames = 'imagenet_classnames.txt'  # shipped in rils_mm/evaluation/data
+classnames = 'imagenet_classnames.txt'  # shipped in rils_mm/datasets/data
 templates = 'openai_imagenet_templates.txt'
 class_subset = None
 

@@ -1,7 +1,7 @@
 # Zero-shot ImageNet-1k top-1/top-5 of RILS ViT-B/16:
 #   python tools/test.py configs/benchmarks/zero_shot/rils_vit-b16_zeroshot_in1k.py \
 #       --checkpoint work_dirs/rils_vit-b16_laion20m/epoch_25.pth
-# Class names and the 80 OpenAI templates ship in rils_mm/evaluation/data; prompt ensembling
+# Class names and the 80 OpenAI templates ship in rils_mm/datasets/data; prompt ensembling
 # and scoring are open_clip's (build_zero_shot_classifier, 100 * cos).
 _base_ = [
     '../_base_/zero_shot_runtime.py',

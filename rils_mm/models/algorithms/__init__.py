@@ -1,7 +1,8 @@
 from .image_text_pretrainer import ImageTextPretrainer
+from .mae_clip import MAECLIP
 from .open_clip_wrapper import OpenCLIPModel
 from .rils import RILS
 from .zero_shot import ZeroShotClassifier, ZeroShotRetriever
 
-__all__ = ['ImageTextPretrainer', 'OpenCLIPModel', 'RILS', 'ZeroShotClassifier',
+__all__ = ['ImageTextPretrainer', 'MAECLIP', 'OpenCLIPModel', 'RILS', 'ZeroShotClassifier',
            'ZeroShotRetriever']

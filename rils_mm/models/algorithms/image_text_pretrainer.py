@@ -1,7 +1,8 @@
 """Contrastive image-text pretraining (CLIP) on mmpretrain's self-supervised base class.
 
-RILS and the other image-text methods of this package subclass it; alone, with a config that
-gives no neck, it is the paper's CLIP baseline.
+The other image-text methods of this package (RILS, MAE+CLIP) subclass it and add their
+objective through ``BaseSelfSupervisor``'s ``neck`` (a decoder) and ``head`` slots; alone it is
+the CLIP baseline (Radford et al., ICML 2021).
 """
 import math
 from typing import Dict, List, Optional, Union
@@ -13,24 +14,38 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from torch import nn
 
+from ..utils.locking import lock_module, set_locked_eval
+
+TOWERS = ('backbone', 'text_encoder', 'image_head')
+
 
 @MODELS.register_module()
 class ImageTextPretrainer(BaseSelfSupervisor):
-    """Vision encoder + text encoder + shared image projection + learnable logit scale.
+    """Image tower + image head + text tower + learnable logit scale, trained contrastively.
 
-    The image embedding is the global average of the vision encoder's patch tokens (class
-    token dropped) times the image projection; the text embedding is the text tower's output.
-    Both are L2-normalised and trained with ``loss_contrastive``.
+    ``embed_dims`` is the one place that sets the joint width: the image head projects into it
+    and the text tower's ``output_dim`` defaults to it.
 
     Args:
-        backbone (dict): Vision encoder config (e.g. ``RILSViT`` with ``out_type='raw'``).
-        text_encoder (dict): Text tower config (e.g. ``CLIPTextEncoder``).
-        embed_dims (int): Joint embedding width D; must equal the text tower's output width.
+        backbone (dict): Image tower (``RILSPretrainViT`` with ``out_type='raw'``).
+        text_encoder (dict): Text tower (``CLIPTextEncoder``).
+        image_head (dict): Pooling and projection (``ImageEmbeddingHead``); ``in_channels``
+            and ``embed_dims`` are filled in. Defaults to mean pooling, bias-free projection.
+        embed_dims (int): Joint embedding width D.
         loss_contrastive (dict): Contrastive loss config.
         logit_scale_init (float): Initial log logit scale. Defaults to ln(1 / 0.07).
         logit_scale_max (float): The log logit scale is clamped to at most this.
             Defaults to ln(100).
-        neck (dict, optional): Decoder, for subclasses that reconstruct.
+        neck (dict, optional): A decoder, for subclasses that reconstruct.
+        head (dict, optional): The reconstruction objective, for subclasses.
+        target_generator (dict, optional): A target generator, for subclasses.
+        lock_cfg (dict, optional): Towers to lock, by attribute name (``backbone``,
+            ``text_encoder``, ``image_head``): ``True`` locks all of it, ``dict(
+            unlocked_groups=N)`` keeps its last N parameter groups (blocks, counted from the
+            output) trainable. A locked part has ``requires_grad=False``, stays in eval mode
+            (norm statistics, dropout and stochastic depth fixed) and never gets a gradient, so
+            the optimizer keeps no state for it. LiT (Zhai et al., CVPR 2022) locks the image
+            tower.
         data_preprocessor (dict, optional): Defaults to ``ImageTextDataPreprocessor``.
         init_cfg (dict | list, optional): Initialisation config.
     """
@@ -38,35 +53,74 @@ class ImageTextPretrainer(BaseSelfSupervisor):
     def __init__(self,
                  backbone: dict,
                  text_encoder: dict,
+                 image_head: dict = dict(type='ImageEmbeddingHead'),
                  embed_dims: int = 512,
                  loss_contrastive: dict = dict(type='ContrastiveLoss'),
                  logit_scale_init: float = math.log(1 / 0.07),
                  logit_scale_max: float = math.log(100),
                  neck: Optional[dict] = None,
+                 head: Optional[dict] = None,
+                 target_generator: Optional[dict] = None,
+                 lock_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
         data_preprocessor = dict(data_preprocessor or {})
         data_preprocessor.setdefault('type', 'ImageTextDataPreprocessor')
-        super().__init__(backbone=backbone, neck=neck, data_preprocessor=data_preprocessor,
-                         init_cfg=init_cfg)
+        super().__init__(backbone=backbone, neck=neck, head=head,
+                         target_generator=target_generator,
+                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        name = type(self).__name__
         if getattr(self.backbone, 'out_type', 'raw') != 'raw':
-            raise ValueError(f'{type(self).__name__}: backbone.out_type must be "raw" (the '
-                             f'class and patch tokens), got "{self.backbone.out_type}"')
-        self.text_encoder = MODELS.build(text_encoder)
+            raise ValueError(f'{name}: backbone.out_type must be "raw" (the class and patch '
+                             f'tokens), got "{self.backbone.out_type}"')
+        self.text_encoder = MODELS.build(dict(dict(output_dim=embed_dims), **text_encoder))
         text_dims = getattr(self.text_encoder, 'output_dim', embed_dims)
         if text_dims != embed_dims:
-            raise ValueError(f'{type(self).__name__}: embed_dims={embed_dims} does not match '
+            raise ValueError(f'{name}: embed_dims={embed_dims} does not match '
                              f'text_encoder.output_dim={text_dims}')
         self.embed_dims = embed_dims
-        self.image_projection = nn.Linear(self.backbone.embed_dims, embed_dims, bias=False)
+        self.image_head = MODELS.build(
+            dict(dict(in_channels=self.backbone.embed_dims, embed_dims=embed_dims),
+                 **image_head))
+        if self.image_head.embed_dims != embed_dims:
+            raise ValueError(f'{name}: image_head.embed_dims={self.image_head.embed_dims} '
+                             f'does not match embed_dims={embed_dims}')
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
         self.logit_scale_max = logit_scale_max
         self.loss_contrastive = MODELS.build(loss_contrastive)
+        self._register_load_state_dict_pre_hook(self._rename_legacy_keys)
+        self.locked_parameters = self._lock(lock_cfg or {})
 
-    def init_weights(self) -> None:
-        super().init_weights()
-        # CLIP's initialisation of the projection (the authors' too).
-        nn.init.normal_(self.image_projection.weight, std=self.backbone.embed_dims**-0.5)
+    @staticmethod
+    def _rename_legacy_keys(state_dict: dict, prefix: str, *args) -> None:
+        """Checkpoints of the first version kept the projection as ``image_projection``."""
+        old = prefix + 'image_projection.weight'
+        if old in state_dict:
+            state_dict[prefix + 'image_head.projection.weight'] = state_dict.pop(old)
+
+    def _lock(self, lock_cfg: dict) -> Dict[str, List[str]]:
+        """Freeze the towers ``lock_cfg`` names; returns their frozen parameter names."""
+        locked = {}
+        for tower, cfg in lock_cfg.items():
+            if tower not in TOWERS:
+                raise ValueError(f'{type(self).__name__}: lock_cfg names "{tower}"; lockable '
+                                 f'towers are {TOWERS}')
+            if cfg is False or cfg is None:
+                continue
+            cfg = {} if cfg is True else dict(cfg)
+            unlocked_groups = cfg.pop('unlocked_groups', 0)
+            if cfg:
+                raise ValueError(f'{type(self).__name__}: lock_cfg.{tower} takes only '
+                                 f'unlocked_groups, got {sorted(cfg)}')
+            locked[tower] = lock_module(getattr(self, tower), unlocked_groups)
+        return locked
+
+    def train(self, mode: bool = True) -> 'ImageTextPretrainer':
+        """As ``nn.Module.train``, but locked parts stay in eval mode."""
+        super().train(mode)
+        for tower, frozen in self.locked_parameters.items():
+            set_locked_eval(getattr(self, tower), frozen)
+        return self
 
     def get_logit_scale(self) -> torch.Tensor:
         """exp of the learnable log scale, clamped to at most ``exp(logit_scale_max)``."""
@@ -74,11 +128,11 @@ class ImageTextPretrainer(BaseSelfSupervisor):
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Intact pass. images: B x 3 x H x W -> B x (1 + L) x C, class token first."""
-        return self.backbone(images)[-1]
+        return self.backbone(images, mask=False)[-1]
 
     def embed_image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Global average of patch tokens, projected and normalised: B x (1+L) x C -> B x D."""
-        return F.normalize(self.image_projection(tokens[:, 1:].mean(dim=1)), dim=-1)
+        """Image head, normalised: B x (1 + L) x C -> B x D."""
+        return F.normalize(self.image_head(tokens), dim=-1)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised joint image embeddings. images: B x 3 x H x W (normalised) -> B x D."""
@@ -89,9 +143,9 @@ class ImageTextPretrainer(BaseSelfSupervisor):
         return F.normalize(self.text_encoder(texts), dim=-1)
 
     def extract_feat(self, inputs: Union[torch.Tensor, dict]):
-        """Vision encoder outputs (mmpretrain's convention), from images or an input dict."""
+        """Intact-pass encoder outputs (mmpretrain's convention), from images or a dict."""
         images = inputs['images'] if isinstance(inputs, dict) else inputs
-        return self.backbone(images)
+        return self.backbone(images, mask=False)
 
     def contrastive_step(self, tokens: torch.Tensor, texts: torch.Tensor):
         """Contrastive loss and its logged values from intact-pass tokens and caption ids.

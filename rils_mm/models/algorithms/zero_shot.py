@@ -21,9 +21,9 @@ from mmengine.structures import BaseDataElement
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
-from ...evaluation.resources import (load_class_subset, load_classnames, load_templates,
-                                     resolve_data_file)
-from ...evaluation.zero_shot import build_text_classifier, group_logits
+from ...datasets.resources import (load_class_subset, load_classnames, load_templates,
+                                   resolve_data_file)
+from ..utils.zero_shot_weights import build_text_classifier, group_logits
 
 __all__ = ['ZeroShotClassifier', 'ZeroShotRetriever']
 

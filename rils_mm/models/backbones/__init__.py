@@ -1,4 +1,4 @@
 from .clip_text import CLIPTextEncoder
-from .rils_vit import RILSViT
+from .rils_vit import RILSPretrainViT, RILSViT
 
-__all__ = ['CLIPTextEncoder', 'RILSViT']
+__all__ = ['CLIPTextEncoder', 'RILSPretrainViT', 'RILSViT']

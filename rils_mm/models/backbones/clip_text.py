@@ -1,10 +1,14 @@
 """The CLIP text tower, reused from open_clip."""
-from typing import Optional
+from typing import List, Optional, Union
 
 import torch
+from mmengine.model.weight_init import initialize
 from mmpretrain.registry import MODELS
 from open_clip.transformer import QuickGELU, TextTransformer
 from torch import nn
+
+from ..utils.checkpoint_loading import checked_init_cfg
+from ..utils.locking import block_groups
 
 
 @MODELS.register_module()
@@ -26,7 +30,11 @@ class CLIPTextEncoder(TextTransformer):
         quick_gelu (bool): Use OpenAI's QuickGELU activation, as the RILS authors' and OpenAI's
             text towers do. Defaults to True.
         with_cp (bool): Gradient checkpointing in every block.
-        init_cfg: Unused; the tower initialises itself the CLIP way.
+        init_cfg (dict | list, optional): Applied after CLIP's own initialisation; a
+            ``Pretrained`` / ``CheckedPretrained`` entry loads through the checked loader
+            (a missing file, or keys of the tower absent from it, fail and are named), e.g.
+            ``dict(type='CheckedPretrained', checkpoint=PATH, prefix='text_encoder.')`` for a
+            checkpoint of this package or ``prefix=''`` for an open_clip one.
     """
 
     def __init__(self,
@@ -38,7 +46,7 @@ class CLIPTextEncoder(TextTransformer):
                  output_dim: int = 512,
                  quick_gelu: bool = True,
                  with_cp: bool = False,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: Optional[Union[dict, list]] = None) -> None:
         if width % heads:
             raise ValueError(f'CLIPTextEncoder: width={width} is not divisible by heads={heads}')
         super().__init__(
@@ -50,10 +58,20 @@ class CLIPTextEncoder(TextTransformer):
             output_dim=output_dim,
             act_layer=QuickGELU if quick_gelu else nn.GELU)
         self.set_grad_checkpointing(with_cp)
+        self.init_cfg = checked_init_cfg(init_cfg)
 
     def init_weights(self) -> None:
-        """CLIP's initialisation (called by MMEngine after any parent ``init_cfg``)."""
+        """CLIP's initialisation, then ``init_cfg`` (called by MMEngine's ``init_weights``)."""
         self.init_parameters()
+        if self.init_cfg:
+            initialize(self, self.init_cfg)
+
+    def lock_groups(self) -> List[List[str]]:
+        """Parameter names from input to output, as open_clip's ``lock_text_tower`` groups
+        them: embeddings, blocks, the last block with the final norm, the projection."""
+        return block_groups(self, 'transformer.resblocks.', len(self.transformer.resblocks),
+                            stem=('token_embedding', 'positional_embedding'),
+                            separate_tail=('text_projection',))
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         """Encode tokens.

@@ -1,12 +1,13 @@
 """The RILS vision encoder: a plain ViT with an intact and a masked pass.
 
-One class serves pretraining (``forward(x, mask=True)`` for the masked pass, ``mask=False`` for
-the intact pass) and transfer (mmpretrain classifiers, mmdet and mmseg take the intact pass with
+Two classes with one checkpoint layout: ``RILSPretrainViT`` keeps mmpretrain's ``MAEViT``
+contract (``forward(x)`` is the masked pass, ``mask=False`` the intact one) for pretraining, and
+``RILSViT`` serves transfer (mmpretrain classifiers, mmdet and mmseg take the intact pass with
 ``out_indices``/``out_type`` as in mmpretrain's ``VisionTransformer``; position embeddings are
 interpolated to any input size). For detection, optional ViTDet-style blocks: windowed attention
 in all but a few global blocks and decomposed relative position bias.
 """
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import ModuleList
@@ -14,7 +15,7 @@ from mmpretrain.models.selfsup.mae import MAEViT
 from mmpretrain.models.utils import build_norm_layer, resize_pos_embed
 from mmpretrain.registry import MODELS
 
-from ..utils import QVBiasTransformerLayer
+from ..utils import QVBiasTransformerLayer, block_groups, checked_init_cfg
 
 # mmcv's model zoos that toolbox base configs name in ``pretrained`` (CNN weights, e.g. mmseg's
 # 'open-mmlab://resnet50_v1c'); none of them holds a RILS encoder.
@@ -62,8 +63,9 @@ class RILSViT(MAEViT):
 
     Differences from mmpretrain's ``MAEViT``: attention has q/v bias and no k bias; the masked
     pass keeps exactly ``round(L * (1 - mask_ratio))`` patches; ``forward`` defaults to the
-    intact pass (so the class can be dropped into classifiers and detectors); optional gradient
-    checkpointing per block.
+    intact pass (so the class can be dropped into classifiers and detectors; the pretraining
+    form that masks by default is :class:`RILSPretrainViT`); optional gradient checkpointing
+    per block.
 
     Args:
         arch (str | dict): ViT size, as in ``VisionTransformer`` ('b', 'l', ... or a dict with
@@ -132,7 +134,7 @@ class RILSViT(MAEViT):
                  fixed_pos_embed: bool = True,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
-        init_cfg = pretrained_to_init_cfg(pretrained, init_cfg)
+        init_cfg = checked_init_cfg(pretrained_to_init_cfg(pretrained, init_cfg))
         if not 0 < mask_ratio < 1:
             raise ValueError(f'RILSViT: mask_ratio must be in (0, 1), got {mask_ratio}')
         if isinstance(out_indices, int):
@@ -234,34 +236,67 @@ class RILSViT(MAEViT):
             ``mask`` (B x L, 1 = removed, in the original patch order) and ``ids_restore``
             (B x L, the inverse of the shuffle).
         """
+        if noise is None:
+            noise = torch.rand(x.shape[:2], device=x.device)
+        x_kept, mask, ids_restore, _ = self._keep_first(x, torch.argsort(noise, dim=1),
+                                                        mask_ratio)
+        return x_kept, mask, ids_restore
+
+    def _keep_first(self, x: torch.Tensor, ids_shuffle: torch.Tensor, mask_ratio: float
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keep the first ``round(L * (1 - mask_ratio))`` patches of a per-sample order.
+
+        Args:
+            x (torch.Tensor): Patch tokens, B x L x C.
+            ids_shuffle (torch.Tensor): B x L, a permutation of the patches per sample.
+            mask_ratio (float): Fraction of patches to remove.
+
+        Returns:
+            tuple: ``x_kept`` (B x L_keep x C), ``mask`` (B x L, 1 = removed),
+            ``ids_restore`` (B x L) and ``ids_shuffle``.
+        """
         B, L, C = x.shape
         num_keep = round(L * (1 - mask_ratio))
-        if noise is None:
-            noise = torch.rand(B, L, device=x.device)
-        ids_shuffle = torch.argsort(noise, dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         ids_keep = ids_shuffle[:, :num_keep]
         x_kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, C))
         mask = torch.ones(B, L, device=x.device)
         mask[:, :num_keep] = 0
         mask = torch.gather(mask, 1, ids_restore)
-        return x_kept, mask, ids_restore
+        return x_kept, mask, ids_restore, ids_shuffle
 
-    def forward(self, x: torch.Tensor, mask: bool = False, noise: Optional[torch.Tensor] = None):
-        """Intact or masked pass.
+    def lock_groups(self) -> List[List[str]]:
+        """Parameter names from input to output (stem, blocks, last block with the final
+        norm), as open_clip's ``lock_image_tower`` groups a ViT."""
+        return block_groups(self, 'layers.', self.num_layers,
+                            stem=('patch_embed', 'cls_token', 'pos_embed', 'pre_norm'))
+
+    def forward(self, x: torch.Tensor, mask: Union[bool, None, torch.Tensor] = False,
+                noise: Optional[torch.Tensor] = None, **kwargs):
+        """Intact or masked pass (the transfer form: intact by default).
 
         Args:
             x (torch.Tensor): Images, B x 3 x H x W.
-            mask (bool): False: the intact pass on all patches, returning a tuple of the
-                ``out_indices`` outputs formatted by ``out_type`` (for 'raw': B x (1 + L) x C,
-                class token first). True: the masked pass at the pretraining size.
-            noise (torch.Tensor, optional): B x L masking scores for the masked pass.
+            mask (bool | None | torch.Tensor): False or None: the intact pass on all patches,
+                returning a tuple of the ``out_indices`` outputs formatted by ``out_type``
+                (for 'raw': B x (1 + L) x C, class token first). True: the masked pass at the
+                pretraining size, MAE's uniform masking. A B x L tensor: MILAN's masking
+                (mmpretrain's ``MILANViT`` contract, also as ``importance=``): patches are kept
+                by sampling without replacement with these (non-negative) weights.
+            noise (torch.Tensor, optional): B x L masking scores for the uniform masked pass
+                (the lowest are kept).
 
         Returns:
-            tuple: For the masked pass ``(latent, mask, ids_restore)``: latent is
-            B x (1 + L_keep) x C after the final norm, mask and ids_restore are B x L.
+            tuple: Intact pass: the outputs. Uniform masking ``(latent, mask, ids_restore)``:
+            latent is B x (1 + L_keep) x C after the final norm, mask and ids_restore are
+            B x L. MILAN's masking ``(latent, ids_restore, ids_keep, ids_dump)``, as
+            ``MILANViT``.
         """
-        if not mask:
+        if 'importance' in kwargs:
+            mask = kwargs.pop('importance')
+        if kwargs:
+            raise TypeError(f'RILSViT.forward: unexpected arguments {sorted(kwargs)}')
+        if mask is None or mask is False:
             if self.grid_tokens:
                 return self._forward_grid(x)
             return super(MAEViT, self).forward(x)
@@ -270,7 +305,15 @@ class RILSViT(MAEViT):
                              'relative-position blocks')
         B = x.shape[0]
         x = self.patch_embed(x)[0] + self.pos_embed[:, 1:, :]
-        x, mask, ids_restore = self.random_masking(x, self.mask_ratio, noise)
+        milan_masking = isinstance(mask, torch.Tensor)
+        if milan_masking:
+            # MILAN (Hou et al., 2022): keep patches with probability following the weights.
+            ids_shuffle = torch.multinomial(mask.float().to(x.device), x.shape[1],
+                                            replacement=False)
+            x, mask, ids_restore, ids_shuffle = self._keep_first(x, ids_shuffle,
+                                                                 self.mask_ratio)
+        else:
+            x, mask, ids_restore = self.random_masking(x, self.mask_ratio, noise)
         cls_token = (self.cls_token + self.pos_embed[:, :1, :]).expand(B, -1, -1)
         x = torch.cat((cls_token, x), dim=1)
         x = self.pre_norm(x)
@@ -278,6 +321,9 @@ class RILSViT(MAEViT):
             x = layer(x)
         if self.final_norm:
             x = self.ln1(x)
+        if milan_masking:
+            num_keep = x.shape[1] - 1
+            return x, ids_restore, ids_shuffle[:, :num_keep], ids_shuffle[:, num_keep:]
         return x, mask, ids_restore
 
     def _forward_grid(self, x: torch.Tensor) -> tuple:
@@ -311,3 +357,19 @@ class RILSViT(MAEViT):
                 else:
                     outs.append(x)
         return tuple(outs)
+
+
+@MODELS.register_module()
+class RILSPretrainViT(RILSViT):
+    """:class:`RILSViT` with mmpretrain's ``MAEViT`` contract: ``forward(x)`` is the masked pass.
+
+    The pretraining encoder of every method of this package, and a drop-in backbone for
+    mmpretrain's own ``MAE``, ``EVA`` and ``MILAN`` algorithms. Its checkpoint keys are
+    :class:`RILSViT`'s, so the transfer configs (mmdet, mmseg, classifiers) load its weights
+    into :class:`RILSViT`, whose ``forward(x)`` is the intact pass.
+    """
+
+    def forward(self, x: torch.Tensor, mask: Union[bool, None, torch.Tensor] = True,
+                noise: Optional[torch.Tensor] = None, **kwargs):
+        """As :meth:`RILSViT.forward`, masked by default (``mask=False`` or None: intact)."""
+        return super().forward(x, mask, noise, **kwargs)

@@ -24,6 +24,9 @@ class ImageTextDataPreprocessor(ImgDataPreprocessor):
         to_rgb (bool): Flip BGR images (mmpretrain's ``LoadImageFromFile``) to RGB. Our
             image-text datasets decode to RGB, so False there.
         non_blocking (bool): Asynchronous host-to-device copies.
+        images_only (bool): Return the image batch alone as ``inputs`` (and drop any
+            tokens), for image-only algorithms such as mmpretrain's ``MAE`` trained on the
+            images of image-text data. Defaults to False.
     """
 
     def __init__(self,
@@ -31,9 +34,11 @@ class ImageTextDataPreprocessor(ImgDataPreprocessor):
                  std: Sequence[float] = CLIP_STD,
                  to_rgb: bool = False,
                  non_blocking: bool = False,
-                 pad_size_divisor: int = 1) -> None:
+                 pad_size_divisor: int = 1,
+                 images_only: bool = False) -> None:
         super().__init__(mean=mean, std=std, bgr_to_rgb=to_rgb, non_blocking=non_blocking,
                          pad_size_divisor=pad_size_divisor)
+        self.images_only = images_only
 
     def forward(self, data: dict, training: bool = False) -> dict:
         """Args: data (dict): ``inputs`` and optional ``data_samples`` from the collate function.
@@ -49,6 +54,8 @@ class ImageTextDataPreprocessor(ImgDataPreprocessor):
             raise KeyError(f'ImageTextDataPreprocessor: inputs dict needs an "images" entry, '
                            f'got keys {sorted(inputs)}')
         images = super().forward(dict(inputs=inputs['images']), training)['inputs']
+        if self.images_only:
+            return dict(inputs=images, data_samples=data.get('data_samples'))
         out = dict(images=images)
         if inputs.get('texts') is not None:
             out['texts'] = self.cast_data(inputs['texts']).long()

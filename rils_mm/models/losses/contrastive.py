@@ -70,6 +70,33 @@ class ContrastiveLoss(nn.Module):
             self._labels[key] = torch.arange(batch_size, device=device) + batch_size * rank
         return self._labels[key]
 
+    def get_logits(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                   logit_scale: torch.Tensor
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scaled similarities of the local rows against the gathered global batch.
+
+        Args:
+            image_features (torch.Tensor): B x D, normalised.
+            text_features (torch.Tensor): B x D, normalised.
+            logit_scale (torch.Tensor): Scalar.
+
+        Returns:
+            tuple: ``logits_per_image`` B x (world_size * B), ``logits_per_text``
+            B x (world_size * B) and the gathered texts (world_size * B) x D.
+        """
+        image_features_all = gather_features(image_features, self.gather_with_grad)
+        text_features_all = gather_features(text_features, self.gather_with_grad)
+        logits_per_image = logit_scale * image_features @ text_features_all.t()
+        logits_per_text = logit_scale * text_features @ image_features_all.t()
+        return logits_per_image, logits_per_text, text_features_all
+
+    def loss_from_logits(self, logits_per_image: torch.Tensor, logits_per_text: torch.Tensor,
+                         labels: torch.Tensor) -> torch.Tensor:
+        """Mean of the two cross-entropies (before ``loss_weight``); a sigmoid or focal
+        variant overrides this."""
+        return (F.cross_entropy(logits_per_image, labels) +
+                F.cross_entropy(logits_per_text, labels)) / 2
+
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
                 logit_scale: torch.Tensor) -> ContrastiveOutput:
         """Compute the loss.
@@ -85,12 +112,9 @@ class ContrastiveLoss(nn.Module):
             ContrastiveOutput: the loss and what it was computed from.
         """
         image_features, text_features = image_features.float(), text_features.float()
-        image_features_all = gather_features(image_features, self.gather_with_grad)
-        text_features_all = gather_features(text_features, self.gather_with_grad)
-        logits_per_image = logit_scale * image_features @ text_features_all.t()
-        logits_per_text = logit_scale * text_features @ image_features_all.t()
+        logits_per_image, logits_per_text, text_features_all = self.get_logits(
+            image_features, text_features, logit_scale)
         labels = self.get_ground_truth(image_features.device, image_features.shape[0])
-        loss = (F.cross_entropy(logits_per_image, labels) +
-                F.cross_entropy(logits_per_text, labels)) / 2
+        loss = self.loss_from_logits(logits_per_image, logits_per_text, labels)
         return ContrastiveOutput(self.loss_weight * loss, logits_per_image, labels,
                                  text_features_all)

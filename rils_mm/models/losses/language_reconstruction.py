@@ -11,13 +11,14 @@ from torch import nn
 
 @MODELS.register_module()
 class LanguageSpaceReconstructionLoss(nn.Module):
-    """KL(teacher || student) between patch-to-caption distributions, on masked patches.
+    """KL(teacher || student) between patch-to-prototype distributions, on masked patches.
 
     Both the intact-pass patch features (teacher) and the decoder's predictions (student),
     already projected into the joint space, are L2-normalised and scored against every
-    normalised caption embedding of the global batch; softmax over captions with the teacher
-    and student temperatures gives p and q. The teacher's logits carry no gradient. The loss
-    is the mean of KL(p || q) over masked patches of the samples kept by the filter.
+    prototype (RILS: the normalised caption embeddings of the global batch); softmax over the
+    prototypes with the teacher and student temperatures gives p and q. The teacher's logits
+    carry no gradient. The loss is the mean of KL(p || q) over masked patches of the samples
+    kept by the filter.
 
     Args:
         student_temperature (float): Temperature of q. Defaults to 0.1.
@@ -52,7 +53,7 @@ class LanguageSpaceReconstructionLoss(nn.Module):
     def forward(self,
                 pred_features: torch.Tensor,
                 target_features: torch.Tensor,
-                text_features_all: torch.Tensor,
+                prototypes: torch.Tensor,
                 mask: torch.Tensor,
                 correct: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Compute the loss.
@@ -61,8 +62,8 @@ class LanguageSpaceReconstructionLoss(nn.Module):
             pred_features (torch.Tensor): Decoder predictions in the joint space, B x L x D.
             target_features (torch.Tensor): Intact-pass patch features in the joint space,
                 B x L x D.
-            text_features_all (torch.Tensor): L2-normalised caption embeddings of the global
-                batch, T x D.
+            prototypes (torch.Tensor): L2-normalised prototypes, P x D (RILS: the caption
+                embeddings of the global batch).
             mask (torch.Tensor): B x L, 1 where the patch was masked.
             correct (torch.Tensor, optional): B booleans, image->text top-1 retrieval correct.
                 Required when ``filter_correct``.
@@ -71,11 +72,11 @@ class LanguageSpaceReconstructionLoss(nn.Module):
             tuple: the scalar loss (0 when nothing is kept) and the B x L weights used
             (1 on the masked patches of kept samples).
         """
-        text = text_features_all.float()
-        student_logits = F.normalize(pred_features.float(), dim=-1) @ text.t()
+        prototypes = prototypes.float()
+        student_logits = F.normalize(pred_features.float(), dim=-1) @ prototypes.t()
         student_logits = student_logits / self.student_temperature
         with torch.no_grad():
-            teacher_logits = F.normalize(target_features.float(), dim=-1) @ text.t()
+            teacher_logits = F.normalize(target_features.float(), dim=-1) @ prototypes.t()
             teacher_logits = teacher_logits / self.teacher_temperature
         # KL(p || q) per patch: sum_j p_j (log p_j - log q_j).
         kl = F.kl_div(F.log_softmax(student_logits, dim=-1), F.log_softmax(teacher_logits, -1),

@@ -1,5 +1,8 @@
-from .checkpoint_loading import CheckedPretrainedInit, LoadReport, load_checked
+from .checkpoint_loading import (CheckedPretrainedInit, LoadReport, checked_init_cfg,
+                                 load_checked)
+from .locking import block_groups, lock_module, set_locked_eval
 from .qv_bias_layer import QVBiasMultiheadAttention, QVBiasTransformerLayer
 
-__all__ = ['CheckedPretrainedInit', 'LoadReport', 'load_checked', 'QVBiasMultiheadAttention',
+__all__ = ['CheckedPretrainedInit', 'LoadReport', 'checked_init_cfg', 'load_checked',
+           'block_groups', 'lock_module', 'set_locked_eval', 'QVBiasMultiheadAttention',
            'QVBiasTransformerLayer']

@@ -24,7 +24,8 @@ from mmengine.registry import WEIGHT_INITIALIZERS
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
-__all__ = ['LoadReport', 'load_checked', 'extract_state_dict', 'CheckedPretrainedInit']
+__all__ = ['LoadReport', 'load_checked', 'extract_state_dict', 'CheckedPretrainedInit',
+           'checked_init_cfg']
 
 
 @dataclass
@@ -216,3 +217,26 @@ class CheckedPretrainedInit:
     def _get_init_info(self) -> str:
         return (f'{type(self).__name__}: {len(self.report.matched)} tensors loaded from '
                 f'{self.checkpoint} (prefix "{self.prefix}")')
+
+
+def checked_init_cfg(init_cfg: Optional[Union[dict, list]]) -> Optional[Union[dict, list]]:
+    """``init_cfg`` with mmengine's ``Pretrained`` loads replaced by ``CheckedPretrained``.
+
+    mmengine's ``Pretrained`` loads with ``strict=False`` and only logs what did not match, so a
+    tower configured to start from a checkpoint can silently start from random weights. The
+    towers of this package route such entries through :func:`load_checked` instead (same
+    ``checkpoint``, ``prefix`` and ``map_location`` arguments).
+
+    Args:
+        init_cfg (dict | list, optional): A module's ``init_cfg``.
+
+    Returns:
+        dict | list | None: The same configuration, ``type='Pretrained'`` entries retyped.
+    """
+    if isinstance(init_cfg, dict):
+        if init_cfg.get('type') == 'Pretrained':
+            return dict(init_cfg, type='CheckedPretrained')
+        return init_cfg
+    if isinstance(init_cfg, (list, tuple)):
+        return [checked_init_cfg(cfg) for cfg in init_cfg]
+    return init_cfg

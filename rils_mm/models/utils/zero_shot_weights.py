@@ -1,5 +1,7 @@
 """Zero-shot classifier weights from class names and prompt templates (prompt ensembling).
 
+Used by ``ZeroShotClassifier`` (:mod:`rils_mm.models.algorithms.zero_shot`).
+
 The ensembling is open_clip's own ``build_zero_shot_classifier`` (each class: the normalised
 embeddings of its prompts are averaged and the mean renormalised), called through a small
 adapter, so that our numbers are open_clip's by construction.

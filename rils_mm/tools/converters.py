@@ -13,16 +13,17 @@ raises when the vision encoder is incomplete, unless the caller explicitly allow
   ``mlp.fc1``, ...); the q and v biases become a full qkv bias whose k part is zero, which is
   the same function (a key bias adds a per-query constant to the logits, which softmax removes).
 - :func:`open_clip_to_rils`: an open_clip / OpenAI CLIP state dict into the
-  ``ImageTextPretrainer`` layout (``backbone.*``, ``text_encoder.*``, ``image_projection``,
-  ``logit_scale``). The text tower maps 1:1. The vision tower maps onto ``RILSViT`` built with
+  ``ImageTextPretrainer`` layout (``backbone.*``, ``text_encoder.*``,
+  ``image_head.projection``, ``logit_scale``). The text tower maps 1:1. The vision tower maps
+  onto ``RILSViT`` built with
   ``pre_norm=True`` (CLIP's ``ln_pre``; no patch-embedding bias), ``norm_cfg`` eps 1e-5 and,
   for OpenAI/``quick_gelu`` models, ``layer_cfgs=dict(act_cfg=dict(type='QuickGELU'))``; CLIP's
   full qkv bias keeps its q and v parts and drops the k part (exact, as above); the learned
   position table is copied into ``pos_embed`` (which ``RILSViT`` keeps fixed during training).
-  What does not carry over: the image embedding (CLIP projects the class token after
-  ``ln_post``; ``ImageTextPretrainer`` projects the mean of the patch tokens), attention-pool
-  towers (``visual.attn_pool*``), SigLIP's ``logit_bias`` and TorchScript OpenAI files (load
-  them with open_clip and save the ``state_dict`` first).
+  CLIP's image embedding (the class token after ``ln_post``, projected) is reproduced with
+  ``image_head=dict(type='ImageEmbeddingHead', pooling='cls_token')``. What does not carry
+  over: attention-pool towers (``visual.attn_pool*``), SigLIP's ``logit_bias`` and
+  TorchScript OpenAI files (load them with open_clip and save the ``state_dict`` first).
 """
 import re
 from collections import OrderedDict
@@ -32,7 +33,7 @@ from typing import Dict, List, Optional, Union
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .checkpoint_loading import extract_state_dict
+from ..models.utils.checkpoint_loading import extract_state_dict
 
 __all__ = [
     'Conversion', 'load_state_dict_file', 'extract_vision_encoder', 'missing_encoder_keys',
@@ -258,7 +259,7 @@ def open_clip_to_rils(clip_state_dict: StateDict, allow_missing: bool = False) -
         allow_missing (bool): Convert an incomplete vision tower instead of raising.
 
     Returns:
-        Conversion: Keys ``backbone.*``, ``text_encoder.*``, ``image_projection.weight``,
+        Conversion: Keys ``backbone.*``, ``text_encoder.*``, ``image_head.projection.weight``,
         ``logit_scale``; ``missing`` lists absent ``backbone.`` keys (a patch-embedding bias
         is not expected: CLIP has none and ``pre_norm=True`` removes it).
     """
@@ -277,7 +278,7 @@ def open_clip_to_rils(clip_state_dict: StateDict, allow_missing: bool = False) -
             elif name == 'positional_embedding':
                 put(key, 'backbone.pos_embed', value.unsqueeze(0))
             elif name == 'proj':
-                put(key, 'image_projection.weight', value.t().contiguous())
+                put(key, 'image_head.projection.weight', value.t().contiguous())
             elif in_proj:
                 q_bias, _, v_bias = value.chunk(3)  # the k part cancels in the softmax
                 put(key, f'backbone.layers.{in_proj.group(1)}.attn.q_bias', q_bias.clone())

@@ -1,6 +1,9 @@
 """Text resources of zero-shot evaluation: class names, prompt templates, class subsets.
 
-The shipped files in ``rils_mm/evaluation/data/`` (one entry a line, UTF-8):
+They live with the datasets (the lowest layer that needs them: the ImageNet folder datasets map
+wnids to labels with them; the zero-shot classifier in ``rils_mm.models`` reads them too).
+
+The shipped files in ``rils_mm/datasets/data/`` (one entry a line, UTF-8):
 
 - ``imagenet_classnames.txt``: the 1000 ImageNet class names in label order, as open_clip's
   ``IMAGENET_CLASSNAMES`` (the names OpenAI's CLIP notebook used).

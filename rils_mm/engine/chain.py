@@ -1,0 +1,109 @@
+"""Run a chain of training stages, each starting from the previous stage's checkpoint.
+
+A chain config names its stages in order::
+
+    stages = [
+        dict(name='mim', config='../mae/demo_cpu.py'),
+        dict(name='clip', config='./clip_from_mim_demo.py',
+             init_key='model.backbone.init_cfg.checkpoint'),
+    ]
+    work_dir = 'work_dirs/mim_to_clip_demo'
+
+Stage ``i`` trains ``config`` (relative to the chain file) into ``<work_dir>/<name>``; for
+every stage after the first, ``init_key`` of its config is set to the previous stage's last
+checkpoint (the key should belong to a ``CheckedPretrained`` init, so a missing file or an
+unmatched encoder key fails, naming them). A finished stage leaves ``chain_stage.json``
+beside its checkpoints; a rerun skips it and reuses its checkpoint, unless ``overwrite``.
+"""
+import json
+import os
+import os.path as osp
+from typing import Dict, List, Optional, Sequence
+
+from mmengine.config import Config
+from mmengine.runner import find_latest_checkpoint
+
+from .cli import UsageError, train_main
+
+STAGE_RECORD = 'chain_stage.json'
+
+
+def load_chain(path: str) -> Config:
+    """Read and check a chain config; stage configs are resolved relative to it."""
+    if not osp.isfile(path):
+        raise UsageError(f'{path}: no such chain config')
+    chain = Config.fromfile(path)
+    stages = chain.get('stages')
+    if not stages or not isinstance(stages, (list, tuple)):
+        raise UsageError(f'{path}: a chain config needs a non-empty list `stages`')
+    names = set()
+    for i, stage in enumerate(stages):
+        for key in ('name', 'config') + (('init_key', ) if i else ()):
+            if not stage.get(key):
+                raise UsageError(f'{path}: stages[{i}] needs `{key}`')
+        if stage['name'] in names:
+            raise UsageError(f'{path}: stage name "{stage["name"]}" appears twice')
+        names.add(stage['name'])
+        stage['config'] = osp.normpath(osp.join(osp.dirname(osp.abspath(path)),
+                                                stage['config']))
+        if not osp.isfile(stage['config']):
+            raise UsageError(f'{path}: stages[{i}].config {stage["config"]} does not exist')
+    return chain
+
+
+def run_chain(path: str,
+              work_dir: Optional[str] = None,
+              cfg_options: Sequence[str] = (),
+              stage_options: Optional[Dict[str, Sequence[str]]] = None,
+              train_args: Sequence[str] = (),
+              overwrite: bool = False) -> List[str]:
+    """Train every stage of a chain in order.
+
+    Args:
+        path (str): The chain config.
+        work_dir (str, optional): Overrides the chain's ``work_dir``.
+        cfg_options (Sequence[str]): ``key=value`` overrides for every stage.
+        stage_options (dict, optional): Stage name -> ``key=value`` overrides for that stage.
+        train_args (Sequence[str]): Further ``tools/train.py`` arguments (e.g. ``--launcher``).
+        overwrite (bool): Retrain stages that a previous run finished.
+
+    Returns:
+        list[str]: The last checkpoint of every stage.
+    """
+    chain = load_chain(path)
+    work_dir = work_dir or chain.get('work_dir') or osp.join(
+        'work_dirs', osp.splitext(osp.basename(path))[0])
+    stage_options = dict(stage_options or {})
+    unknown = set(stage_options) - {s['name'] for s in chain.stages}
+    if unknown:
+        raise UsageError(f'{path}: stage options for unknown stages {sorted(unknown)}')
+    checkpoints: List[str] = []
+    for stage in chain.stages:
+        stage_dir = osp.join(work_dir, stage['name'])
+        record = osp.join(stage_dir, STAGE_RECORD)
+        if not overwrite and osp.isfile(record):
+            with open(record) as f:
+                done = json.load(f)
+            if osp.isfile(done['checkpoint']) and done.get('previous') == (
+                    checkpoints[-1] if checkpoints else None):
+                print(f'chain: stage "{stage["name"]}" already done: {done["checkpoint"]}')
+                checkpoints.append(done['checkpoint'])
+                continue
+        options = list(cfg_options) + list(stage_options.get(stage['name'], ()))
+        if checkpoints:
+            options.append(f'{stage["init_key"]}={checkpoints[-1]}')
+        argv = [stage['config'], '--work-dir', stage_dir, '--overwrite', *train_args]
+        if options:
+            argv += ['--cfg-options', *options]
+        print(f'chain: stage "{stage["name"]}": {" ".join(argv)}')
+        train_main(argv)
+        checkpoint = find_latest_checkpoint(stage_dir)
+        if not checkpoint or not osp.isfile(checkpoint):
+            raise UsageError(f'chain: stage "{stage["name"]}" finished without a checkpoint in '
+                             f'{stage_dir}')
+        with open(record + '.tmp', 'w') as f:
+            json.dump(dict(checkpoint=checkpoint,
+                           previous=checkpoints[-1] if checkpoints else None), f)
+        os.replace(record + '.tmp', record)
+        checkpoints.append(checkpoint)
+    return checkpoints

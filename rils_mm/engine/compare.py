@@ -1,0 +1,330 @@
+"""The demo-scale comparison of the image-text pretraining methods (``tools/compare.py``).
+
+Every method trains on the demo data with the same budget (``epochs`` passes over the training
+pairs; a two-stage chain splits them between its stages) for each seed, and every encoder is
+evaluated the same way from its final checkpoint:
+
+- zero-shot top-1 among all colour-shape classes, on held-out (never captioned in training)
+  and seen combinations, with the prompt-ensembled class embeddings of the demo's templates
+  (methods with a text tower);
+- image<->text retrieval R@1 / R@5 on the held-out split (methods with a text tower);
+- a linear probe on frozen features (the mean of the encoder's patch tokens) over the
+  colour-shape classes: trained on the first ``probe_train`` training pairs, tested on the
+  seen-combination split; and the same probe from 1, 2 and 10 images per class.
+
+Each run's metrics are written to ``<work_dir>/<method>/seed<seed>/metrics.json``; a rerun
+reuses finished runs. The table (mean and half-range over seeds) goes to ``results.md``, the
+chart to ``results.png``.
+"""
+import json
+import os
+import os.path as osp
+import tarfile
+import time
+from io import BytesIO
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from PIL import Image
+
+from ..datasets.few_shot import few_shot_indices
+from ..datasets.resources import load_templates, read_lines
+from ..datasets.transforms.tokenize import get_clip_tokenizer
+from ..evaluation.metrics import retrieval_metrics
+from ..models.utils.checkpoint_loading import load_checked
+from ..models.utils.zero_shot_weights import build_text_classifier
+from .chain import load_chain, run_chain
+from .cli import train_main
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+# Method -> its demo config, or the chain config of a two-stage pipeline.
+METHODS = {
+    'CLIP': dict(config='configs/clip/demo_cpu.py'),
+    'MAE': dict(config='configs/mae/demo_cpu.py'),
+    'MAE+CLIP': dict(config='configs/mae_clip/demo_cpu.py'),
+    'RILS, vision space': dict(config='configs/rils/demo_cpu_vision-space.py'),
+    'RILS': dict(config='configs/rils/demo_cpu.py'),
+    'MIM->CLIP': dict(chain='configs/two_stage/mim_to_clip_demo.py'),
+    'CLIP->MIM': dict(chain='configs/two_stage/clip_to_mim_demo.py'),
+}
+COLUMNS = [('zs_heldout', 'zero-shot held-out'), ('zs_seen', 'zero-shot seen'),
+           ('i2t_r1', 'I2T R@1'), ('i2t_r5', 'I2T R@5'), ('t2i_r1', 'T2I R@1'),
+           ('t2i_r5', 'T2I R@5'), ('linear', 'linear probe'), ('shot1', '1-shot'),
+           ('shot2', '2-shot'), ('shot10', '10-shot')]
+
+
+def schedule_options(epochs: int) -> List[str]:
+    """Overrides that give a demo config ``epochs`` epochs (warm-up 1, cosine to the end)."""
+    options = [f'train_cfg.max_epochs={epochs}', f'default_hooks.checkpoint.interval={epochs}']
+    if epochs > 1:
+        options += [f'param_scheduler.1.T_max={epochs - 1}', f'param_scheduler.1.end={epochs}']
+    else:
+        options += ['param_scheduler.1.begin=0', 'param_scheduler.1.T_max=1',
+                    'param_scheduler.1.end=1']
+    return options
+
+
+def train_method(method: str, run_dir: str, seed: int, epochs: int,
+                 extra_options: Sequence[str] = ()) -> str:
+    """Train one method for one seed; returns the final checkpoint."""
+    spec = METHODS[method]
+    options = [f'randomness.seed={seed}', *extra_options]
+    if 'config' in spec:
+        train_main([osp.join(REPO, spec['config']), '--work-dir', run_dir, '--overwrite',
+                    '--cfg-options', *options, *schedule_options(epochs)])
+        with open(osp.join(run_dir, 'last_checkpoint')) as f:
+            return f.read().strip()
+    chain = osp.join(REPO, spec['chain'])
+    stages = Config.fromfile(chain).stages
+    first = max(1, epochs // 2)
+    second = max(1, epochs - first)
+    stage_options = {stages[0]['name']: schedule_options(first),
+                     stages[1]['name']: schedule_options(second)}
+    return run_chain(chain, work_dir=run_dir, cfg_options=options,
+                     stage_options=stage_options, overwrite=True)[-1]
+
+
+def _read_jsonl(path: str) -> List[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _image_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.convert('RGB'), dtype=np.uint8).copy()
+                            ).permute(2, 0, 1)
+
+
+def load_eval_data(data_root: str, probe_train: int) -> dict:
+    """Images (uint8, N x 3 x H x W), captions and labels of the evaluation splits."""
+    data = {}
+    for split in ('heldout', 'val'):
+        records = _read_jsonl(osp.join(data_root, f'{split}.jsonl'))
+        data[split] = dict(
+            images=torch.stack([_image_tensor(Image.open(osp.join(data_root, split,
+                                                                    r['filepath'])))
+                                for r in records]),
+            captions=[r['caption'] for r in records],
+            labels=torch.tensor([r['label'] for r in records]))
+    # The probe's training images: the first pairs of the training shards, in shard order.
+    shards = sorted(f for f in os.listdir(osp.join(data_root, 'train')) if f.endswith('.tar'))
+    samples: Dict[str, dict] = {}
+    for shard in shards:
+        with tarfile.open(osp.join(data_root, 'train', shard)) as tar:
+            for member in tar.getmembers():
+                key, ext = member.name.rsplit('.', 1)
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+        if len(samples) >= probe_train:
+            break
+    keys = sorted(samples)[:probe_train]
+    data['train'] = dict(
+        images=torch.stack([_image_tensor(Image.open(BytesIO(samples[k]['jpg'])))
+                            for k in keys]),
+        labels=torch.tensor([json.loads(samples[k]['json'])['label'] for k in keys]))
+    data['classnames'] = read_lines(osp.join(data_root, 'classnames.txt'))
+    data['templates'] = load_templates(osp.join(data_root, 'templates.txt'))
+    return data
+
+
+def build_trained_model(config: str, checkpoint: str):
+    """The method's model with every weight of ``checkpoint`` (checked loading), in eval mode."""
+    from mmpretrain.registry import MODELS
+    cfg = Config.fromfile(config)
+    init_default_scope('mmpretrain')
+    model = MODELS.build(cfg.model)
+    load_checked(model, checkpoint, prefix='', logger=None)
+    return model.eval()
+
+
+@torch.no_grad()
+def encode(model, images: torch.Tensor, batch_size: int = 128) -> dict:
+    """Pooled encoder features (B x C) and, with a text tower, joint embeddings (B x D)."""
+    features, embeddings = [], []
+    for start in range(0, len(images), batch_size):
+        batch = model.data_preprocessor(
+            dict(inputs=images[start:start + batch_size]), False)['inputs']
+        tokens = model.backbone(batch, mask=False)[-1]
+        features.append(tokens[:, 1:].mean(dim=1))
+        if hasattr(model, 'encode_image'):
+            embeddings.append(model.embed_image_tokens(tokens))
+    return dict(features=torch.cat(features),
+                embeddings=torch.cat(embeddings) if embeddings else None)
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                 test_y: torch.Tensor, num_classes: int, weight_decay: float = 1e-3,
+                 steps: int = 100) -> float:
+    """Top-1 (%) of a multinomial logistic regression on standardised frozen features,
+    fitted with full-batch L-BFGS (deterministic)."""
+    mean, std = train_x.mean(0), train_x.std(0, unbiased=False) + 1e-6
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    linear = torch.nn.Linear(train_x.shape[1], num_classes)
+    torch.nn.init.zeros_(linear.weight)
+    torch.nn.init.zeros_(linear.bias)
+    optimizer = torch.optim.LBFGS(linear.parameters(), lr=1, max_iter=steps,
+                                  history_size=20, line_search_fn='strong_wolfe')
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(linear(train_x), train_y) + \
+            weight_decay * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    with torch.no_grad():
+        return float((linear(test_x).argmax(1) == test_y).float().mean() * 100)
+
+
+@torch.no_grad()
+def evaluate(model, data: dict, seed: int, shots: Sequence[int] = (1, 2, 10)) -> dict:
+    """All the comparison's metrics of one trained model (see the module docstring)."""
+    num_classes = len(data['classnames'])
+    encoded = {split: encode(model, data[split]['images']) for split in ('train', 'val',
+                                                                           'heldout')}
+    metrics = dict(linear=linear_probe(encoded['train']['features'], data['train']['labels'],
+                                       encoded['val']['features'], data['val']['labels'],
+                                       num_classes))
+    labels = data['train']['labels'].numpy()
+    for k in shots:
+        # Classes with at least k probe images (all of them at the full probe size).
+        subset = np.flatnonzero(np.isin(labels, np.flatnonzero(np.bincount(labels) >= k)))
+        chosen = subset[few_shot_indices(labels[subset], k, seed)]
+        metrics[f'shot{k}'] = linear_probe(
+            encoded['train']['features'][chosen], data['train']['labels'][chosen],
+            encoded['val']['features'], data['val']['labels'], num_classes)
+    if hasattr(model, 'encode_text'):
+        tokenizer = get_clip_tokenizer()
+        classifier = build_text_classifier(model.encode_text, tokenizer, data['classnames'],
+                                           data['templates'], torch.device('cpu'))
+        for split, name in (('heldout', 'zs_heldout'), ('val', 'zs_seen')):
+            predictions = (encoded[split]['embeddings'] @ classifier).argmax(1)
+            metrics[name] = float((predictions == data[split]['labels']).float().mean() * 100)
+        captions = data['heldout']['captions']
+        texts = torch.cat([model.encode_text(tokenizer(captions[i:i + 128]))
+                           for i in range(0, len(captions), 128)])
+        recall = retrieval_metrics(encoded['heldout']['embeddings'], texts,
+                                   torch.arange(len(captions)), topk=(1, 5))
+        metrics.update(i2t_r1=recall['image_to_text_R@1'], i2t_r5=recall['image_to_text_R@5'],
+                       t2i_r1=recall['text_to_image_R@1'], t2i_r5=recall['text_to_image_R@5'])
+    return metrics
+
+
+def summarise(results: Dict[str, List[dict]]) -> str:
+    """Markdown table: mean and half-range over seeds per method and metric."""
+    header = '| method | seeds | train s | ' + ' | '.join(t for _, t in COLUMNS) + ' |'
+    lines = [header, '|' + '---|' * (len(COLUMNS) + 3)]
+    for method, runs in results.items():
+        cells = [method, str(len(runs)), f'{np.mean([r["train_s"] for r in runs]):.0f}']
+        for key, _ in COLUMNS:
+            values = [r[key] for r in runs if key in r]
+            if not values:
+                cells.append('-')
+            elif len(values) == 1:
+                cells.append(f'{values[0]:.1f}')
+            else:
+                half_range = (max(values) - min(values)) / 2
+                cells.append(f'{np.mean(values):.1f} ± {half_range:.1f}')
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def plot(results: Dict[str, List[dict]], path: str) -> None:
+    """Grouped bars (mean over seeds, error bars = range) of the main metrics."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    keys = [('zs_heldout', 'zero-shot\nheld-out'), ('zs_seen', 'zero-shot\nseen'),
+            ('i2t_r1', 'I2T R@1'), ('linear', 'linear\nprobe'), ('shot10', '10-shot')]
+    methods = list(results)
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(10, 4.2), dpi=100)
+    for i, method in enumerate(methods):
+        means, lows, highs = [], [], []
+        for key, _ in keys:
+            values = [r[key] for r in results[method] if key in r] or [0.0]
+            means.append(np.mean(values))
+            lows.append(np.mean(values) - min(values))
+            highs.append(max(values) - np.mean(values))
+        positions = np.arange(len(keys)) + (i - (len(methods) - 1) / 2) * width
+        ax.bar(positions, means, width, yerr=[lows, highs], capsize=2, label=method)
+    ax.set_xticks(np.arange(len(keys)))
+    ax.set_xticklabels([label for _, label in keys])
+    ax.set_ylabel('%')
+    ax.set_title('Demo-scale comparison (mean over seeds; bars show the range)')
+    ax.legend(fontsize=8, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run_comparison(work_dir: str,
+                   methods: Sequence[str] = tuple(METHODS),
+                   seeds: Sequence[int] = (0, 1),
+                   epochs: int = 3,
+                   data_root: str = 'data/demo_shapes',
+                   probe_train: int = 2048,
+                   shots: Sequence[int] = (1, 2, 10),
+                   extra_options: Sequence[str] = (),
+                   log=print) -> Dict[str, List[dict]]:
+    """Train and evaluate every method for every seed; write the table and the chart.
+
+    Args:
+        work_dir (str): Where runs, ``results.md``, ``results.json`` and ``results.png`` go.
+        methods (Sequence[str]): Names from :data:`METHODS`.
+        seeds (Sequence[int]): Seeds; each method trains once per seed.
+        epochs (int): The budget: epochs per method (chains split them between stages).
+        data_root (str): The demo data (generated on first use by the training).
+        probe_train (int): Training pairs of the linear probe.
+        shots (Sequence[int]): Images per class of the few-shot probes.
+        extra_options (Sequence[str]): ``key=value`` overrides for every training run.
+        log (Callable): Progress output.
+
+    Returns:
+        dict: Method -> list of per-seed metric dicts.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f'unknown methods {unknown}; known: {list(METHODS)}')
+    results: Dict[str, List[dict]] = {}
+    data: Optional[dict] = None
+    for method in methods:
+        results[method] = []
+        for seed in seeds:
+            run_dir = osp.join(work_dir, method.replace(' ', '').replace(',', '_')
+                               .replace('>', '').replace('+', '_'), f'seed{seed}')
+            metrics_file = osp.join(run_dir, 'metrics.json')
+            if osp.isfile(metrics_file):
+                with open(metrics_file) as f:
+                    results[method].append(json.load(f))
+                log(f'compare: {method} seed {seed}: reused {metrics_file}')
+                continue
+            start = time.time()
+            checkpoint = train_method(method, run_dir, seed, epochs, extra_options)
+            train_s = time.time() - start
+            if data is None:
+                data = load_eval_data(data_root, probe_train)
+            spec = METHODS[method]
+            config = (osp.join(REPO, spec['config']) if 'config' in spec else
+                      load_chain(osp.join(REPO, spec['chain'])).stages[-1]['config'])
+            model = build_trained_model(config, checkpoint)
+            metrics = dict(evaluate(model, data, seed, shots), train_s=train_s,
+                           checkpoint=checkpoint, epochs=epochs, seed=seed)
+            with open(metrics_file + '.tmp', 'w') as f:
+                json.dump(metrics, f, indent=1)
+            os.replace(metrics_file + '.tmp', metrics_file)
+            results[method].append(metrics)
+            log(f'compare: {method} seed {seed}: {train_s:.0f} s, ' + ', '.join(
+                f'{k} {metrics[k]:.1f}' for k, _ in COLUMNS if k in metrics))
+    with open(osp.join(work_dir, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=1)
+    table = summarise(results)
+    with open(osp.join(work_dir, 'results.md'), 'w') as f:
+        f.write(table + '\n')
+    plot(results, osp.join(work_dir, 'results.png'))
+    return results

@@ -1,0 +1,98 @@
+"""Locking a tower: frozen parameters, eval mode, and optionally its last groups unlocked.
+
+A tower lists its parameters in groups from input to output (:func:`block_groups`): the stem,
+one group per block, the last block with the final norm, and for a text tower its projection
+on its own, as open_clip's ``lock_image_tower`` / ``lock_text_tower`` group them (LiT, Zhai
+et al., CVPR 2022, trains "locked" towers this way).
+"""
+from typing import Iterable, List, Sequence
+
+from torch import nn
+
+__all__ = ['block_groups', 'lock_module', 'set_locked_eval']
+
+
+def block_groups(module: nn.Module,
+                 block_prefix: str,
+                 num_blocks: int,
+                 stem: Sequence[str],
+                 separate_tail: Sequence[str] = ()) -> List[List[str]]:
+    """Parameter names of ``module`` grouped from input to output.
+
+    Args:
+        module (nn.Module): The tower.
+        block_prefix (str): Prefix of the blocks, e.g. ``'layers.'`` for block ``layers.3.*``.
+        num_blocks (int): Number of blocks.
+        stem (Sequence[str]): First name components of the stem's parameters.
+        separate_tail (Sequence[str]): First name components of parameters that form the last
+            group on their own (a text tower's projection); everything else that is neither
+            stem nor block joins the last block (final norms).
+
+    Returns:
+        list[list[str]]: ``[stem, block 0, ..., block N-1 + final, (tail)]``.
+    """
+    names = [name for name, _ in module.named_parameters()]
+    blocks = [[n for n in names if n.startswith(f'{block_prefix}{i}.')] for i in range(num_blocks)]
+    in_blocks = {n for block in blocks for n in block}
+    stem_group = [n for n in names if n not in in_blocks and n.split('.')[0] in stem]
+    tail = [n for n in names if n not in in_blocks and n.split('.')[0] in separate_tail]
+    final = [n for n in names if n not in in_blocks and n not in stem_group and n not in tail]
+    groups = [stem_group] + blocks[:-1] + [blocks[-1] + final]
+    return groups + [tail] if tail else groups
+
+
+def lock_module(module: nn.Module, unlocked_groups: int = 0) -> List[str]:
+    """Freeze ``module`` except its last ``unlocked_groups`` parameter groups.
+
+    Parameters that were already frozen (fixed position tables) stay frozen. The groups come
+    from ``module.lock_groups()`` when the module defines it, else all parameters form one
+    group.
+
+    Args:
+        module (nn.Module): The tower.
+        unlocked_groups (int): How many groups, counted from the output end, stay trainable.
+            0 locks everything. Defaults to 0.
+
+    Returns:
+        list[str]: Names of the parameters this call froze.
+    """
+    groups = module.lock_groups() if hasattr(module, 'lock_groups') else [
+        [name for name, _ in module.named_parameters()]]
+    if not 0 <= unlocked_groups <= len(groups):
+        raise ValueError(f'{type(module).__name__}: unlocked_groups must be in '
+                         f'[0, {len(groups)}], got {unlocked_groups}')
+    unlocked = {n for group in groups[len(groups) - unlocked_groups:] for n in group}
+    frozen = []
+    for name, param in module.named_parameters():
+        if name not in unlocked and param.requires_grad:
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def _has_params(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+def set_locked_eval(module: nn.Module, frozen: Iterable[str]) -> None:
+    """Put every sub-module whose parameters are all among ``frozen`` in eval mode.
+
+    Such a part is a fixed feature extractor: its norm statistics, dropout and stochastic depth
+    must not change or vary. Sub-modules without parameters inside it (dropout) follow it.
+
+    Args:
+        module (nn.Module): The locked tower.
+        frozen (Iterable[str]): Names of its locked parameters (:func:`lock_module`).
+    """
+    frozen = set(frozen)
+
+    def visit(prefix: str, sub: nn.Module) -> None:
+        names = [prefix + n for n, _ in sub.named_parameters()]
+        if names and all(n in frozen for n in names):
+            sub.eval()
+            return
+        for child_name, child in sub.named_children():
+            if _has_params(child):
+                visit(f'{prefix}{child_name}.', child)
+
+    visit('', module)

@@ -1,0 +1,31 @@
+#!/usr/bin/env python
+"""Train a chain of stages, each starting from the previous one's checkpoint.
+
+    python tools/run_chain.py configs/two_stage/mim_to_clip_demo.py [--work-dir DIR]
+        [--cfg-options k=v ...] [--overwrite] [--launcher pytorch]
+
+Finished stages are skipped on a rerun (``--overwrite`` retrains them).
+"""
+import argparse
+
+from rils_mm.engine.chain import run_chain
+from rils_mm.engine.cli import run_cli
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(prog='tools/run_chain.py', description=__doc__.split('\n')[0])
+    parser.add_argument('chain', help='chain config (a list of stages)')
+    parser.add_argument('--work-dir', help='overrides the chain\'s work_dir')
+    parser.add_argument('--cfg-options', nargs='+', default=[],
+                        help='key=value overrides applied to every stage')
+    parser.add_argument('--overwrite', action='store_true', help='retrain finished stages')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none')
+    args = parser.parse_args(argv)
+    checkpoints = run_chain(args.chain, args.work_dir, args.cfg_options,
+                            train_args=['--launcher', args.launcher], overwrite=args.overwrite)
+    print('chain done: ' + ' -> '.join(checkpoints))
+
+
+if __name__ == '__main__':
+    run_cli(main, prog='tools/run_chain.py')
