@@ -33,7 +33,7 @@ def build_ours(config: str, small: bool):
         cfg.backbone.arch = SMALL['vision']
         if 'neck' in cfg:
             cfg.neck.update(embed_dim=384, decoder_embed_dim=384, decoder_num_heads=6)
-        cfg.text_encoder.update(SMALL['text'], output_dim=384)
+        cfg.text_encoder.update(SMALL['text'])
         cfg.embed_dims = 384
     model = MODELS.build(cfg)
     model.init_weights()

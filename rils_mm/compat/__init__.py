@@ -19,12 +19,13 @@ import torch
 
 from .atomic_saving import atomic_write_bytes, install_atomic_checkpoints
 from .epoch_resume import install_mid_epoch_resume
-from .safe_loading import (CheckpointLoadError, DamagedCheckpointError, UnsafeCheckpointError,
+from .safe_loading import (CheckpointKeysError, CheckpointLoadError, DamagedCheckpointError,
+                           MissingCheckpointError, UnsafeCheckpointError,
                            install_weights_only_loaders, weights_only_load)
 
 __all__ = [
-    'apply_all', 'CheckpointLoadError', 'DamagedCheckpointError', 'UnsafeCheckpointError',
-    'weights_only_load', 'atomic_write_bytes'
+    'apply_all', 'CheckpointKeysError', 'CheckpointLoadError', 'DamagedCheckpointError',
+    'MissingCheckpointError', 'UnsafeCheckpointError', 'weights_only_load', 'atomic_write_bytes'
 ]
 
 

@@ -27,8 +27,8 @@ import torch
 
 __all__ = [
     'CheckpointLoadError', 'UnsafeCheckpointError', 'DamagedCheckpointError',
-    'weights_only_load', 'load_from_url', 'mmengine_checkpoint_safe_globals',
-    'install_weights_only_loaders'
+    'MissingCheckpointError', 'CheckpointKeysError', 'weights_only_load', 'load_from_url',
+    'mmengine_checkpoint_safe_globals', 'install_weights_only_loaders'
 ]
 
 # Statistics every HistoryBuffer has; mmengine fills its registry with them lazily (in the
@@ -46,6 +46,14 @@ class UnsafeCheckpointError(CheckpointLoadError, pickle.UnpicklingError):
 
 class DamagedCheckpointError(CheckpointLoadError):
     """A checkpoint file is truncated, empty or not a PyTorch file at all."""
+
+
+class MissingCheckpointError(CheckpointLoadError, FileNotFoundError):
+    """A checkpoint file named in a config or on the command line does not exist."""
+
+
+class CheckpointKeysError(CheckpointLoadError):
+    """A checkpoint lacks weights the module needs (or matches none of them)."""
 
 
 def mmengine_checkpoint_safe_globals() -> list:
@@ -152,7 +160,7 @@ def load_from_url(url: str, map_location=None, model_dir: Optional[str] = None,
 def _load_from_local(filename, map_location=None):
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
-        raise FileNotFoundError(f'checkpoint file not found: {filename}')
+        raise MissingCheckpointError(f'checkpoint file not found: {filename}')
     return weights_only_load(filename, map_location)
 
 

@@ -12,8 +12,15 @@ A chain config names its stages in order::
 Stage ``i`` trains ``config`` (relative to the chain file) into ``<work_dir>/<name>``; for
 every stage after the first, ``init_key`` of its config is set to the previous stage's last
 checkpoint (the key should belong to a ``CheckedPretrained`` init, so a missing file or an
-unmatched encoder key fails, naming them). A finished stage leaves ``chain_stage.json``
-beside its checkpoints; a rerun skips it and reuses its checkpoint, unless ``overwrite``.
+unmatched encoder key fails, naming them).
+
+A finished stage leaves ``chain_stage.json`` beside its checkpoints, recording its checkpoint,
+its overrides and the previous stage's checkpoint (path, size, modification time). A rerun
+skips the stage only if all of these are unchanged and no earlier stage was retrained; a stage
+that was interrupted (checkpoints but no record) resumes from its newest valid checkpoint.
+``overwrite`` retrains every stage from scratch. Under a distributed launcher every process
+runs the chain; rank 0 finds and records each stage's checkpoint and hands its path to the
+others.
 """
 import json
 import os
@@ -21,9 +28,10 @@ import os.path as osp
 from typing import Dict, List, Optional, Sequence
 
 from mmengine.config import Config
+from mmengine.dist import barrier, broadcast_object_list, get_rank
 from mmengine.runner import find_latest_checkpoint
 
-from .cli import UsageError, train_main
+from .cli import UsageError, run_checkpoints, train_main
 
 STAGE_RECORD = 'chain_stage.json'
 
@@ -78,32 +86,65 @@ def run_chain(path: str,
     if unknown:
         raise UsageError(f'{path}: stage options for unknown stages {sorted(unknown)}')
     checkpoints: List[str] = []
+    retrained = False
     for stage in chain.stages:
         stage_dir = osp.join(work_dir, stage['name'])
-        record = osp.join(stage_dir, STAGE_RECORD)
-        if not overwrite and osp.isfile(record):
-            with open(record) as f:
-                done = json.load(f)
-            if osp.isfile(done['checkpoint']) and done.get('previous') == (
-                    checkpoints[-1] if checkpoints else None):
-                print(f'chain: stage "{stage["name"]}" already done: {done["checkpoint"]}')
-                checkpoints.append(done['checkpoint'])
-                continue
+        record_path = osp.join(stage_dir, STAGE_RECORD)
         options = list(cfg_options) + list(stage_options.get(stage['name'], ()))
         if checkpoints:
             options.append(f'{stage["init_key"]}={checkpoints[-1]}')
-        argv = [stage['config'], '--work-dir', stage_dir, '--overwrite', *train_args]
+        record = dict(options=options,
+                      previous=_file_identity(checkpoints[-1]) if checkpoints else None)
+        done = _read_record(record_path)
+        if (not overwrite and not retrained and done is not None
+                and osp.isfile(done.get('checkpoint', ''))
+                and {k: done.get(k) for k in record} == record):
+            print(f'chain: stage "{stage["name"]}" already done: {done["checkpoint"]}')
+            checkpoints.append(done['checkpoint'])
+            continue
+        argv = [stage['config'], '--work-dir', stage_dir, *train_args]
+        if not overwrite and done is None and osp.isdir(stage_dir) and \
+                run_checkpoints(stage_dir):
+            argv.append('--resume')  # interrupted: continue exactly where it stopped
+        else:
+            argv.append('--overwrite')
         if options:
             argv += ['--cfg-options', *options]
         print(f'chain: stage "{stage["name"]}": {" ".join(argv)}')
         train_main(argv)
-        checkpoint = find_latest_checkpoint(stage_dir)
-        if not checkpoint or not osp.isfile(checkpoint):
-            raise UsageError(f'chain: stage "{stage["name"]}" finished without a checkpoint in '
-                             f'{stage_dir}')
-        with open(record + '.tmp', 'w') as f:
-            json.dump(dict(checkpoint=checkpoint,
-                           previous=checkpoints[-1] if checkpoints else None), f)
-        os.replace(record + '.tmp', record)
-        checkpoints.append(checkpoint)
+        retrained = True
+        barrier()  # rank 0 saves the checkpoints
+        found = [None]
+        if get_rank() == 0:
+            checkpoint = find_latest_checkpoint(stage_dir)
+            if checkpoint and osp.isfile(checkpoint):
+                _write_record(record_path, dict(record, checkpoint=checkpoint))
+                found = [checkpoint]
+        broadcast_object_list(found, src=0)
+        if found[0] is None:
+            raise UsageError(f'chain: stage "{stage["name"]}" finished without a checkpoint '
+                             f'in {stage_dir}')
+        checkpoints.append(found[0])
     return checkpoints
+
+
+def _file_identity(path: str) -> dict:
+    """Path, size and modification time: a retrained stage writes a new file."""
+    stat = os.stat(path)
+    return dict(path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+
+
+def _read_record(path: str) -> Optional[dict]:
+    if not osp.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None  # a damaged record means the stage is not known to be finished
+
+
+def _write_record(path: str, record: dict) -> None:
+    with open(path + '.tmp', 'w') as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + '.tmp', path)

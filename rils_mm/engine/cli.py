@@ -116,12 +116,14 @@ def check_override_types(cfg: Config, cfg_options: dict) -> None:
 def check_train_config(cfg: Config) -> None:
     """Settings that are valid one by one but not together, checked before anything is built."""
     model = cfg.get('model') or {}
-    reconstruction = model.get('loss_reconstruction') or {}
+    head = model.get('head') or {}
+    reconstruction = head.get('loss') or {}
     batch_size = (cfg.get('train_dataloader') or {}).get('batch_size')
-    if (reconstruction.get('filter_correct', True) and 'loss_reconstruction' in model
+    if (head.get('type') == 'LanguageReconstructionHead'
+            and reconstruction.get('filter_correct', True)
             and batch_size is not None and batch_size < 2):
         raise UsageError('train_dataloader.batch_size=1 with '
-                         'model.loss_reconstruction.filter_correct=True: the correct-retrieval '
+                         'model.head.loss.filter_correct=True: the correct-retrieval '
                          'filter needs at least 2 pairs per device')
 
 

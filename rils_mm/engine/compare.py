@@ -7,14 +7,17 @@ evaluated the same way from its final checkpoint:
 - zero-shot top-1 among all colour-shape classes, on held-out (never captioned in training)
   and seen combinations, with the prompt-ensembled class embeddings of the demo's templates
   (methods with a text tower);
-- image<->text retrieval R@1 / R@5 on the held-out split (methods with a text tower);
+- image<->text retrieval R@1 / R@5 on the held-out split (methods with a text tower); many
+  held-out images share a word-for-word identical caption (same colour, shape, size and
+  position), so any caption (image) whose text is identical to the true one counts as a hit;
 - a linear probe on frozen features (the mean of the encoder's patch tokens) over the
   colour-shape classes: trained on the first ``probe_train`` training pairs, tested on the
   seen-combination split; and the same probe from 1, 2 and 10 images per class.
 
-Each run's metrics are written to ``<work_dir>/<method>/seed<seed>/metrics.json``; a rerun
-reuses finished runs. The table (mean and half-range over seeds) goes to ``results.md``, the
-chart to ``results.png``.
+Each run records its training in ``<work_dir>/<method>/seed<seed>/train.json`` and its metrics
+in ``metrics.json``; a rerun reuses them when the budget, overrides and evaluation settings
+match. The table (mean and half-range over seeds) goes to ``results.md``, the chart to
+``results.png``.
 """
 import json
 import os
@@ -31,10 +34,10 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from PIL import Image
 
+from ..datasets.demo_shapes import read_demo_meta
 from ..datasets.few_shot import few_shot_indices
 from ..datasets.resources import load_templates, read_lines
 from ..datasets.transforms.tokenize import get_clip_tokenizer
-from ..evaluation.metrics import retrieval_metrics
 from ..models.utils.checkpoint_loading import load_checked
 from ..models.utils.zero_shot_weights import build_text_classifier
 from .chain import load_chain, run_chain
@@ -52,21 +55,47 @@ METHODS = {
     'MIM->CLIP': dict(chain='configs/two_stage/mim_to_clip_demo.py'),
     'CLIP->MIM': dict(chain='configs/two_stage/clip_to_mim_demo.py'),
 }
+EVAL_VERSION = 2  # bump when the evaluation changes, so reruns re-evaluate
 COLUMNS = [('zs_heldout', 'zero-shot held-out'), ('zs_seen', 'zero-shot seen'),
            ('i2t_r1', 'I2T R@1'), ('i2t_r5', 'I2T R@5'), ('t2i_r1', 'T2I R@1'),
            ('t2i_r5', 'T2I R@5'), ('linear', 'linear probe'), ('shot1', '1-shot'),
            ('shot2', '2-shot'), ('shot10', '10-shot')]
 
 
-def schedule_options(epochs: int) -> List[str]:
-    """Overrides that give a demo config ``epochs`` epochs (warm-up 1, cosine to the end)."""
+def schedule_options(epochs: int, iters_per_epoch: int) -> List[str]:
+    """Overrides that give a demo config ``epochs`` epochs: one warm-up epoch then cosine, as
+    the demo schedule; a one-epoch run warms up over its first quarter instead."""
     options = [f'train_cfg.max_epochs={epochs}', f'default_hooks.checkpoint.interval={epochs}']
     if epochs > 1:
-        options += [f'param_scheduler.1.T_max={epochs - 1}', f'param_scheduler.1.end={epochs}']
-    else:
-        options += ['param_scheduler.1.begin=0', 'param_scheduler.1.T_max=1',
-                    'param_scheduler.1.end=1']
-    return options
+        return options + [f'param_scheduler.1.T_max={epochs - 1}',
+                          f'param_scheduler.1.end={epochs}']
+    warm = max(1, iters_per_epoch // 4)
+    return options + [
+        'param_scheduler.0.by_epoch=False', 'param_scheduler.0.convert_to_iter_based=False',
+        'param_scheduler.0.begin=0', f'param_scheduler.0.end={warm}',
+        'param_scheduler.1.by_epoch=False', 'param_scheduler.1.convert_to_iter_based=False',
+        f'param_scheduler.1.begin={warm}', f'param_scheduler.1.end={iters_per_epoch}',
+        f'param_scheduler.1.T_max={max(1, iters_per_epoch - warm)}']
+
+
+def iters_per_epoch(config: str, options: Sequence[str]) -> int:
+    """Iterations of one epoch of a demo config under ``key=value`` overrides."""
+    cfg = Config.fromfile(config)
+    values = dict(option.split('=', 1) for option in options)
+    samples = int(values.get('train_dataloader.dataset.samples_per_epoch',
+                             cfg.train_dataloader.dataset.samples_per_epoch))
+    batch = int(values.get('train_dataloader.batch_size', cfg.train_dataloader.batch_size))
+    return max(1, samples // batch)
+
+
+def split_budget(epochs: int, num_stages: int) -> List[int]:
+    """Epochs per stage of a chain: as equal as possible, the later stages taking the rest."""
+    if epochs < num_stages:
+        raise ValueError(f'a chain of {num_stages} stages needs a budget of at least '
+                         f'{num_stages} epochs, got {epochs}')
+    base = epochs // num_stages
+    return [base + (1 if i >= num_stages - epochs % num_stages else 0)
+            for i in range(num_stages)]
 
 
 def train_method(method: str, run_dir: str, seed: int, epochs: int,
@@ -75,17 +104,17 @@ def train_method(method: str, run_dir: str, seed: int, epochs: int,
     spec = METHODS[method]
     options = [f'randomness.seed={seed}', *extra_options]
     if 'config' in spec:
-        train_main([osp.join(REPO, spec['config']), '--work-dir', run_dir, '--overwrite',
-                    '--cfg-options', *options, *schedule_options(epochs)])
+        config = osp.join(REPO, spec['config'])
+        train_main([config, '--work-dir', run_dir, '--overwrite', '--cfg-options', *options,
+                    *schedule_options(epochs, iters_per_epoch(config, options))])
         with open(osp.join(run_dir, 'last_checkpoint')) as f:
             return f.read().strip()
-    chain = osp.join(REPO, spec['chain'])
-    stages = Config.fromfile(chain).stages
-    first = max(1, epochs // 2)
-    second = max(1, epochs - first)
-    stage_options = {stages[0]['name']: schedule_options(first),
-                     stages[1]['name']: schedule_options(second)}
-    return run_chain(chain, work_dir=run_dir, cfg_options=options,
+    chain = load_chain(osp.join(REPO, spec['chain']))
+    budget = split_budget(epochs, len(chain.stages))
+    stage_options = {
+        stage['name']: schedule_options(stage_epochs, iters_per_epoch(stage['config'], options))
+        for stage, stage_epochs in zip(chain.stages, budget)}
+    return run_chain(osp.join(REPO, spec['chain']), work_dir=run_dir, cfg_options=options,
                      stage_options=stage_options, overwrite=True)[-1]
 
 
@@ -111,7 +140,7 @@ def load_eval_data(data_root: str, probe_train: int) -> dict:
             captions=[r['caption'] for r in records],
             labels=torch.tensor([r['label'] for r in records]))
     # The probe's training images: the first pairs of the training shards, in shard order.
-    shards = sorted(f for f in os.listdir(osp.join(data_root, 'train')) if f.endswith('.tar'))
+    shards = read_demo_meta(data_root)['train_shards']
     samples: Dict[str, dict] = {}
     for shard in shards:
         with tarfile.open(osp.join(data_root, 'train', shard)) as tar:
@@ -149,7 +178,7 @@ def encode(model, images: torch.Tensor, batch_size: int = 128) -> dict:
             dict(inputs=images[start:start + batch_size]), False)['inputs']
         tokens = model.backbone(batch, mask=False)[-1]
         features.append(tokens[:, 1:].mean(dim=1))
-        if hasattr(model, 'encode_image'):
+        if hasattr(model, 'embed_image_tokens'):
             embeddings.append(model.embed_image_tokens(tokens))
     return dict(features=torch.cat(features),
                 embeddings=torch.cat(embeddings) if embeddings else None)
@@ -194,6 +223,8 @@ def evaluate(model, data: dict, seed: int, shots: Sequence[int] = (1, 2, 10)) ->
     for k in shots:
         # Classes with at least k probe images (all of them at the full probe size).
         subset = np.flatnonzero(np.isin(labels, np.flatnonzero(np.bincount(labels) >= k)))
+        if len(subset) == 0:
+            continue
         chosen = subset[few_shot_indices(labels[subset], k, seed)]
         metrics[f'shot{k}'] = linear_probe(
             encoded['train']['features'][chosen], data['train']['labels'][chosen],
@@ -208,11 +239,35 @@ def evaluate(model, data: dict, seed: int, shots: Sequence[int] = (1, 2, 10)) ->
         captions = data['heldout']['captions']
         texts = torch.cat([model.encode_text(tokenizer(captions[i:i + 128]))
                            for i in range(0, len(captions), 128)])
-        recall = retrieval_metrics(encoded['heldout']['embeddings'], texts,
-                                   torch.arange(len(captions)), topk=(1, 5))
-        metrics.update(i2t_r1=recall['image_to_text_R@1'], i2t_r5=recall['image_to_text_R@5'],
-                       t2i_r1=recall['text_to_image_R@1'], t2i_r5=recall['text_to_image_R@5'])
+        metrics.update(caption_recall(encoded['heldout']['embeddings'], texts, captions))
     return metrics
+
+
+def caption_recall(images: torch.Tensor, texts: torch.Tensor, captions: Sequence[str],
+                   topk: Sequence[int] = (1, 5)) -> Dict[str, float]:
+    """Image<->text R@K (%) where any item with the word-for-word same caption is a hit.
+
+    Args:
+        images (torch.Tensor): N x D normalised image embeddings; image i's caption is
+            ``captions[i]``.
+        texts (torch.Tensor): N x D normalised embeddings of ``captions``.
+        captions (Sequence[str]): The N captions.
+        topk (Sequence[int]): The K of R@K.
+
+    Returns:
+        dict[str, float]: ``i2t_r{K}`` and ``t2i_r{K}``.
+    """
+    ids = {caption: i for i, caption in enumerate(dict.fromkeys(captions))}
+    caption_ids = torch.tensor([ids[c] for c in captions])
+    same = caption_ids[:, None] == caption_ids[None, :]  # image i x text j
+    similarity = images.float() @ texts.float().t()
+    out = {}
+    for k in topk:
+        i2t = similarity.topk(k, dim=1).indices  # N x k texts per image
+        t2i = similarity.t().topk(k, dim=1).indices  # N x k images per text
+        out[f'i2t_r{k}'] = float(same.gather(1, i2t).any(1).float().mean() * 100)
+        out[f't2i_r{k}'] = float(same.t().gather(1, t2i).any(1).float().mean() * 100)
+    return out
 
 
 def summarise(results: Dict[str, List[dict]]) -> str:
@@ -298,29 +353,38 @@ def run_comparison(work_dir: str,
         for seed in seeds:
             run_dir = osp.join(work_dir, method.replace(' ', '').replace(',', '_')
                                .replace('>', '').replace('+', '_'), f'seed{seed}')
-            metrics_file = osp.join(run_dir, 'metrics.json')
-            if osp.isfile(metrics_file):
-                with open(metrics_file) as f:
-                    results[method].append(json.load(f))
-                log(f'compare: {method} seed {seed}: reused {metrics_file}')
+            settings = dict(probe_train=probe_train, shots=list(shots), data_root=data_root,
+                            eval_version=EVAL_VERSION)
+            trained = dict(epochs=epochs, options=list(extra_options), seed=seed)
+            metrics = _read_json(osp.join(run_dir, 'metrics.json'))
+            if metrics and metrics.get('settings') == settings and all(
+                    metrics.get(k) == v for k, v in trained.items()):
+                results[method].append(metrics)
+                log(f'compare: {method} seed {seed}: reused {run_dir}/metrics.json')
                 continue
-            start = time.time()
-            checkpoint = train_method(method, run_dir, seed, epochs, extra_options)
-            train_s = time.time() - start
+            record = _read_json(osp.join(run_dir, 'train.json'))
+            if record and all(record.get(k) == v for k, v in trained.items()) and \
+                    osp.isfile(record['checkpoint']):
+                log(f'compare: {method} seed {seed}: reused the training in {run_dir}')
+            else:
+                start = time.time()
+                checkpoint = train_method(method, run_dir, seed, epochs, extra_options)
+                record = dict(trained, checkpoint=checkpoint, train_s=time.time() - start)
+                _write_json(osp.join(run_dir, 'train.json'), record)
             if data is None:
                 data = load_eval_data(data_root, probe_train)
             spec = METHODS[method]
             config = (osp.join(REPO, spec['config']) if 'config' in spec else
                       load_chain(osp.join(REPO, spec['chain'])).stages[-1]['config'])
-            model = build_trained_model(config, checkpoint)
-            metrics = dict(evaluate(model, data, seed, shots), train_s=train_s,
-                           checkpoint=checkpoint, epochs=epochs, seed=seed)
-            with open(metrics_file + '.tmp', 'w') as f:
-                json.dump(metrics, f, indent=1)
-            os.replace(metrics_file + '.tmp', metrics_file)
+            start = time.time()
+            model = build_trained_model(config, record['checkpoint'])
+            metrics = dict(evaluate(model, data, seed, shots), **record, settings=settings)
+            metrics['eval_s'] = time.time() - start
+            _write_json(osp.join(run_dir, 'metrics.json'), metrics)
             results[method].append(metrics)
-            log(f'compare: {method} seed {seed}: {train_s:.0f} s, ' + ', '.join(
-                f'{k} {metrics[k]:.1f}' for k, _ in COLUMNS if k in metrics))
+            log(f'compare: {method} seed {seed}: {metrics["train_s"]:.0f} s training, '
+                f'{metrics["eval_s"]:.0f} s evaluation, ' + ', '.join(
+                    f'{k} {metrics[k]:.1f}' for k, _ in COLUMNS if k in metrics))
     with open(osp.join(work_dir, 'results.json'), 'w') as f:
         json.dump(results, f, indent=1)
     table = summarise(results)
@@ -328,3 +392,19 @@ def run_comparison(work_dir: str,
         f.write(table + '\n')
     plot(results, osp.join(work_dir, 'results.png'))
     return results
+
+
+def _read_json(path: str) -> Optional[dict]:
+    if not osp.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: str, obj: dict) -> None:
+    with open(path + '.tmp', 'w') as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + '.tmp', path)

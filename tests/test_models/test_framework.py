@@ -233,3 +233,31 @@ def test_text_tower_init_cfg_is_checked(tmp_path):
     cfg['text_encoder']['init_cfg'].update(checkpoint=checkpoint, prefix='backbone.')
     with pytest.raises(RuntimeError, match='missing'):
         MODELS.build(cfg).init_weights()
+
+
+def test_a_fully_locked_tower_is_in_eval_mode_with_its_dropout():
+    cfg = copy.deepcopy(TINY_RILS)
+    cfg['backbone'].update(drop_rate=0.1, drop_path_rate=0.1)
+    cfg['lock_cfg'] = dict(backbone=True)
+    model = build(cfg)
+    model.train()
+    assert not any(m.training for m in model.backbone.modules())
+    assert model.text_encoder.training and model.neck.training
+
+
+def test_a_model_level_checkpoint_load_keeps_the_text_tower(tmp_path):
+    source = build()
+    checkpoint = str(tmp_path / 'rils.pth')
+    torch.save(dict(state_dict=source.state_dict()), checkpoint)
+    cfg = dict(copy.deepcopy(TINY_RILS), init_cfg=dict(type='Pretrained', checkpoint=checkpoint))
+    torch.manual_seed(9)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_binary_mask_is_not_taken_for_milan_importance():
+    vit = MODELS.build(dict(type='RILSPretrainViT', arch=TINY_ARCH, img_size=32, patch_size=8))
+    with pytest.raises(ValueError, match='importance'):
+        vit(torch.randn(2, 3, 32, 32), torch.zeros(2, 16, dtype=torch.bool))

@@ -48,7 +48,7 @@ def run_tool(*args, cwd=REPO, timeout=300):
      "unexpected keyword argument 'frobnicate'"),
     ([DEMO, '--resume', 'missing.pth'], '--resume: checkpoint not found: missing.pth'),
     ([DEMO, '--cfg-options', 'train_dataloader.batch_size=1'],
-     'train_dataloader.batch_size=1 with model.loss_reconstruction.filter_correct=True'),
+     'train_dataloader.batch_size=1 with model.head.loss.filter_correct=True'),
 ])
 def test_bad_command_lines_give_one_line_errors(args, expected):
     result = run_tool('tools/train.py', *args)

@@ -14,6 +14,7 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from torch import nn
 
+from ..utils.checkpoint_loading import checked_init_cfg
 from ..utils.locking import lock_module, set_locked_eval
 
 TOWERS = ('backbone', 'text_encoder', 'image_head')
@@ -68,7 +69,8 @@ class ImageTextPretrainer(BaseSelfSupervisor):
         data_preprocessor.setdefault('type', 'ImageTextDataPreprocessor')
         super().__init__(backbone=backbone, neck=neck, head=head,
                          target_generator=target_generator,
-                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+                         data_preprocessor=data_preprocessor,
+                         init_cfg=checked_init_cfg(init_cfg))
         name = type(self).__name__
         if getattr(self.backbone, 'out_type', 'raw') != 'raw':
             raise ValueError(f'{name}: backbone.out_type must be "raw" (the class and patch '
@@ -118,8 +120,8 @@ class ImageTextPretrainer(BaseSelfSupervisor):
     def train(self, mode: bool = True) -> 'ImageTextPretrainer':
         """As ``nn.Module.train``, but locked parts stay in eval mode."""
         super().train(mode)
-        for tower, frozen in self.locked_parameters.items():
-            set_locked_eval(getattr(self, tower), frozen)
+        for tower in self.locked_parameters:
+            set_locked_eval(getattr(self, tower))
         return self
 
     def get_logit_scale(self) -> torch.Tensor:

@@ -59,12 +59,20 @@ class CLIPTextEncoder(TextTransformer):
             act_layer=QuickGELU if quick_gelu else nn.GELU)
         self.set_grad_checkpointing(with_cp)
         self.init_cfg = checked_init_cfg(init_cfg)
+        # MMEngine's flag: a parent's checkpoint load marks it, so init_weights is skipped.
+        self._is_init = False
+
+    @property
+    def is_init(self) -> bool:
+        """Whether the weights are initialised (or loaded) already."""
+        return self._is_init
 
     def init_weights(self) -> None:
         """CLIP's initialisation, then ``init_cfg`` (called by MMEngine's ``init_weights``)."""
         self.init_parameters()
         if self.init_cfg:
             initialize(self, self.init_cfg)
+        self._is_init = True
 
     def lock_groups(self) -> List[List[str]]:
         """Parameter names from input to output, as open_clip's ``lock_text_tower`` groups

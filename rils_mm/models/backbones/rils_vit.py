@@ -10,12 +10,12 @@ in all but a few global blocks and decomposed relative position bias.
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-from mmengine.model import ModuleList
+from mmengine.model import BaseModule, ModuleList
 from mmpretrain.models.selfsup.mae import MAEViT
 from mmpretrain.models.utils import build_norm_layer, resize_pos_embed
 from mmpretrain.registry import MODELS
 
-from ..utils import QVBiasTransformerLayer, block_groups, checked_init_cfg
+from ..utils import QVBiasTransformerLayer, block_groups, checked_init_cfg, loads_pretrained
 
 # mmcv's model zoos that toolbox base configs name in ``pretrained`` (CNN weights, e.g. mmseg's
 # 'open-mmlab://resnet50_v1c'); none of them holds a RILS encoder.
@@ -215,9 +215,8 @@ class RILSViT(MAEViT):
     def init_weights(self) -> None:
         """MAE's initialisation (sin-cos positions, Xavier patch embedding), except after
         loading a checkpoint, whose patch embedding and class token must be kept."""
-        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') in (
-                'Pretrained', 'CheckedPretrained'):
-            super(MAEViT, self).init_weights()
+        if loads_pretrained(self.init_cfg):
+            BaseModule.init_weights(self)  # the loaded positions and class token stay
         else:
             super().init_weights()
 
@@ -238,12 +237,10 @@ class RILSViT(MAEViT):
         """
         if noise is None:
             noise = torch.rand(x.shape[:2], device=x.device)
-        x_kept, mask, ids_restore, _ = self._keep_first(x, torch.argsort(noise, dim=1),
-                                                        mask_ratio)
-        return x_kept, mask, ids_restore
+        return self._keep_first(x, torch.argsort(noise, dim=1), mask_ratio)
 
     def _keep_first(self, x: torch.Tensor, ids_shuffle: torch.Tensor, mask_ratio: float
-                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Keep the first ``round(L * (1 - mask_ratio))`` patches of a per-sample order.
 
         Args:
@@ -252,8 +249,8 @@ class RILSViT(MAEViT):
             mask_ratio (float): Fraction of patches to remove.
 
         Returns:
-            tuple: ``x_kept`` (B x L_keep x C), ``mask`` (B x L, 1 = removed),
-            ``ids_restore`` (B x L) and ``ids_shuffle``.
+            tuple: ``x_kept`` (B x L_keep x C), ``mask`` (B x L, 1 = removed) and
+            ``ids_restore`` (B x L).
         """
         B, L, C = x.shape
         num_keep = round(L * (1 - mask_ratio))
@@ -263,7 +260,7 @@ class RILSViT(MAEViT):
         mask = torch.ones(B, L, device=x.device)
         mask[:, :num_keep] = 0
         mask = torch.gather(mask, 1, ids_restore)
-        return x_kept, mask, ids_restore, ids_shuffle
+        return x_kept, mask, ids_restore
 
     def lock_groups(self) -> List[List[str]]:
         """Parameter names from input to output (stem, blocks, last block with the final
@@ -307,11 +304,15 @@ class RILSViT(MAEViT):
         x = self.patch_embed(x)[0] + self.pos_embed[:, 1:, :]
         milan_masking = isinstance(mask, torch.Tensor)
         if milan_masking:
+            if not mask.is_floating_point() or mask.shape != x.shape[:2]:
+                raise ValueError(f'RILSViT: a tensor as the second argument is MILAN\'s '
+                                 f'importance (B x L = {tuple(x.shape[:2])} non-negative '
+                                 f'floats, high = keep), got {mask.dtype} '
+                                 f'{tuple(mask.shape)}; a binary mask is not accepted')
             # MILAN (Hou et al., 2022): keep patches with probability following the weights.
             ids_shuffle = torch.multinomial(mask.float().to(x.device), x.shape[1],
                                             replacement=False)
-            x, mask, ids_restore, ids_shuffle = self._keep_first(x, ids_shuffle,
-                                                                 self.mask_ratio)
+            x, mask, ids_restore = self._keep_first(x, ids_shuffle, self.mask_ratio)
         else:
             x, mask, ids_restore = self.random_masking(x, self.mask_ratio, noise)
         cls_token = (self.cls_token + self.pos_embed[:, :1, :]).expand(B, -1, -1)

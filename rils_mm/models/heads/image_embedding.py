@@ -8,7 +8,7 @@ from mmpretrain.registry import MODELS
 from open_clip.transformer import AttentionalPooler
 from torch import nn
 
-from ..utils.checkpoint_loading import checked_init_cfg
+from ..utils.checkpoint_loading import checked_init_cfg, loads_pretrained
 
 POOLINGS = ('mean', 'cls_token', 'attention')
 
@@ -68,7 +68,7 @@ class ImageEmbeddingHead(BaseModule):
 
     def init_weights(self) -> None:
         super().init_weights()
-        if not (isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'):
+        if not loads_pretrained(self.init_cfg):
             # CLIP's initialisation of the projection (open_clip's and the RILS authors').
             nn.init.normal_(self.projection.weight, std=self.in_channels**-0.5)
             if self.projection.bias is not None:

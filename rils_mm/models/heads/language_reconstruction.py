@@ -11,7 +11,14 @@ from torch import nn
 @MODELS.register_module()
 class CaptionPrototypes(nn.Module):
     """RILS's prototypes: the caption embeddings of the global batch, as gathered for the
-    contrastive loss (so every process scores against the same captions)."""
+    contrastive loss (so every process scores against the same captions).
+
+    Args:
+        embed_dims (int, optional): The joint width (given to every prototype source; unused).
+    """
+
+    def __init__(self, embed_dims: Optional[int] = None) -> None:
+        super().__init__()
 
     def forward(self, text_features_all: torch.Tensor) -> torch.Tensor:
         """(world_size * B) x D normalised captions -> the same tensor."""
@@ -42,7 +49,6 @@ class RandomPrototypes(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         prototypes = torch.randn(num_prototypes, embed_dims, generator=generator)
         self.register_buffer('prototypes', F.normalize(prototypes, dim=-1))
-        self.seed = seed
 
     def forward(self, text_features_all: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The K x D prototypes (the captions are not used)."""
@@ -62,7 +68,7 @@ class LanguageReconstructionHead(BaseModule):
         loss (dict): The loss config (temperatures, weight, filter, averaging).
         prototypes (dict): The prototype source: ``CaptionPrototypes`` (RILS) or
             ``RandomPrototypes`` (the vision-space ablation).
-        embed_dims (int, optional): Joint width, given to a prototype source that needs it.
+        embed_dims (int, optional): Joint width, given to the prototype source.
         init_cfg (dict | list, optional): Initialisation config.
     """
 
@@ -72,10 +78,7 @@ class LanguageReconstructionHead(BaseModule):
                  embed_dims: Optional[int] = None,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        prototypes = dict(prototypes)
-        if prototypes.get('type') == 'RandomPrototypes':
-            prototypes.setdefault('embed_dims', embed_dims)
-        self.prototypes = MODELS.build(prototypes)
+        self.prototypes = MODELS.build(dict(dict(embed_dims=embed_dims), **prototypes))
         self.loss_module = MODELS.build(loss)
 
     @property

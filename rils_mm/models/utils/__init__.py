@@ -1,8 +1,9 @@
 from .checkpoint_loading import (CheckedPretrainedInit, LoadReport, checked_init_cfg,
-                                 load_checked)
+                                 load_checked, loads_pretrained)
 from .locking import block_groups, lock_module, set_locked_eval
 from .qv_bias_layer import QVBiasMultiheadAttention, QVBiasTransformerLayer
 
 __all__ = ['CheckedPretrainedInit', 'LoadReport', 'checked_init_cfg', 'load_checked',
+           'loads_pretrained',
            'block_groups', 'lock_module', 'set_locked_eval', 'QVBiasMultiheadAttention',
            'QVBiasTransformerLayer']

@@ -24,8 +24,10 @@ from mmengine.registry import WEIGHT_INITIALIZERS
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
+from ...compat import CheckpointKeysError
+
 __all__ = ['LoadReport', 'load_checked', 'extract_state_dict', 'CheckedPretrainedInit',
-           'checked_init_cfg']
+           'checked_init_cfg', 'loads_pretrained']
 
 
 @dataclass
@@ -119,13 +121,13 @@ def load_checked(module: nn.Module,
         LoadReport: Matched, missing and unexpected key names.
 
     Raises:
-        RuntimeError: If nothing matched, or keys are missing that are neither allowed nor
-            ignored; the message lists them and names the checkpoint.
+        CheckpointKeysError: (a ``RuntimeError``) If nothing matched, or keys are missing that
+            are neither allowed nor ignored; the message lists them and names the checkpoint.
     """
     loaded = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
     state_dict = extract_state_dict(loaded, prefix)
     if not state_dict:
-        raise RuntimeError(
+        raise CheckpointKeysError(
             f'No key of {checkpoint} starts with prefix "{prefix}"; first keys there: '
             f'{list(extract_state_dict(loaded))[:10]}')
 
@@ -146,11 +148,11 @@ def load_checked(module: nn.Module,
         print_log(report.summary(), logger=logger)
 
     if not report.matched:
-        raise RuntimeError(f'No weights were loaded from {checkpoint} (prefix "{prefix}").\n'
+        raise CheckpointKeysError(f'No weights were loaded from {checkpoint} (prefix "{prefix}").\n'
                            f'{report.summary()}')
     fatal = [k for k in missing if k not in report.ignored_missing]
     if fatal and not allow_missing:
-        raise RuntimeError(
+        raise CheckpointKeysError(
             f'{len(fatal)} keys of {type(module).__name__} are missing from {checkpoint} '
             f'(prefix "{prefix}"); pass allow_missing=True or ignore_missing patterns if this is '
             f'intended. Missing: {fatal}')
@@ -240,3 +242,10 @@ def checked_init_cfg(init_cfg: Optional[Union[dict, list]]) -> Optional[Union[di
     if isinstance(init_cfg, (list, tuple)):
         return [checked_init_cfg(cfg) for cfg in init_cfg]
     return init_cfg
+
+
+def loads_pretrained(init_cfg: Optional[Union[dict, list]]) -> bool:
+    """Whether ``init_cfg`` (a dict or a list of dicts) loads weights from a checkpoint."""
+    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    return any(isinstance(cfg, dict) and cfg.get('type') in ('Pretrained', 'CheckedPretrained')
+               for cfg in cfgs)

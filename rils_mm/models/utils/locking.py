@@ -5,7 +5,7 @@ one group per block, the last block with the final norm, and for a text tower it
 on its own, as open_clip's ``lock_image_tower`` / ``lock_text_tower`` group them (LiT, Zhai
 et al., CVPR 2022, trains "locked" towers this way).
 """
-from typing import Iterable, List, Sequence
+from typing import List, Sequence
 
 from torch import nn
 
@@ -70,29 +70,24 @@ def lock_module(module: nn.Module, unlocked_groups: int = 0) -> List[str]:
     return frozen
 
 
-def _has_params(module: nn.Module) -> bool:
-    return next(module.parameters(), None) is not None
+def set_locked_eval(module: nn.Module) -> None:
+    """Put the locked parts of a tower in eval mode.
 
-
-def set_locked_eval(module: nn.Module, frozen: Iterable[str]) -> None:
-    """Put every sub-module whose parameters are all among ``frozen`` in eval mode.
-
-    Such a part is a fixed feature extractor: its norm statistics, dropout and stochastic depth
-    must not change or vary. Sub-modules without parameters inside it (dropout) follow it.
+    A locked part is a fixed feature extractor: its norm statistics, dropout and stochastic
+    depth must not change or vary. A fully frozen tower goes to eval mode as a whole (its
+    parameter-free layers, e.g. dropout after the position embedding, included); in a partly
+    unlocked tower every sub-module whose parameters are all frozen does.
 
     Args:
-        module (nn.Module): The locked tower.
-        frozen (Iterable[str]): Names of its locked parameters (:func:`lock_module`).
+        module (nn.Module): The tower, after :func:`lock_module`.
     """
-    frozen = set(frozen)
 
-    def visit(prefix: str, sub: nn.Module) -> None:
-        names = [prefix + n for n, _ in sub.named_parameters()]
-        if names and all(n in frozen for n in names):
+    def visit(sub: nn.Module) -> None:
+        params = list(sub.parameters())
+        if params and not any(p.requires_grad for p in params):
             sub.eval()
             return
-        for child_name, child in sub.named_children():
-            if _has_params(child):
-                visit(f'{prefix}{child_name}.', child)
+        for child in sub.children():
+            visit(child)
 
-    visit('', module)
+    visit(module)

@@ -1,0 +1,121 @@
+"""tools/run_chain.py and tools/compare.py as users run them, each step a new process."""
+import json
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+# The demo configs on tiny generated data: 2 iterations of 16 pairs per epoch, no workers.
+TINY_DATA = ['train_dataloader.batch_size=16', 'train_dataloader.num_workers=0',
+             'train_dataloader.persistent_workers=False',
+             'train_dataloader.dataset.batch_size=16',
+             'train_dataloader.dataset.samples_per_epoch=32',
+             'train_dataloader.dataset.shuffle_buffer=32',
+             'train_dataloader.dataset.generate_cfg.num_train=64',
+             'train_dataloader.dataset.generate_cfg.num_val=16',
+             'train_dataloader.dataset.generate_cfg.num_heldout=16',
+             'train_cfg.max_epochs=1', 'param_scheduler.1.begin=0',
+             'param_scheduler.1.end=1', 'param_scheduler.1.T_max=1']
+
+
+def run_tool(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_chain_hands_each_stage_the_previous_checkpoint(tmp_path):
+    work = str(tmp_path / 'chain')
+    options = TINY_DATA + [f'train_dataloader.dataset.data_root={tmp_path}/demo']
+    first = run_tool('tools/run_chain.py', 'configs/two_stage/mim_to_clip_demo.py',
+                     '--work-dir', work, '--cfg-options', *options)
+    assert first.returncode == 0, first.stderr[-3000:]
+    mim_checkpoint = osp.join(work, 'mim', 'epoch_1.pth')
+    assert osp.isfile(mim_checkpoint) and osp.isfile(osp.join(work, 'clip', 'epoch_1.pth'))
+    # Stage 2 loaded every encoder tensor of stage 1's checkpoint through the checked loader.
+    log = first.stdout + first.stderr
+    assert f'model.backbone.init_cfg.checkpoint={mim_checkpoint}' in log
+    loaded = re.search(r'Loaded "backbone\.\*" from ' + re.escape(mim_checkpoint) +
+                       r': (\d+) matched, 0 missing', log)
+    assert loaded and int(loaded.group(1)) > 50, log[-3000:]
+
+    # A rerun in a new process reuses both finished stages.
+    again = run_tool('tools/run_chain.py', 'configs/two_stage/mim_to_clip_demo.py',
+                     '--work-dir', work, '--cfg-options', *options)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count('already done') == 2
+
+    # Other overrides: both stages train again (no stale reuse).
+    changed = run_tool('tools/run_chain.py', 'configs/two_stage/mim_to_clip_demo.py',
+                       '--work-dir', work, '--cfg-options', *options, 'randomness.seed=1')
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert 'already done' not in changed.stdout
+
+    # A stage 2 pointed at a missing file fails in one line naming it; a chain naming a
+    # missing config is refused before anything runs.
+    broken = run_tool('tools/train.py', 'configs/two_stage/clip_from_mim_demo.py', '--work-dir',
+                      str(tmp_path / 'alone'), '--cfg-options', *options,
+                      f'model.backbone.init_cfg.checkpoint={tmp_path}/nowhere.pth')
+    assert broken.returncode == 1
+    assert broken.stderr.strip().splitlines()[-1] == (
+        f'tools/train.py: error: checkpoint file not found: {tmp_path}/nowhere.pth')
+    bad_chain = tmp_path / 'bad_chain.py'
+    bad_chain.write_text("stages = [dict(name='a', config='missing.py')]\n")
+    refused = run_tool('tools/run_chain.py', str(bad_chain))
+    assert refused.returncode == 2 and 'missing.py does not exist' in refused.stderr
+
+
+def test_compare_quick_runs_every_method(tmp_path):
+    work = str(tmp_path / 'compare')
+    result = run_tool('tools/compare.py', '--quick', '--work-dir', work, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(osp.join(work, 'results.json')) as f:
+        results = json.load(f)
+    assert list(results) == ['CLIP', 'MAE', 'MAE+CLIP', 'RILS, vision space', 'RILS',
+                             'MIM->CLIP', 'CLIP->MIM']
+    for method, runs in results.items():
+        (run, ) = runs
+        with_text = method not in ('MAE', 'CLIP->MIM')
+        assert ('zs_heldout' in run) == with_text and ('i2t_r1' in run) == with_text
+        for key in ('linear', 'shot1', 'shot2') + (('zs_heldout', 'zs_seen', 't2i_r5')
+                                                   if with_text else ()):
+            assert 0 <= run[key] <= 100, (method, key)
+        assert osp.isfile(run['checkpoint'])
+    table = open(osp.join(work, 'results.md')).read().splitlines()
+    assert len(table) == 2 + 7 and table[0].startswith('| method | seeds |')
+    assert Image.open(osp.join(work, 'results.png')).size == (1000, 420)
+    # A rerun reuses the finished runs instead of training again.
+    again = run_tool('tools/compare.py', '--quick', '--work-dir', work, '--methods', 'RILS')
+    assert again.returncode == 0 and 'RILS seed 0: reused' in again.stdout
+
+
+def test_budget_split_schedules_and_caption_recall():
+    import torch
+    from rils_mm.engine.compare import caption_recall, schedule_options, split_budget
+    assert split_budget(3, 2) == [1, 2] and split_budget(4, 2) == [2, 2]
+    assert split_budget(5, 3) == [1, 2, 2]
+    try:
+        split_budget(1, 2)
+        raise AssertionError('a budget smaller than the chain must be refused')
+    except ValueError as err:
+        assert 'at least 2 epochs' in str(err)
+    one = schedule_options(1, 64)
+    assert 'param_scheduler.0.end=16' in one and 'param_scheduler.1.begin=16' in one
+    assert 'param_scheduler.1.T_max=48' in one
+    assert 'param_scheduler.1.T_max=2' in schedule_options(3, 64)
+    # Images 0, 1 share the caption 'a'; image 2's caption is 'b'. A hit is any item whose
+    # caption is word-for-word the query's.
+    images = torch.tensor([[1., 0.], [0.6, 0.8], [0.8, 0.6]])
+    texts = torch.tensor([[0.9, 0.436], [1., 0.], [0., 1.]])
+    recall = caption_recall(images, texts, ['a', 'a', 'b'], topk=(1, 2))
+    # i2t@1: image0 -> text1 ('a', hit); image1 -> text0 ('a', hit); image2 -> text0 (miss).
+    assert recall['i2t_r1'] == pytest.approx(200 / 3)
+    assert recall['i2t_r2'] == pytest.approx(200 / 3)  # image2's top-2: texts 0, 1 (both 'a')
+    # t2i@1: text0 -> image2 ('b', miss); text1 -> image0 (hit); text2 -> image1 ('a', miss).
+    assert recall['t2i_r1'] == pytest.approx(100 / 3)
