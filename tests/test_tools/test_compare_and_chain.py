@@ -45,6 +45,18 @@ def test_chain_hands_each_stage_the_previous_checkpoint(tmp_path):
                        r': (\d+) matched, 0 missing', log)
     assert loaded and int(loaded.group(1)) > 50, log[-3000:]
 
+    # The MAE stage's encoder goes through the transfer converter like RILS's (one key layout),
+    # verified against the mmseg UperNet config's backbone.
+    converted = str(tmp_path / 'mae_encoder.pth')
+    convert = run_tool('tools/model_converters/rils_to_toolbox.py', mim_checkpoint, converted,
+                       '--format', 'mmseg')
+    assert convert.returncode == 0, convert.stderr[-3000:]
+    import torch
+    encoder = torch.load(converted, weights_only=True)
+    encoder = encoder.get('state_dict', encoder)
+    assert 'backbone.layers.3.attn.q_bias' in encoder and not any(
+        k.startswith(('neck.', 'head.')) for k in encoder)
+
     # A rerun in a new process reuses both finished stages.
     again = run_tool('tools/run_chain.py', 'configs/two_stage/mim_to_clip_demo.py',
                      '--work-dir', work, '--cfg-options', *options)
