@@ -131,3 +131,26 @@ def test_budget_split_schedules_and_caption_recall():
     assert recall['i2t_r2'] == pytest.approx(200 / 3)  # image2's top-2: texts 0, 1 (both 'a')
     # t2i@1: text0 -> image2 ('b', miss); text1 -> image0 (hit); text2 -> image1 ('a', miss).
     assert recall['t2i_r1'] == pytest.approx(100 / 3)
+
+
+def test_milan_demo_is_taught_by_the_clip_stage(tmp_path):
+    """configs/milan/demo_chain.py: the demo CLIP, then MILAN whose frozen teacher is loaded
+    (checked) from the CLIP stage's checkpoint, each stage in its own process's chain step."""
+    work = str(tmp_path / 'milan')
+    options = TINY_DATA + [f'train_dataloader.dataset.data_root={tmp_path}/demo']
+    result = run_tool('tools/run_chain.py', 'configs/milan/demo_chain.py', '--work-dir', work,
+                      '--cfg-options', *options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    clip_checkpoint = osp.join(work, 'clip', 'epoch_1.pth')
+    assert re.search(r'Loaded "\*" from ' + re.escape(clip_checkpoint) +
+                     r': \d+ matched, 0 missing', log), log[-3000:]
+    import torch
+    from rils_mm.compat import weights_only_load
+    milan = weights_only_load(osp.join(work, 'milan', 'epoch_1.pth'))['state_dict']
+    clip = weights_only_load(clip_checkpoint)['state_dict']
+    # The teacher in the MILAN checkpoint is the CLIP stage's model, bitwise: frozen.
+    for key, value in clip.items():
+        assert torch.equal(milan[f'target_generator.model.{key}'], value), key
+    losses = [float(v) for v in re.findall(r' loss: ([0-9.]+)', log)]
+    assert losses and all(0 <= v <= 4 for v in losses)  # 2 - 2 cos

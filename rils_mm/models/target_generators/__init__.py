@@ -1,0 +1,3 @@
+from .clip_teacher import CLIPTeacher
+
+__all__ = ['CLIPTeacher']

@@ -1,0 +1,125 @@
+"""The CLIP teacher (MILAN's target generator) against direct computations, and mmpretrain's
+MILAN with our pretraining ViT against the same algorithm with mmpretrain's MILANViT."""
+import copy
+
+import pytest
+import torch
+from mmpretrain.registry import MODELS
+
+import rils_mm  # noqa: F401
+from test_framework import TINY_ARCH, to_mae_vit_state
+from test_rils_algorithm import TINY_RILS, build
+
+TINY_CLIP = {k: v for k, v in copy.deepcopy(TINY_RILS).items() if k not in ('neck', 'head')}
+TINY_CLIP['type'] = 'ImageTextPretrainer'
+
+
+@pytest.fixture(scope='module')
+def clip_checkpoint(tmp_path_factory):
+    model = build(TINY_CLIP)
+    path = str(tmp_path_factory.mktemp('teacher') / 'clip.pth')
+    torch.save(dict(state_dict=model.state_dict()), path)
+    return model, path
+
+
+def test_teacher_from_our_checkpoint_matches_the_model(clip_checkpoint):
+    source, path = clip_checkpoint
+    teacher = MODELS.build(dict(type='CLIPTeacher', model=TINY_CLIP, checkpoint=path))
+    teacher.init_weights()  # keeps the loaded weights
+    teacher.train()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    images = torch.randn(3, 3, 32, 32)
+    features, attention = teacher(images)
+    source.eval()
+    with torch.no_grad():
+        tokens = source.backbone(images, mask=False)[-1]
+        torch.testing.assert_close(features, source.image_head.project(tokens))
+        # The last block's class-token attention, by torch's own multi-head attention.
+        vit = source.backbone
+        x = vit.patch_embed(images)[0]
+        x = torch.cat((vit.cls_token.expand(3, -1, -1), x), dim=1) + vit.pos_embed
+        x = vit.layers[0](x)
+        last = vit.layers[1]
+        reference = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+        reference.in_proj_weight.copy_(last.attn.qkv.weight)
+        reference.in_proj_bias.copy_(last.attn.qkv_bias())
+        normed = last.ln1(x)
+        _, weights = reference(normed, normed, normed, need_weights=True)
+    assert features.shape == (3, 17, 16) and attention.shape == (3, 1, 17)
+    torch.testing.assert_close(attention, weights[:, :1])
+    torch.testing.assert_close(attention.sum(-1), torch.ones(3, 1))
+
+
+def test_teacher_from_an_open_clip_file_matches_open_clip(tmp_path):
+    import open_clip
+    clip = open_clip.create_model('ViT-B-16', pretrained=None).eval()
+    path = str(tmp_path / 'open_clip.pt')
+    torch.save(clip.state_dict(), path)
+    teacher = MODELS.build(dict(type='CLIPTeacher', model=dict(
+        type='OpenCLIPModel', arch='ViT-B-16', pretrained=path)))
+    images = torch.randn(1, 3, 224, 224)
+    features, attention = teacher(images)
+    clip.visual.output_tokens = True
+    with torch.no_grad():
+        pooled, tokens = clip.visual(images)
+    torch.testing.assert_close(features[:, 0], pooled, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(features[:, 1:], tokens @ clip.visual.proj, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(1, 1))
+    with pytest.raises(FileNotFoundError, match='nowhere.pt'):
+        MODELS.build(dict(type='CLIPTeacher', model=dict(
+            type='OpenCLIPModel', arch='ViT-B-16', pretrained=str(tmp_path / 'nowhere.pt'))))
+    with pytest.raises(ValueError, match='no weights'):
+        MODELS.build(dict(type='CLIPTeacher', model=TINY_CLIP))
+
+
+def test_mmpretrain_milan_with_our_vit_equals_milanvit(clip_checkpoint):
+    _, path = clip_checkpoint
+
+    def milan(backbone_type):
+        torch.manual_seed(0)
+        model = MODELS.build(dict(
+            type='MILAN',
+            backbone=dict(type=backbone_type, arch=TINY_ARCH, img_size=32, patch_size=8,
+                          mask_ratio=0.75),
+            neck=dict(type='MILANPretrainDecoder', num_patches=16, patch_size=8, embed_dim=32,
+                      decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
+                      predict_feature_dim=16),
+            head=dict(type='MIMHead', loss=dict(type='CosineSimilarityLoss', shift_factor=2.0,
+                                                scale_factor=2.0)),
+            target_generator=dict(type='CLIPTeacher', model=TINY_CLIP, checkpoint=path),
+            data_preprocessor=dict(type='ImageTextDataPreprocessor', images_only=True)))
+        model.init_weights()
+        return model
+
+    ours, reference = milan('RILSPretrainViT'), milan('MILANViT')
+    reference.backbone.load_state_dict(to_mae_vit_state(ours.backbone.state_dict()))
+    reference.neck.load_state_dict(ours.neck.state_dict())
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    batch = ours.data_preprocessor(dict(inputs=dict(images=images)), True)
+    torch.manual_seed(3)  # the same multinomial draws of the semantic masking
+    loss = ours(batch['inputs'], batch['data_samples'], mode='loss')['loss']
+    torch.manual_seed(3)
+    expected = reference(batch['inputs'], batch['data_samples'], mode='loss')['loss']
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert ours.backbone.layers[0].attn.q_bias.grad is not None
+    assert all(p.grad is None for p in ours.target_generator.parameters())
+
+
+def test_the_algorithms_init_cfg_does_not_reach_the_teacher(clip_checkpoint):
+    """An algorithm-level Xavier/Constant init_cfg is applied to every sub-module before the
+    children's init_weights; the teacher loads its file again there."""
+    source, path = clip_checkpoint
+    model = MODELS.build(dict(
+        type='MILAN',
+        backbone=dict(type='RILSPretrainViT', arch=TINY_ARCH, img_size=32, patch_size=8),
+        neck=dict(type='MILANPretrainDecoder', num_patches=16, patch_size=8, embed_dim=32,
+                  decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
+                  predict_feature_dim=16),
+        head=dict(type='MIMHead', loss=dict(type='CosineSimilarityLoss')),
+        target_generator=dict(type='CLIPTeacher', model=TINY_CLIP, checkpoint=path),
+        init_cfg=[dict(type='Xavier', layer='Linear', distribution='uniform'),
+                  dict(type='Constant', layer='LayerNorm', val=1.0, bias=0.0)]))
+    model.init_weights()
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.target_generator.model.state_dict()[key], value), key
