@@ -123,3 +123,31 @@ def test_the_algorithms_init_cfg_does_not_reach_the_teacher(clip_checkpoint):
     model.init_weights()
     for key, value in source.state_dict().items():
         assert torch.equal(model.target_generator.model.state_dict()[key], value), key
+
+
+def test_semantic_masking_keeps_patches_in_the_order_of_the_attention():
+    """Over many draws on one attention map, each patch is kept more often the more attention
+    it has, and every draw keeps exactly round(L * (1 - ratio)) patches."""
+    vit = MODELS.build(dict(type='RILSPretrainViT', arch=TINY_ARCH, img_size=32, patch_size=8,
+                            mask_ratio=0.75))
+    importance = torch.linspace(0.01, 1.0, 16).repeat(2000, 1)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        _, _, ids_keep, ids_dump = vit(torch.zeros(2000, 3, 32, 32), importance=importance)
+    assert ids_keep.shape == (2000, 4) and ids_dump.shape == (2000, 12)
+    kept = torch.zeros(16).index_add_(0, ids_keep.flatten(), torch.ones(ids_keep.numel()))
+    # Spearman's rank correlation between attention and keep count (fixed seed, 2000 draws).
+    ranks = torch.argsort(torch.argsort(kept)).float()
+    spearman = torch.corrcoef(torch.stack([ranks, torch.arange(16.)]))[0, 1]
+    assert spearman > 0.95, kept
+    assert kept[12:].sum() > 3 * kept[:4].sum()
+
+
+def test_uniform_masking_switch_gives_equal_weights(clip_checkpoint):
+    _, path = clip_checkpoint
+    teacher = MODELS.build(dict(type='CLIPTeacher', model=TINY_CLIP, checkpoint=path,
+                                masking='uniform'))
+    features, attention = teacher(torch.randn(2, 3, 32, 32))
+    torch.testing.assert_close(attention, torch.full((2, 1, 17), 1 / 17))
+    with pytest.raises(ValueError, match='masking'):
+        MODELS.build(dict(type='CLIPTeacher', model=TINY_CLIP, checkpoint=path, masking='x'))

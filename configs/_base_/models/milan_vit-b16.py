@@ -27,9 +27,11 @@ model = dict(
         type='MIMHead',
         loss=dict(type='CosineSimilarityLoss', shift_factor=2.0, scale_factor=2.0)),
     # The teacher: any local CLIP; here OpenAI's ViT-B/16 file (nothing is downloaded).
+    # masking='uniform' gives MAE's uniform masking instead (the paper's ablation).
     target_generator=dict(
         type='CLIPTeacher',
         model=dict(type='OpenCLIPModel', arch='ViT-B-16-quickgelu',
-                   pretrained='checkpoints/openai_clip_vit_b16.pt')),
+                   pretrained='checkpoints/openai_clip_vit_b16.pt'),
+        masking='attention'),
     # CLIP's normalisation, which the teacher expects; the images alone.
     data_preprocessor=dict(type='ImageTextDataPreprocessor', images_only=True))

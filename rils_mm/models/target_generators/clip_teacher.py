@@ -35,12 +35,21 @@ class CLIPTeacher(BaseModule):
         model (dict): The CLIP model config.
         checkpoint (str, optional): Checkpoint of ``model`` (this package's models); an
             ``OpenCLIPModel`` loads its own ``pretrained`` file instead.
+        masking (str): ``'attention'``: the class-token attention weighs the patches (MILAN's
+            semantic-aware masking). ``'uniform'``: equal weights, so the kept patches are a
+            uniform random draw (MAE's masking; the paper's ablation). Defaults to
+            ``'attention'``.
         init_cfg (dict, optional): Unused.
     """
 
     def __init__(self, model: dict, checkpoint: Optional[str] = None,
+                 masking: str = 'attention',
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__(init_cfg=None)
+        if masking not in ('attention', 'uniform'):
+            raise ValueError(f"CLIPTeacher: masking must be 'attention' or 'uniform', got "
+                             f'{masking!r}')
+        self.masking = masking
         self.model_cfg = copy.deepcopy(model)
         self.checkpoint = checkpoint
         self.model = MODELS.build(model)
@@ -85,9 +94,11 @@ class CLIPTeacher(BaseModule):
             class token (mean over heads; ``attention[:, 0, 1:]`` weighs the patches, as
             mmpretrain's ``MILAN`` reads it).
         """
-        if hasattr(self.model, 'clip'):
-            return self._open_clip(images)
-        return self._ours(images)
+        features, attention = (self._open_clip(images) if hasattr(self.model, 'clip') else
+                               self._ours(images))
+        if self.masking == 'uniform':
+            attention = torch.full_like(attention, 1.0 / attention.shape[-1])
+        return features, attention
 
     def _open_clip(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         visual = self.model.clip.visual
