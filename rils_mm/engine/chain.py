@@ -31,6 +31,7 @@ from mmengine.config import Config
 from mmengine.dist import barrier, broadcast_object_list, get_rank
 from mmengine.runner import find_latest_checkpoint
 
+from ..compat import atomic_write_bytes
 from .cli import UsageError, run_checkpoints, train_main
 
 STAGE_RECORD = 'chain_stage.json'
@@ -95,7 +96,7 @@ def run_chain(path: str,
             options.append(f'{stage["init_key"]}={checkpoints[-1]}')
         record = dict(options=options,
                       previous=_file_identity(checkpoints[-1]) if checkpoints else None)
-        done = _read_record(record_path)
+        done = read_json(record_path)
         if (not overwrite and not retrained and done is not None
                 and osp.isfile(done.get('checkpoint', ''))
                 and {k: done.get(k) for k in record} == record):
@@ -118,7 +119,7 @@ def run_chain(path: str,
         if get_rank() == 0:
             checkpoint = find_latest_checkpoint(stage_dir)
             if checkpoint and osp.isfile(checkpoint):
-                _write_record(record_path, dict(record, checkpoint=checkpoint))
+                write_json(record_path, dict(record, checkpoint=checkpoint))
                 found = [checkpoint]
         broadcast_object_list(found, src=0)
         if found[0] is None:
@@ -134,17 +135,17 @@ def _file_identity(path: str) -> dict:
     return dict(path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
-def _read_record(path: str) -> Optional[dict]:
+def read_json(path: str) -> Optional[dict]:
+    """A JSON record, or None if it is missing or damaged (so not known to be finished)."""
     if not osp.isfile(path):
         return None
     try:
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError):
-        return None  # a damaged record means the stage is not known to be finished
+        return None
 
 
-def _write_record(path: str, record: dict) -> None:
-    with open(path + '.tmp', 'w') as f:
-        json.dump(record, f, indent=1)
-    os.replace(path + '.tmp', path)
+def write_json(path: str, record: dict) -> None:
+    """Write a JSON record atomically: a kill leaves the old record or the new one."""
+    atomic_write_bytes(json.dumps(record, indent=1).encode(), path)

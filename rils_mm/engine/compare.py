@@ -20,7 +20,6 @@ match. The table (mean and half-range over seeds) goes to ``results.md``, the ch
 ``results.png``.
 """
 import json
-import os
 import os.path as osp
 import tarfile
 import time
@@ -40,7 +39,7 @@ from ..datasets.resources import load_templates, read_lines
 from ..datasets.transforms.tokenize import get_clip_tokenizer
 from ..models.utils.checkpoint_loading import load_checked
 from ..models.utils.zero_shot_weights import build_text_classifier
-from .chain import load_chain, run_chain
+from .chain import load_chain, read_json, run_chain, write_json
 from .cli import train_main
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -356,13 +355,13 @@ def run_comparison(work_dir: str,
             settings = dict(probe_train=probe_train, shots=list(shots), data_root=data_root,
                             eval_version=EVAL_VERSION)
             trained = dict(epochs=epochs, options=list(extra_options), seed=seed)
-            metrics = _read_json(osp.join(run_dir, 'metrics.json'))
+            metrics = read_json(osp.join(run_dir, 'metrics.json'))
             if metrics and metrics.get('settings') == settings and all(
                     metrics.get(k) == v for k, v in trained.items()):
                 results[method].append(metrics)
                 log(f'compare: {method} seed {seed}: reused {run_dir}/metrics.json')
                 continue
-            record = _read_json(osp.join(run_dir, 'train.json'))
+            record = read_json(osp.join(run_dir, 'train.json'))
             if record and all(record.get(k) == v for k, v in trained.items()) and \
                     osp.isfile(record['checkpoint']):
                 log(f'compare: {method} seed {seed}: reused the training in {run_dir}')
@@ -370,7 +369,7 @@ def run_comparison(work_dir: str,
                 start = time.time()
                 checkpoint = train_method(method, run_dir, seed, epochs, extra_options)
                 record = dict(trained, checkpoint=checkpoint, train_s=time.time() - start)
-                _write_json(osp.join(run_dir, 'train.json'), record)
+                write_json(osp.join(run_dir, 'train.json'), record)
             if data is None:
                 data = load_eval_data(data_root, probe_train)
             spec = METHODS[method]
@@ -380,7 +379,7 @@ def run_comparison(work_dir: str,
             model = build_trained_model(config, record['checkpoint'])
             metrics = dict(evaluate(model, data, seed, shots), **record, settings=settings)
             metrics['eval_s'] = time.time() - start
-            _write_json(osp.join(run_dir, 'metrics.json'), metrics)
+            write_json(osp.join(run_dir, 'metrics.json'), metrics)
             results[method].append(metrics)
             log(f'compare: {method} seed {seed}: {metrics["train_s"]:.0f} s training, '
                 f'{metrics["eval_s"]:.0f} s evaluation, ' + ', '.join(
@@ -393,18 +392,3 @@ def run_comparison(work_dir: str,
     plot(results, osp.join(work_dir, 'results.png'))
     return results
 
-
-def _read_json(path: str) -> Optional[dict]:
-    if not osp.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: str, obj: dict) -> None:
-    with open(path + '.tmp', 'w') as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + '.tmp', path)

@@ -1,23 +1,14 @@
 # The demo schedule (2 CPU cores, minutes): the paper's AdamW and parameter groups without AMP,
 # a higher lr and lighter weight decay for a 64-pair batch and a short run, one warm-up epoch,
 # cosine to 1e-5. It includes the default runtime, whose hooks it adjusts to the short run.
-_base_ = ['../default_runtime.py']
+_base_ = ['../default_runtime.py', './rils_25e.py']
 
 max_epochs = 6
 optim_wrapper = dict(
+    _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.05),
-    paramwise_cfg=dict(
-        norm_decay_mult=0.0,
-        bias_decay_mult=0.0,
-        flat_decay_mult=0.0,
-        custom_keys={
-            'pos_embed': dict(decay_mult=0.0),
-            'cls_token': dict(decay_mult=0.0),
-            'mask_token': dict(decay_mult=0.0),
-            'positional_embedding': dict(decay_mult=0.0),
-            'logit_scale': dict(decay_mult=0.0),
-        }))
+    paramwise_cfg={{_base_.optim_wrapper.paramwise_cfg}})  # the paper recipe's groups
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=1,
          convert_to_iter_based=True),
