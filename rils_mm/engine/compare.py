@@ -53,6 +53,9 @@ METHODS = {
     'RILS': dict(config='configs/rils/demo_cpu.py'),
     'MIM->CLIP': dict(chain='configs/two_stage/mim_to_clip_demo.py'),
     'CLIP->MIM': dict(chain='configs/two_stage/clip_to_mim_demo.py'),
+    # Taught by the CLIP run of the same seed (its training time is not counted here).
+    'MILAN': dict(config='configs/milan/demo_cpu.py',
+                  teacher=dict(method='CLIP', option='model.target_generator.checkpoint')),
 }
 EVAL_VERSION = 2  # bump when the evaluation changes, so reruns re-evaluate
 COLUMNS = [('zs_heldout', 'zero-shot held-out'), ('zs_seen', 'zero-shot seen'),
@@ -158,10 +161,17 @@ def load_eval_data(data_root: str, probe_train: int) -> dict:
     return data
 
 
-def build_trained_model(config: str, checkpoint: str):
-    """The method's model with every weight of ``checkpoint`` (checked loading), in eval mode."""
+def build_trained_model(config: str, checkpoint: str, options: Sequence[str] = ()):
+    """The method's model with every weight of ``checkpoint`` (checked loading), in eval mode.
+
+    ``options`` are ``key=value`` overrides of the config (a teacher's file, for one).
+    """
+    from mmengine.config import DictAction
     from mmpretrain.registry import MODELS
     cfg = Config.fromfile(config)
+    # Parsed as the command line's --cfg-options are.
+    cfg.merge_from_dict({key: DictAction._parse_iterable(value)
+                         for key, value in (option.split('=', 1) for option in options)})
     init_default_scope('mmpretrain')
     model = MODELS.build(cfg.model)
     load_checked(model, checkpoint, prefix='', logger=None)
@@ -317,6 +327,47 @@ def plot(results: Dict[str, List[dict]], path: str) -> None:
     plt.close(fig)
 
 
+def _run_dir(work_dir: str, method: str, seed: int) -> str:
+    name = method.replace(' ', '').replace(',', '_').replace('>', '').replace('+', '_')
+    return osp.join(work_dir, name, f'seed{seed}')
+
+
+def _teacher_options(method: str, record: dict) -> List[str]:
+    """The override that hands a taught method its teacher's checkpoint."""
+    teacher = METHODS[method].get('teacher')
+    return [f'{teacher["option"]}={record["teacher"]}'] if teacher else []
+
+
+def _training_settings(work_dir: str, method: str, seed: int, epochs: int,
+                       extra_options: Sequence[str], log) -> dict:
+    """What a run's training depends on; a taught method's teacher is trained (or reused)
+    first, and its checkpoint is part of the settings."""
+    trained = dict(epochs=epochs, options=list(extra_options), seed=seed)
+    teacher = METHODS[method].get('teacher')
+    if teacher:
+        teacher_settings = _training_settings(work_dir, teacher['method'], seed, epochs,
+                                              extra_options, log)
+        trained['teacher'] = _train_or_reuse(work_dir, teacher['method'], seed,
+                                             teacher_settings, log)['checkpoint']
+    return trained
+
+
+def _train_or_reuse(work_dir: str, method: str, seed: int, trained: dict, log) -> dict:
+    """The run's ``train.json`` record, training first unless a matching one exists."""
+    run_dir = _run_dir(work_dir, method, seed)
+    record = read_json(osp.join(run_dir, 'train.json'))
+    if record and all(record.get(k) == v for k, v in trained.items()) and \
+            osp.isfile(record['checkpoint']):
+        log(f'compare: {method} seed {seed}: reused the training in {run_dir}')
+        return record
+    start = time.time()
+    options = [*trained['options'], *_teacher_options(method, trained)]
+    checkpoint = train_method(method, run_dir, seed, trained['epochs'], options)
+    record = dict(trained, checkpoint=checkpoint, train_s=time.time() - start)
+    write_json(osp.join(run_dir, 'train.json'), record)
+    return record
+
+
 def run_comparison(work_dir: str,
                    methods: Sequence[str] = tuple(METHODS),
                    seeds: Sequence[int] = (0, 1),
@@ -347,36 +398,28 @@ def run_comparison(work_dir: str,
         raise ValueError(f'unknown methods {unknown}; known: {list(METHODS)}')
     results: Dict[str, List[dict]] = {}
     data: Optional[dict] = None
+    settings = dict(probe_train=probe_train, shots=list(shots), data_root=data_root,
+                    eval_version=EVAL_VERSION)
     for method in methods:
         results[method] = []
         for seed in seeds:
-            run_dir = osp.join(work_dir, method.replace(' ', '').replace(',', '_')
-                               .replace('>', '').replace('+', '_'), f'seed{seed}')
-            settings = dict(probe_train=probe_train, shots=list(shots), data_root=data_root,
-                            eval_version=EVAL_VERSION)
-            trained = dict(epochs=epochs, options=list(extra_options), seed=seed)
+            run_dir = _run_dir(work_dir, method, seed)
+            trained = _training_settings(work_dir, method, seed, epochs, extra_options, log)
             metrics = read_json(osp.join(run_dir, 'metrics.json'))
             if metrics and metrics.get('settings') == settings and all(
                     metrics.get(k) == v for k, v in trained.items()):
                 results[method].append(metrics)
                 log(f'compare: {method} seed {seed}: reused {run_dir}/metrics.json')
                 continue
-            record = read_json(osp.join(run_dir, 'train.json'))
-            if record and all(record.get(k) == v for k, v in trained.items()) and \
-                    osp.isfile(record['checkpoint']):
-                log(f'compare: {method} seed {seed}: reused the training in {run_dir}')
-            else:
-                start = time.time()
-                checkpoint = train_method(method, run_dir, seed, epochs, extra_options)
-                record = dict(trained, checkpoint=checkpoint, train_s=time.time() - start)
-                write_json(osp.join(run_dir, 'train.json'), record)
+            record = _train_or_reuse(work_dir, method, seed, trained, log)
             if data is None:
                 data = load_eval_data(data_root, probe_train)
             spec = METHODS[method]
             config = (osp.join(REPO, spec['config']) if 'config' in spec else
                       load_chain(osp.join(REPO, spec['chain'])).stages[-1]['config'])
             start = time.time()
-            model = build_trained_model(config, record['checkpoint'])
+            model = build_trained_model(config, record['checkpoint'],
+                                        _teacher_options(method, record))
             metrics = dict(evaluate(model, data, seed, shots), **record, settings=settings)
             metrics['eval_s'] = time.time() - start
             write_json(osp.join(run_dir, 'metrics.json'), metrics)

@@ -201,3 +201,44 @@ def test_second_stage_starts_from_the_first_stage_encoder(chain, first_stage, tm
     cfg.work_dir = str(tmp_path / 'work2')
     with pytest.raises(Exception, match='missing.pth'):
         Runner.from_cfg(cfg).train()
+
+
+def test_milan_b16_runs_one_iteration_with_a_frozen_teacher(tmp_path):
+    """The MILAN ViT-B/16 config with a (random) OpenAI-layout ViT-B/16 CLIP teacher file."""
+    teacher_file = str(tmp_path / 'openai_clip_vit_b16.pt')
+    torch.save(open_clip.create_model('ViT-B-16-quickgelu', pretrained=None).state_dict(),
+               teacher_file)
+    cfg = one_iteration_config('milan/pretrain_b16_laion.py', tmp_path)
+    cfg.model.target_generator.model.pretrained = teacher_file
+    runner = Runner.from_cfg(cfg)
+    teacher_before = {k: v.clone() for k, v in
+                      runner.model.target_generator.state_dict().items()}
+    recorder = ParameterChangeRecorder()
+    runner.register_hook(recorder)
+    runner.train()
+    assert runner.iter == 1
+    loss = runner.message_hub.get_scalar('train/loss').current()
+    assert 0 <= loss <= 4  # 2 - 2 cos
+    for name in ('backbone.layers.11.attn.q_bias', 'neck.decoder_blocks.7.attn.q.weight',
+                 'neck.decoder_pred.weight', 'neck.mask_token'):
+        assert name in recorder.changed, name
+    # The teacher: bitwise unchanged, in eval mode, and not in the optimizer.
+    teacher = runner.model.target_generator
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, teacher_before[key]), key
+    assert not teacher.training and not teacher.image_tower.training
+    assert list(teacher.image_tower) == ['visual']  # no text tower
+    optimized = {id(p) for group in runner.optim_wrapper.optimizer.param_groups
+                 for p in group['params']}
+    assert not optimized & {id(p) for p in teacher.parameters()}
+    assert {id(p) for n, p in runner.model.named_parameters()
+            if p.requires_grad and not n.startswith('target_generator.')} <= optimized
+    assert runner.model.neck.decoder_embed.in_features == 768  # the encoder's width
+    # The ImageNet-folder config is the same model, reading BGR images.
+    imagenet = Config.fromfile(osp.join(REPO, 'configs', 'milan', 'pretrain_b16.py')).model
+    laion = Config.fromfile(osp.join(REPO, 'configs', 'milan', 'pretrain_b16_laion.py')).model
+    assert imagenet.data_preprocessor.pop('to_rgb') and laion == imagenet
+    # A teacher file of another architecture fails naming the keys it cannot take.
+    cfg.model.target_generator.model.arch = 'ViT-B-32-quickgelu'
+    with pytest.raises(Exception, match='conv1.weight'):
+        MODELS.build(cfg.model.target_generator)

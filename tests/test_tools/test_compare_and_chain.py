@@ -90,21 +90,24 @@ def test_compare_quick_runs_every_method(tmp_path):
     with open(osp.join(work, 'results.json')) as f:
         results = json.load(f)
     assert list(results) == ['CLIP', 'MAE', 'MAE+CLIP', 'RILS, vision space', 'RILS',
-                             'MIM->CLIP', 'CLIP->MIM']
+                             'MIM->CLIP', 'CLIP->MIM', 'MILAN']
     for method, runs in results.items():
         (run, ) = runs
-        with_text = method not in ('MAE', 'CLIP->MIM')
+        with_text = method not in ('MAE', 'CLIP->MIM', 'MILAN')
         assert ('zs_heldout' in run) == with_text and ('i2t_r1' in run) == with_text
         for key in ('linear', 'shot1', 'shot2') + (('zs_heldout', 'zs_seen', 't2i_r5')
                                                    if with_text else ()):
             assert 0 <= run[key] <= 100, (method, key)
         assert osp.isfile(run['checkpoint'])
     table = open(osp.join(work, 'results.md')).read().splitlines()
-    assert len(table) == 2 + 7 and table[0].startswith('| method | seeds |')
+    assert len(table) == 2 + 8 and table[0].startswith('| method | seeds |')
+    # MILAN was taught by the CLIP run of its seed.
+    assert results['MILAN'][0]['teacher'] == results['CLIP'][0]['checkpoint']
     assert Image.open(osp.join(work, 'results.png')).size == (1000, 420)
     # A rerun reuses the finished runs instead of training again.
-    again = run_tool('tools/compare.py', '--quick', '--work-dir', work, '--methods', 'RILS')
-    assert again.returncode == 0 and 'RILS seed 0: reused' in again.stdout
+    again = run_tool('tools/compare.py', '--quick', '--work-dir', work, '--methods', 'MILAN')
+    assert again.returncode == 0 and 'MILAN seed 0: reused' in again.stdout
+    assert 'CLIP seed 0: reused the training' in again.stdout
 
 
 def test_budget_split_schedules_and_caption_recall():
@@ -149,8 +152,19 @@ def test_milan_demo_is_taught_by_the_clip_stage(tmp_path):
     from rils_mm.compat import weights_only_load
     milan = weights_only_load(osp.join(work, 'milan', 'epoch_1.pth'))['state_dict']
     clip = weights_only_load(clip_checkpoint)['state_dict']
-    # The teacher in the MILAN checkpoint is the CLIP stage's model, bitwise: frozen.
-    for key, value in clip.items():
-        assert torch.equal(milan[f'target_generator.model.{key}'], value), key
+    # The teacher in the MILAN checkpoint is the CLIP stage's image tower, bitwise: frozen.
+    image_keys = [k for k in clip if k.startswith(('backbone.', 'image_head.'))]
+    assert len(image_keys) > 50 and not any('text_encoder' in k for k in milan)
+    for key in image_keys:
+        assert torch.equal(milan[f'target_generator.image_tower.{key}'], clip[key]), key
     losses = [float(v) for v in re.findall(r' loss: ([0-9.]+)', log)]
     assert losses and all(0 <= v <= 4 for v in losses)  # 2 - 2 cos
+    # The MILAN encoder goes through the transfer converter; the teacher stays behind.
+    converted = str(tmp_path / 'milan_encoder.pth')
+    convert = run_tool('tools/model_converters/rils_to_toolbox.py',
+                       osp.join(work, 'milan', 'epoch_1.pth'), converted, '--format', 'mmdet')
+    assert convert.returncode == 0, convert.stderr[-3000:]
+    encoder = torch.load(converted, weights_only=True)['state_dict']
+    assert sorted(encoder) == sorted(k for k in milan if k.startswith('backbone.'))
+    for key, value in encoder.items():
+        assert torch.equal(value, milan[key]), key

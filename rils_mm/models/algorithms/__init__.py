@@ -1,8 +1,9 @@
 from .image_text_pretrainer import ImageTextPretrainer
 from .mae_clip import MAECLIP
 from .open_clip_wrapper import OpenCLIPModel
+from .pixel_target_milan import PixelTargetMILAN
 from .rils import RILS
 from .zero_shot import ZeroShotClassifier, ZeroShotRetriever
 
-__all__ = ['ImageTextPretrainer', 'MAECLIP', 'OpenCLIPModel', 'RILS', 'ZeroShotClassifier',
-           'ZeroShotRetriever']
+__all__ = ['ImageTextPretrainer', 'MAECLIP', 'OpenCLIPModel', 'PixelTargetMILAN', 'RILS',
+           'ZeroShotClassifier', 'ZeroShotRetriever']

@@ -1,4 +1,5 @@
+from .mae_feature_decoder import MAEFeatureDecoder
 from .rils_decoder import RILSDecoder
 from .simple_feature_pyramid import SimpleFeaturePyramid
 
-__all__ = ['RILSDecoder', 'SimpleFeaturePyramid']
+__all__ = ['MAEFeatureDecoder', 'RILSDecoder', 'SimpleFeaturePyramid']

@@ -25,11 +25,12 @@ class CLIPTeacher(BaseModule):
     - an image-text model of this package (``model`` its config, ``checkpoint`` its file,
       loaded with every key checked).
 
-    Nothing is downloaded; a missing file fails naming it. The teacher is frozen, stays in eval
-    mode and runs without gradient. Its weights are loaded when it is built and loaded again by
-    :meth:`init_weights`, which MMEngine calls after the algorithm's own ``init_cfg`` has been
-    applied to every sub-module (an algorithm-level Xavier init would otherwise overwrite the
-    teacher).
+    Nothing is downloaded; a missing file fails naming it. Only the image tower is kept (in
+    ``image_tower``: open_clip's ``visual``, or our ``backbone`` and ``image_head``). The teacher
+    is frozen, stays in eval mode and runs without gradient (in the autocast dtype under AMP).
+    Its weights are loaded when it is built and loaded again by :meth:`init_weights`, which
+    MMEngine calls after the algorithm's own ``init_cfg`` has been applied to every sub-module
+    (an algorithm-level Xavier init would otherwise overwrite the teacher).
 
     Args:
         model (dict): The CLIP model config.
@@ -52,28 +53,35 @@ class CLIPTeacher(BaseModule):
         self.masking = masking
         self.model_cfg = copy.deepcopy(model)
         self.checkpoint = checkpoint
-        self.model = MODELS.build(model)
-        is_open_clip = hasattr(self.model, 'clip')
-        if checkpoint is not None:
-            load_checked(self.model, checkpoint, prefix='')
-        elif not (is_open_clip and model.get('pretrained')):
+        if checkpoint is None and not (model.get('type') == 'OpenCLIPModel' and
+                                       model.get('pretrained')):
             raise ValueError('CLIPTeacher: the teacher has no weights; give `checkpoint` (or '
                              '`pretrained` of an OpenCLIPModel)')
-        if is_open_clip:
-            visual = self.model.clip.visual
-            if getattr(visual, 'attn_pool', None) is not None or not hasattr(visual,
-                                                                               'class_embedding'):
+        # Only the image tower is kept: the text tower would cost memory and checkpoint space.
+        self.image_tower = self._load_image_tower(logger='current')
+        self.requires_grad_(False)
+        self.eval()
+
+    def _load_image_tower(self, logger: Optional[str] = None) -> nn.Module:
+        """Build the CLIP, load its weights (checked), and return its image tower."""
+        clip = MODELS.build(self.model_cfg)
+        if self.checkpoint is not None:
+            load_checked(clip, self.checkpoint, prefix='', logger=logger)
+        if hasattr(clip, 'clip'):  # an OpenCLIPModel, loaded from its own file
+            visual = clip.clip.visual
+            if getattr(visual, 'attn_pool', None) is not None or not hasattr(
+                    visual, 'class_embedding'):
                 raise ValueError('CLIPTeacher: the open_clip image tower must be a ViT with a '
                                  'class token and no attention pooling')
-        self.model.requires_grad_(False)
-        self.model.eval()
+            if not visual.transformer.batch_first:
+                raise ValueError('CLIPTeacher: open_clip towers with batch_first=False are not '
+                                 'supported')
+            return nn.ModuleDict(dict(visual=visual))
+        return nn.ModuleDict(dict(backbone=clip.backbone, image_head=clip.image_head))
 
     def init_weights(self) -> None:
         """Load the teacher's weights again, in place (see the class docstring)."""
-        if self.checkpoint is not None:
-            load_checked(self.model, self.checkpoint, prefix='', logger=None)
-        else:  # an OpenCLIPModel: it loads its file when built
-            self.model.load_state_dict(MODELS.build(self.model_cfg).state_dict())
+        self.image_tower.load_state_dict(self._load_image_tower().state_dict())
         self._is_init = True
 
     def train(self, mode: bool = True) -> 'CLIPTeacher':
@@ -94,20 +102,16 @@ class CLIPTeacher(BaseModule):
             class token (mean over heads; ``attention[:, 0, 1:]`` weighs the patches, as
             mmpretrain's ``MILAN`` reads it).
         """
-        features, attention = (self._open_clip(images) if hasattr(self.model, 'clip') else
+        features, attention = (self._open_clip(images) if 'visual' in self.image_tower else
                                self._ours(images))
         if self.masking == 'uniform':
             attention = torch.full_like(attention, 1.0 / attention.shape[-1])
         return features, attention
 
     def _open_clip(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        visual = self.model.clip.visual
+        visual = self.image_tower['visual']
         x = visual._embeds(images.to(visual.conv1.weight.dtype))
-        transformer = visual.transformer
-        if not transformer.batch_first:
-            raise ValueError('CLIPTeacher: open_clip towers with batch_first=False are not '
-                             'supported')
-        blocks = transformer.resblocks
+        blocks = visual.transformer.resblocks
         for block in blocks[:-1]:
             x = block(x)
         last = blocks[-1]
@@ -123,7 +127,7 @@ class CLIPTeacher(BaseModule):
         return features.float(), attention[:, :1].float()
 
     def _ours(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        vit = self.model.backbone
+        vit = self.image_tower['backbone']
         x = vit.patch_embed(images)[0]
         cls_token = vit.cls_token.expand(x.shape[0], -1, -1)
         x = vit.pre_norm(torch.cat((cls_token, x), dim=1) + vit.pos_embed)
@@ -140,4 +144,4 @@ class CLIPTeacher(BaseModule):
         x = last(x)
         if vit.final_norm:
             x = vit.ln1(x)
-        return self.model.image_head.project(x).float(), attention.float()
+        return self.image_tower['image_head'].project(x).float(), attention.float()
