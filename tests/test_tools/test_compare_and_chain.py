@@ -168,3 +168,32 @@ def test_milan_demo_is_taught_by_the_clip_stage(tmp_path):
     assert sorted(encoder) == sorted(k for k in milan if k.startswith('backbone.'))
     for key, value in encoder.items():
         assert torch.equal(value, milan[key]), key
+
+
+def test_milan_demo_trains_to_a_decreasing_loss(tmp_path):
+    """configs/milan/demo_cpu.py in its own process, taught by a demo-sized CLIP checkpoint
+    written by this process: 3 epochs of 4 iterations, the loss logged at every iteration."""
+    import torch
+    from mmengine.config import Config
+    from mmpretrain.registry import MODELS
+
+    import rils_mm  # noqa: F401
+    torch.manual_seed(0)
+    teacher = MODELS.build(Config.fromfile(osp.join(REPO, 'configs/clip/demo_cpu.py')).model)
+    teacher.init_weights()
+    teacher_file = str(tmp_path / 'clip.pth')
+    torch.save(dict(state_dict=teacher.state_dict()), teacher_file)
+    options = [option for option in TINY_DATA if not option.startswith(
+        ('train_cfg', 'param_scheduler', 'train_dataloader.dataset.samples_per_epoch'))]
+    result = run_tool('tools/train.py', 'configs/milan/demo_cpu.py', '--work-dir',
+                      str(tmp_path / 'work'), '--cfg-options', *options,
+                      f'train_dataloader.dataset.data_root={tmp_path}/demo',
+                      'train_dataloader.dataset.samples_per_epoch=64', 'train_cfg.max_epochs=3',
+                      'param_scheduler.1.end=3', 'param_scheduler.1.T_max=2',
+                      'default_hooks.logger.interval=1',
+                      f'model.target_generator.checkpoint={teacher_file}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = [float(v) for v in re.findall(r' loss: ([0-9.]+)', result.stdout + result.stderr)]
+    assert len(losses) == 12, losses
+    assert all(0 <= v <= 4 for v in losses)  # finite, 2 - 2 cos
+    assert max(losses[-3:]) < min(losses[:3]), losses
