@@ -21,6 +21,7 @@ IMAGE_TOO_LARGE = 'image_too_large'
 IMAGE_TOO_SMALL = 'image_too_small'
 EXTREME_ASPECT_RATIO = 'extreme_aspect_ratio'
 UNREADABLE_SAMPLE = 'unreadable_sample'
+UNDECODABLE_FEATURES = 'undecodable_features'  # a cached-feature .npy member
 FILTERED = 'filtered_by_pipeline'
 # An unreadable shard (or tail) is counted twice: once per shard (UNREADABLE_SHARD, apart
 # from the samples) and by its estimated number of lost samples (UNREADABLE_SHARD_SAMPLES,
@@ -30,7 +31,8 @@ UNREADABLE_SHARD_SAMPLES = 'unreadable_shard_samples'
 
 SAMPLE_REASONS = (MISSING_IMAGE, MISSING_CAPTION, EMPTY_CAPTION, CAPTION_NOT_UTF8,
                   UNDECODABLE_IMAGE, TRUNCATED_IMAGE, IMAGE_TOO_LARGE, IMAGE_TOO_SMALL,
-                  EXTREME_ASPECT_RATIO, UNREADABLE_SAMPLE, FILTERED)
+                  EXTREME_ASPECT_RATIO, UNREADABLE_SAMPLE, FILTERED,
+                  UNDECODABLE_FEATURES)
 SHARD_REASONS = (UNREADABLE_SHARD, )
 
 # Metainfo keys written by the datasets and read by the hooks.

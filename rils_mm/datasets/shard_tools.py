@@ -25,10 +25,20 @@ class ShardWriter:
     when the ``with`` block ends without an error; after an error (or :meth:`abort`) the
     partial files are removed, so a failed run never leaves what looks like a dataset.
 
+    With ``commit_each_shard`` (for writers that resume after an interruption) each shard is
+    instead renamed into place as soon as it is complete: when the next shard opens, when
+    :meth:`finish_shard` is called, or at ``close``; :meth:`abort` then removes only the shard
+    in progress. A resumed writer starts at ``first_index`` and is given the ``sizes`` of the
+    shards already written, so its ``sizes.json`` lists them all.
+
     Args:
         out_dir (str): Output folder (created).
         samples_per_shard (int): Samples per shard.
         name_format (str): Shard file name for a shard number.
+        commit_each_shard (bool): Move each shard into place once it is complete.
+        first_index (int): Number of the first shard written.
+        sizes (dict, optional): Shard name -> sample count of shards written before (by an
+            interrupted run), kept in ``sizes.json``.
     """
 
     PARTIAL = '.partial'
@@ -36,15 +46,23 @@ class ShardWriter:
     def __init__(self,
                  out_dir: str,
                  samples_per_shard: int = 1000,
-                 name_format: str = '{:05d}.tar') -> None:
+                 name_format: str = '{:05d}.tar',
+                 commit_each_shard: bool = False,
+                 first_index: int = 0,
+                 sizes: Optional[Dict[str, int]] = None) -> None:
         if samples_per_shard < 1:
             raise ValueError(f'samples_per_shard must be >= 1, got {samples_per_shard}')
+        if first_index < 0:
+            raise ValueError(f'first_index must be >= 0, got {first_index}')
         os.makedirs(out_dir, exist_ok=True)
         self.out_dir = out_dir
         self.samples_per_shard = samples_per_shard
         self.name_format = name_format
-        self.paths: List[str] = []  # final names; the files are PATH.partial until close
-        self.sizes: Dict[str, int] = {}
+        self.commit_each_shard = commit_each_shard
+        self.first_index = first_index
+        # Final names of the shards this writer opened; until committed they are PATH.partial.
+        self.paths: List[str] = []
+        self.sizes: Dict[str, int] = dict(sizes or {})
         self._tar: Optional[tarfile.TarFile] = None
         self._count = 0
 
@@ -63,10 +81,24 @@ class ShardWriter:
         self._count += 1
         self.sizes[osp.basename(self.paths[-1])] = self._count
 
+    def finish_shard(self) -> Optional[str]:
+        """Close the shard being written (full or not); the next sample starts a new one.
+
+        Returns:
+            str | None: The shard's final path (already in place with ``commit_each_shard``),
+            or None when no shard was open.
+        """
+        if self._tar is None:
+            return None
+        self._tar.close()
+        self._tar = None
+        if self.commit_each_shard:
+            os.replace(self.paths[-1] + self.PARTIAL, self.paths[-1])
+        return self.paths[-1]
+
     def _open_next(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
-        path = osp.join(self.out_dir, self.name_format.format(len(self.paths)))
+        self.finish_shard()
+        path = osp.join(self.out_dir, self.name_format.format(self.first_index + len(self.paths)))
         self._tar = tarfile.open(path + self.PARTIAL, 'w', format=tarfile.USTAR_FORMAT)
         self.paths.append(path)
         self._count = 0
@@ -74,18 +106,18 @@ class ShardWriter:
     def close(self) -> List[str]:
         """Finish the last shard, move the shards into place and write ``sizes.json``;
         returns the shard paths."""
-        if self._tar is not None:
-            self._tar.close()
-            self._tar = None
+        self.finish_shard()
         sizes_path = osp.join(self.out_dir, 'sizes.json')
         with open(sizes_path + self.PARTIAL, 'w') as file:
             json.dump(self.sizes, file, indent=1, sort_keys=True)
-        for path in self.paths + [sizes_path]:
+        pending = [] if self.commit_each_shard else self.paths
+        for path in pending + [sizes_path]:
             os.replace(path + self.PARTIAL, path)
         return self.paths
 
     def abort(self) -> None:
-        """Close and delete the shards written so far (none of them was moved into place)."""
+        """Close and delete the shards not moved into place (all of them, unless
+        ``commit_each_shard``)."""
         if self._tar is not None:
             self._tar.close()
             self._tar = None

@@ -53,10 +53,23 @@ METHODS = {
     'RILS': dict(config='configs/rils/demo_cpu.py'),
     'MIM->CLIP': dict(chain='configs/two_stage/mim_to_clip_demo.py'),
     'CLIP->MIM': dict(chain='configs/two_stage/clip_to_mim_demo.py'),
-    # Taught by the CLIP run of the same seed (its training time is not counted here).
+    # Methods built on other runs of the same seed (whose training time is not counted again):
+    # each source hands its final checkpoint to the config through ``option``.
     'MILAN': dict(config='configs/milan/demo_cpu.py',
-                  teacher=dict(method='CLIP', option='model.target_generator.checkpoint')),
+                  sources=[dict(method='CLIP', option='model.target_generator.checkpoint')]),
+    'MIM->LiT': dict(chain='configs/two_stage/mim_to_lit_demo.py'),
 }
+# LiT's six settings (image tower, text tower; L locked, U pretrained and trained, u from
+# scratch): the image tower from the RILS run, the text tower from the CLIP run.
+_LIT_IMAGE = dict(method='RILS', option='model.backbone.init_cfg.checkpoint')
+_LIT_TEXT = dict(method='CLIP', option='model.text_encoder.init_cfg.checkpoint')
+for _code, _name, _sources in (('LU', 'L-U', [_LIT_IMAGE, _LIT_TEXT]),
+                               ('Lu', 'L-scratch', [_LIT_IMAGE]),
+                               ('UU', 'U-U', [_LIT_IMAGE, _LIT_TEXT]),
+                               ('Uu', 'U-scratch', [_LIT_IMAGE]),
+                               ('uu', 'scratch-scratch', []),
+                               ('UL', 'U-L', [_LIT_IMAGE, _LIT_TEXT])):
+    METHODS[f'LiT {_code}'] = dict(config=f'configs/lit/demo_cpu_{_name}.py', sources=_sources)
 EVAL_VERSION = 2  # bump when the evaluation changes, so reruns re-evaluate
 COLUMNS = [('zs_heldout', 'zero-shot held-out'), ('zs_seen', 'zero-shot seen'),
            ('i2t_r1', 'I2T R@1'), ('i2t_r5', 'I2T R@5'), ('t2i_r1', 'T2I R@1'),
@@ -332,23 +345,23 @@ def _run_dir(work_dir: str, method: str, seed: int) -> str:
     return osp.join(work_dir, name, f'seed{seed}')
 
 
-def _teacher_options(method: str, record: dict) -> List[str]:
-    """The override that hands a taught method its teacher's checkpoint."""
-    teacher = METHODS[method].get('teacher')
-    return [f'{teacher["option"]}={record["teacher"]}'] if teacher else []
+def _source_options(method: str, trained: dict) -> List[str]:
+    """The overrides that hand a method the checkpoints of the runs it builds on."""
+    return [f'{source["option"]}={checkpoint}' for source, checkpoint in
+            zip(METHODS[method].get('sources', ()), trained.get('sources', ()))]
 
 
 def _training_settings(work_dir: str, method: str, seed: int, epochs: int,
                        extra_options: Sequence[str], log) -> dict:
-    """What a run's training depends on; a taught method's teacher is trained (or reused)
-    first, and its checkpoint is part of the settings."""
+    """What a run's training depends on; the runs a method builds on are trained (or reused)
+    first, and their checkpoints are part of the settings."""
     trained = dict(epochs=epochs, options=list(extra_options), seed=seed)
-    teacher = METHODS[method].get('teacher')
-    if teacher:
-        teacher_settings = _training_settings(work_dir, teacher['method'], seed, epochs,
-                                              extra_options, log)
-        trained['teacher'] = _train_or_reuse(work_dir, teacher['method'], seed,
-                                             teacher_settings, log)['checkpoint']
+    sources = METHODS[method].get('sources')
+    if sources:
+        trained['sources'] = [
+            _train_or_reuse(work_dir, source['method'], seed, _training_settings(
+                work_dir, source['method'], seed, epochs, extra_options, log),
+                log)['checkpoint'] for source in sources]
     return trained
 
 
@@ -361,7 +374,7 @@ def _train_or_reuse(work_dir: str, method: str, seed: int, trained: dict, log) -
         log(f'compare: {method} seed {seed}: reused the training in {run_dir}')
         return record
     start = time.time()
-    options = [*trained['options'], *_teacher_options(method, trained)]
+    options = [*trained['options'], *_source_options(method, trained)]
     checkpoint = train_method(method, run_dir, seed, trained['epochs'], options)
     record = dict(trained, checkpoint=checkpoint, train_s=time.time() - start)
     write_json(osp.join(run_dir, 'train.json'), record)
@@ -419,7 +432,7 @@ def run_comparison(work_dir: str,
                       load_chain(osp.join(REPO, spec['chain'])).stages[-1]['config'])
             start = time.time()
             model = build_trained_model(config, record['checkpoint'],
-                                        _teacher_options(method, record))
+                                        _source_options(method, record))
             metrics = dict(evaluate(model, data, seed, shots), **record, settings=settings)
             metrics['eval_s'] = time.time() - start
             write_json(osp.join(run_dir, 'metrics.json'), metrics)

@@ -176,6 +176,7 @@ def test_baseline_configs_full_size_parameter_counts():
 @pytest.mark.parametrize('chain,first_stage', [
     ('two_stage/mim_to_clip_b16.py', 'mae/pretrain_b16.py'),
     ('two_stage/clip_to_mim_b16.py', 'clip/pretrain_b16.py'),
+    ('two_stage/mim_to_lit_b16.py', 'mae/pretrain_b16.py'),
 ])
 def test_second_stage_starts_from_the_first_stage_encoder(chain, first_stage, tmp_path):
     """Stage 2 of each B/16 chain loads stage 1's encoder (checked) and trains an iteration."""
@@ -242,3 +243,30 @@ def test_milan_b16_runs_one_iteration_with_a_frozen_teacher(tmp_path):
     cfg.model.target_generator.model.arch = 'ViT-B-32-quickgelu'
     with pytest.raises(Exception, match='conv1.weight'):
         MODELS.build(cfg.model.target_generator)
+
+
+def test_lit_b16_runs_one_iteration_from_a_clip_checkpoint(tmp_path):
+    """LiT "LU" at full size: both towers from a (random) ViT-B/16 CLIP checkpoint of this
+    package, checked loading, the image tower locked, big_vision's schedule."""
+    torch.manual_seed(0)
+    clip = MODELS.build(Config.fromfile(osp.join(REPO, 'configs', 'clip', 'pretrain_b16.py'))
+                        .model)
+    checkpoint = str(tmp_path / 'clip_b16.pth')
+    torch.save(dict(state_dict=clip.state_dict()), checkpoint)
+    cfg = one_iteration_config('lit/lit_b16_L-U.py', tmp_path)
+    cfg.model.backbone.init_cfg.checkpoint = checkpoint
+    cfg.model.text_encoder.init_cfg.checkpoint = checkpoint
+    runner = Runner.from_cfg(cfg)
+    recorder = ParameterChangeRecorder()
+    runner.register_hook(recorder)
+    runner.train()
+    assert np.isfinite(runner.message_hub.get_scalar('train/loss_contrastive').current())
+    # Both towers started at the checkpoint's weights (the parameters; fixed tables too).
+    for key, value in clip.state_dict().items():
+        if key.startswith(('backbone.', 'text_encoder.')) and key in recorder.before:
+            torch.testing.assert_close(recorder.before[key], value, rtol=0, atol=0)
+    assert not any(n.startswith('backbone.') for n in recorder.changed)
+    assert 'text_encoder.transformer.resblocks.11.mlp.c_fc.weight' in recorder.changed
+    assert 'image_head.projection.weight' in recorder.changed
+    assert runner.model.logit_scale.exp().item() == pytest.approx(10, rel=1e-3)
+    assert runner.optim_wrapper.clip_grad_kwargs['max_norm'] == 1.0

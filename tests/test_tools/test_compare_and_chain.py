@@ -90,7 +90,8 @@ def test_compare_quick_runs_every_method(tmp_path):
     with open(osp.join(work, 'results.json')) as f:
         results = json.load(f)
     assert list(results) == ['CLIP', 'MAE', 'MAE+CLIP', 'RILS, vision space', 'RILS',
-                             'MIM->CLIP', 'CLIP->MIM', 'MILAN']
+                             'MIM->CLIP', 'CLIP->MIM', 'MILAN', 'MIM->LiT', 'LiT LU', 'LiT Lu',
+                             'LiT UU', 'LiT Uu', 'LiT uu', 'LiT UL']
     for method, runs in results.items():
         (run, ) = runs
         with_text = method not in ('MAE', 'CLIP->MIM', 'MILAN')
@@ -100,9 +101,13 @@ def test_compare_quick_runs_every_method(tmp_path):
             assert 0 <= run[key] <= 100, (method, key)
         assert osp.isfile(run['checkpoint'])
     table = open(osp.join(work, 'results.md')).read().splitlines()
-    assert len(table) == 2 + 8 and table[0].startswith('| method | seeds |')
-    # MILAN was taught by the CLIP run of its seed.
-    assert results['MILAN'][0]['teacher'] == results['CLIP'][0]['checkpoint']
+    assert len(table) == 2 + 15 and table[0].startswith('| method | seeds |')
+    # MILAN was taught by the CLIP run of its seed; LiT took the RILS image tower and the CLIP
+    # text tower.
+    clip, rils = results['CLIP'][0]['checkpoint'], results['RILS'][0]['checkpoint']
+    assert results['MILAN'][0]['sources'] == [clip]
+    assert results['LiT LU'][0]['sources'] == [rils, clip]
+    assert results['LiT Lu'][0]['sources'] == [rils] and 'sources' not in results['LiT uu'][0]
     assert Image.open(osp.join(work, 'results.png')).size == (1000, 420)
     # A rerun reuses the finished runs instead of training again.
     again = run_tool('tools/compare.py', '--quick', '--work-dir', work, '--methods', 'MILAN')

@@ -1,4 +1,5 @@
-"""Decode images to RGB uint8 arrays, converting odd modes and skipping unusable images."""
+"""Decode images to RGB uint8 arrays, converting odd modes and skipping unusable images; read
+cached image features."""
 import io
 from typing import Optional
 
@@ -9,7 +10,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mmpretrain.registry import TRANSFORMS
 
 from ..bad_samples import (EXTREME_ASPECT_RATIO, IMAGE_TOO_LARGE, IMAGE_TOO_SMALL,
-                           MISSING_IMAGE, TRUNCATED_IMAGE, UNDECODABLE_IMAGE, BadSampleError)
+                           MISSING_IMAGE, TRUNCATED_IMAGE, UNDECODABLE_FEATURES,
+                           UNDECODABLE_IMAGE, BadSampleError)
 
 # Modes whose alpha (or palette transparency) must be flattened onto a background.
 _ALPHA_MODES = ('RGBA', 'LA', 'PA', 'RGBa', 'La')
@@ -159,3 +161,57 @@ class LoadImageRGB(BaseTransform):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(max_pixels={self.max_pixels}, '
                 f'max_aspect_ratio={self.max_aspect_ratio}, min_size={self.min_size})')
+
+
+@TRANSFORMS.register_module()
+class LoadImageFeatures(BaseTransform):
+    """Read cached image features (``KEY.npy`` of a feature-cache shard) instead of an image.
+
+    ``tools/cache_image_features.py`` stores the pooled output of a locked image tower per
+    sample; reading them back skips the image tower entirely (LiT training).
+
+    **Required keys:** ``img_bytes`` (the bytes of the sample's ``.npy`` member).
+    **Added keys:** ``image_features`` (C float32 array). ``img_bytes`` is dropped.
+
+    The array is read with ``allow_pickle=False``: a shard can never make the loader run code.
+    Anything that is not a 1-D float16/float32 array of finite values (of ``dims`` entries,
+    when given) raises :class:`BadSampleError`, so the stream skips and counts the sample.
+
+    Args:
+        dims (int, optional): Expected feature width C; None accepts any width.
+    """
+
+    ACCEPTED_DTYPES = (np.float16, np.float32)
+
+    def __init__(self, dims: Optional[int] = None) -> None:
+        self.dims = dims
+
+    def transform(self, results: dict) -> dict:
+        data = results.pop('img_bytes', None)
+        where = results.get('key', '')
+        if data is None:
+            raise BadSampleError(MISSING_IMAGE, f'{where}: no cached features (img_bytes)')
+        try:
+            features = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            # Pickled objects also land here: allow_pickle=False refuses them with ValueError.
+            raise BadSampleError(UNDECODABLE_FEATURES,
+                                 f'{where}: not a readable .npy array: {error}') from None
+        if not isinstance(features, np.ndarray):  # an .npz archive
+            raise BadSampleError(UNDECODABLE_FEATURES, f'{where}: expected one .npy array, '
+                                 f'got {type(features).__name__}')
+        if features.dtype not in self.ACCEPTED_DTYPES or features.ndim != 1:
+            raise BadSampleError(UNDECODABLE_FEATURES,
+                                 f'{where}: expected a 1-D float16/float32 array, got '
+                                 f'{features.dtype} of shape {features.shape}')
+        if self.dims is not None and features.shape[0] != self.dims:
+            raise BadSampleError(UNDECODABLE_FEATURES,
+                                 f'{where}: expected {self.dims} features, got '
+                                 f'{features.shape[0]}')
+        if not np.isfinite(features).all():
+            raise BadSampleError(UNDECODABLE_FEATURES, f'{where}: non-finite feature values')
+        results['image_features'] = features.astype(np.float32)
+        return results
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}(dims={self.dims})'

@@ -1,9 +1,10 @@
 from .image_text_pretrainer import ImageTextPretrainer
+from .lit import LiT
 from .mae_clip import MAECLIP
 from .open_clip_wrapper import OpenCLIPModel
 from .pixel_target_milan import PixelTargetMILAN
 from .rils import RILS
 from .zero_shot import ZeroShotClassifier, ZeroShotRetriever
 
-__all__ = ['ImageTextPretrainer', 'MAECLIP', 'OpenCLIPModel', 'PixelTargetMILAN', 'RILS',
+__all__ = ['ImageTextPretrainer', 'LiT', 'MAECLIP', 'OpenCLIPModel', 'PixelTargetMILAN', 'RILS',
            'ZeroShotClassifier', 'ZeroShotRetriever']

@@ -16,7 +16,8 @@ class ImageTextDataPreprocessor(ImgDataPreprocessor):
     Accepts ``inputs`` either as an image batch (a B x 3 x H x W uint8 tensor or a list of
     3 x H x W tensors, as mmpretrain's ``PackInputs`` gives) or as
     ``dict(images=..., texts=B x 77 token ids)`` from ``PackImageText``. Returns the same form
-    with float, normalised images.
+    with float, normalised images. ``dict(image_features=B x C, texts=...)`` (cached features of
+    a locked image tower, see ``LiT``) passes through as float, without normalisation.
 
     Args:
         mean (Sequence[float]): Per-channel mean on the 0-255 scale. Defaults to CLIP's.
@@ -50,9 +51,15 @@ class ImageTextDataPreprocessor(ImgDataPreprocessor):
         inputs = data['inputs']
         if not isinstance(inputs, dict):
             return super().forward(data, training)
+        if 'image_features' in inputs and 'images' not in inputs:
+            # Cached image features (LiT with a locked image tower): moved, not normalised.
+            out = dict(image_features=self.cast_data(inputs['image_features']).float())
+            if inputs.get('texts') is not None:
+                out['texts'] = self.cast_data(inputs['texts']).long()
+            return dict(inputs=out, data_samples=data.get('data_samples'))
         if 'images' not in inputs:
-            raise KeyError(f'ImageTextDataPreprocessor: inputs dict needs an "images" entry, '
-                           f'got keys {sorted(inputs)}')
+            raise KeyError(f'ImageTextDataPreprocessor: inputs dict needs an "images" (or '
+                           f'"image_features") entry, got keys {sorted(inputs)}')
         images = super().forward(dict(inputs=inputs['images']), training)['inputs']
         if self.images_only:
             return dict(inputs=images, data_samples=data.get('data_samples'))
