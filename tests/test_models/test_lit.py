@@ -170,3 +170,15 @@ def test_locked_image_tower_is_open_clips_lock_image_tower(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model.image_head(model.backbone(images, mask=False)[-1]),
                                    clip.encode_image(images), rtol=1e-4, atol=1e-5)
+
+
+def test_the_cached_config_trains_the_same_model_the_same_way():
+    images = Config.fromfile(osp.join(REPO, 'configs', 'lit', 'lit_b16_L-U.py'))
+    cached = Config.fromfile(osp.join(REPO, 'configs', 'lit', 'lit_b16_L-U_cached.py'))
+    for key in ('model', 'optim_wrapper', 'param_scheduler', 'train_cfg', 'auto_scale_lr'):
+        assert images[key] == cached[key], key
+    assert cached.train_dataloader.dataset.image_exts == ('npy', )
+    assert [t['type'] for t in cached.train_dataloader.dataset.pipeline] == [
+        'LoadImageFeatures', 'CLIPTokenize', 'PackImageText']
+    # The cache is made with the images' config, from its deterministic pipeline.
+    assert not any('Random' in t['type'] for t in images.cache_pipeline)

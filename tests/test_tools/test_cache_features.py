@@ -4,6 +4,7 @@ import itertools
 import json
 import os
 import os.path as osp
+import re
 import signal
 import subprocess
 import sys
@@ -312,3 +313,36 @@ def test_load_image_features_skips_unusable_members():
         with pytest.raises(BadSampleError) as error:
             load(dict(key='k', img_bytes=data))
         assert error.value.reason == 'undecodable_features' and 'k' in str(error.value)
+
+
+def test_training_reads_the_cache_in_its_own_process(setup):
+    """tools/train.py on the cache the fixture's process wrote: the cached-features dataset of
+    configs/_base_/datasets/laion_wds_cached_features.py, the tiny LiT with its checkpoint; the
+    shards hold no image, so none can be decoded."""
+    from mmengine.config import Config
+    root = setup['root']
+    with tarfile.open(osp.join(setup['reference'], '00000.tar')) as tar:
+        assert {name.rsplit('.', 1)[1] for name in tar.getnames()} == {'npy', 'txt', 'json'}
+    base = Config.fromfile(osp.join(REPO, 'configs/_base_/datasets/'
+                                    'laion_wds_cached_features.py'))
+    dataset = dict(base.train_dataloader.dataset, samples_per_epoch=8, batch_size=4,
+                   shuffle_buffer=8, shards=setup['reference'] + '/{00000..00004}.tar')
+    model = dict(TINY_LIT, init_cfg=dict(type='Pretrained', checkpoint=setup['checkpoint']))
+    config = root / 'lit_tiny_cached.py'
+    config.write_text(
+        'default_scope = "mmpretrain"\n'
+        f'model = {model!r}\n'
+        f'train_dataloader = dict(batch_size=4, num_workers=0, sampler=None, '
+        f'collate_fn=dict(type="default_collate"), dataset={dataset!r})\n'
+        'train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=1)\n'
+        'optim_wrapper = dict(optimizer=dict(type="AdamW", lr=1e-3))\n'
+        'default_hooks = dict(logger=dict(type="LoggerHook", interval=1))\n'
+        'custom_hooks = [dict(type="DataResumeHook"), dict(type="BadSampleHook", interval=1)]\n')
+    env = dict(os.environ, PYTHONPATH=REPO)
+    result = subprocess.run([sys.executable, 'tools/train.py', str(config), '--work-dir',
+                             str(root / 'train_cached')], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    losses = [float(v) for v in re.findall(r'loss_contrastive: ([0-9.]+)', log)]
+    assert len(losses) == 2 and all(np.isfinite(losses)), log[-2000:]

@@ -1,0 +1,19 @@
+# LiT "LU" (./lit_b16_L-U.py) trained from cached image features: the locked image tower runs
+# once over the shards,
+#   python tools/cache_image_features.py configs/lit/lit_b16_L-U.py --out data/laion_features \
+#       --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/rils_b16/epoch_25.pth
+# and training reads its features instead of images (the same model, loss and gradients; no
+# image is decoded and the image tower does not run):
+#   tools/dist_train.sh configs/lit/lit_b16_L-U_cached.py 32 --cfg-options \
+#     model.backbone.init_cfg.checkpoint=work_dirs/rils_b16/epoch_25.pth
+# Augmentation is necessarily off: every epoch sees the one view the cache was made from (see
+# configs/_base_/datasets/laion_wds_cached_features.py).
+_base_ = [
+    '../_base_/models/lit_vit-b16.py',
+    '../_base_/datasets/laion_wds_cached_features.py',
+    '../_base_/schedules/lit_b16.py',
+    '../_base_/default_runtime.py',
+]
+
+model = dict(text_encoder=dict(init_cfg=dict(
+    type='Pretrained', checkpoint='checkpoints/text_tower.pth', prefix='text_encoder.')))
