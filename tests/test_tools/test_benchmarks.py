@@ -1,4 +1,5 @@
 """The benchmark scripts as users run them: they run and print what the README quotes."""
+import json
 import os
 import os.path as osp
 import re
@@ -26,3 +27,20 @@ def test_milan_decoder_flops_benchmark():
     ratios = {row[0]: (float(row[1]), float(row[2])) for row in rows}
     assert ratios['0.50'][0] < ratios['0.75'][0] < 1
     assert 0.7 < ratios['0.75'][0] < 0.85 and 0.7 < ratios['0.75'][1] < 0.85
+
+
+def test_lit_cache_benchmark(tmp_path):
+    """The cached-features benchmark runs both modes on the demo config (tiny data here)."""
+    result = run_tool('tools/benchmark_lit_cache.py', '--rounds', '1', '--steps', '2',
+                      '--cache-dir', str(tmp_path / 'cache'), '--cfg-options',
+                      f'train_dataloader.dataset.data_root={tmp_path}/demo',
+                      'train_dataloader.dataset.generate_cfg.num_train=64',
+                      'train_dataloader.dataset.generate_cfg.num_val=16',
+                      'train_dataloader.dataset.generate_cfg.num_heldout=16',
+                      'train_dataloader.batch_size=16')
+    assert result.returncode == 0, result.stderr[-3000:]
+    rates = dict(re.findall(r'^ *(images|cached): ([0-9.]+) samples/s', result.stdout, re.M))
+    assert sorted(rates) == ['cached', 'images'] and all(float(v) > 0 for v in rates.values())
+    assert re.search(r'^cached / images: [0-9.]+x', result.stdout, re.M)
+    with open(tmp_path / 'cache' / 'cache_info.json') as f:
+        assert json.load(f)['num_samples'] == 64  # every demo training pair, cached
