@@ -61,3 +61,50 @@ def test_caption_logits_are_causal_and_read_the_image(decoder):
                                    logits[:, :t + 1])
     other = decoder.caption_logits(texts, torch.randn(2, 5, 32))
     assert not torch.allclose(other[:, 0], logits[:, 0])  # even the first position
+
+
+TINY_MAMMUT = dict(
+    type='MaMMUT',
+    backbone=dict(type='RILSPretrainViT', arch=dict(embed_dims=32, num_layers=2, num_heads=4,
+                                                    feedforward_channels=64),
+                  img_size=32, patch_size=8, out_type='raw'),
+    image_head=dict(type='ImageEmbeddingHead', pooling='mean', norm_cfg=dict(type='LN')),
+    text_encoder=dict(type='MaMMUTTextDecoder', context_length=16, width=32, heads=4,
+                      layers=2),
+    embed_dims=16,
+    loss_contrastive=dict(type='FocalContrastiveLoss'),
+    max_caption_length=12)
+CAPTIONS = ['a red circle', 'a blue square on the left', 'two green stars', 'a big dog',
+            'a small yellow triangle', 'the sky at night', 'a purple line', 'an orange']
+
+
+def tokens(captions, length=16):
+    from rils_mm.datasets.transforms.tokenize import get_clip_tokenizer
+    return get_clip_tokenizer()(captions, context_length=length)
+
+
+def test_a_tiny_mammut_overfits_eight_captions():
+    torch.manual_seed(0)
+    model = MODELS.build(TINY_MAMMUT)
+    model.init_weights()
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    data = model.data_preprocessor(dict(inputs=dict(images=images, texts=tokens(CAPTIONS))),
+                                   True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    model.train()
+    for _ in range(100):
+        losses = model(**data, mode='loss')
+        loss = losses['loss_contrastive'] + losses['loss_caption']
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert losses['loss_caption'] < 0.05, losses
+    model.eval()
+    samples = model(data['inputs'], mode='predict')
+    assert [s.pred_caption for s in samples] == CAPTIONS
+    # Beam search with one beam is greedy decoding; wider beams find the captions too.
+    images_only = data['inputs']['images']
+    greedy = model.generate(images_only, beam_size=1)
+    assert model.generate(images_only, beam_size=3) == greedy
+    assert [model._beam(model.decoder_image_tokens(model.image_tokens(images_only[i:i + 1])),
+                        12, 1) for i in range(8)] == greedy
