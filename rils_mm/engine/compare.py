@@ -10,6 +10,9 @@ evaluated the same way from its final checkpoint:
 - image<->text retrieval R@1 / R@5 on the held-out split (methods with a text tower); many
   held-out images share a word-for-word identical caption (same colour, shape, size and
   position), so any caption (image) whose text is identical to the true one counts as a hit;
+- for captioning models (MaMMUT), greedy captions of the held-out images: exact match and
+  CIDEr-D against their captions (held-out colour-shape combinations, never captioned in
+  training);
 - a linear probe on frozen features (the mean of the encoder's patch tokens) over the
   colour-shape classes: trained on the first ``probe_train`` training pairs, tested on the
   seen-combination split; and the same probe from 1, 2 and 10 images per class.
@@ -37,6 +40,7 @@ from ..datasets.demo_shapes import read_demo_meta
 from ..datasets.few_shot import few_shot_indices
 from ..datasets.resources import load_templates, read_lines
 from ..datasets.transforms.tokenize import get_clip_tokenizer
+from ..evaluation.caption_metrics import caption_scores
 from ..models.utils.checkpoint_loading import load_checked
 from ..models.utils.zero_shot_weights import build_text_classifier
 from .chain import load_chain, read_json, run_chain, write_json
@@ -58,6 +62,7 @@ METHODS = {
     'MILAN': dict(config='configs/milan/demo_cpu.py',
                   sources=[dict(method='CLIP', option='model.target_generator.checkpoint')]),
     'MIM->LiT': dict(chain='configs/two_stage/mim_to_lit_demo.py'),
+    'MaMMUT': dict(config='configs/mammut/demo_cpu.py'),
 }
 # LiT's six settings (image tower, text tower; L locked, U pretrained and trained, u from
 # scratch): the image tower from the RILS run, the text tower from the CLIP run.
@@ -74,7 +79,8 @@ EVAL_VERSION = 2  # bump when the evaluation changes, so reruns re-evaluate
 COLUMNS = [('zs_heldout', 'zero-shot held-out'), ('zs_seen', 'zero-shot seen'),
            ('i2t_r1', 'I2T R@1'), ('i2t_r5', 'I2T R@5'), ('t2i_r1', 'T2I R@1'),
            ('t2i_r5', 'T2I R@5'), ('linear', 'linear probe'), ('shot1', '1-shot'),
-           ('shot2', '2-shot'), ('shot10', '10-shot')]
+           ('shot2', '2-shot'), ('shot10', '10-shot'), ('cap_exact', 'caption exact'),
+           ('cap_cider', 'caption CIDEr')]
 
 
 def schedule_options(epochs: int, iters_per_epoch: int) -> List[str]:
@@ -262,6 +268,16 @@ def evaluate(model, data: dict, seed: int, shots: Sequence[int] = (1, 2, 10)) ->
         texts = torch.cat([model.encode_text(tokenizer(captions[i:i + 128]))
                            for i in range(0, len(captions), 128)])
         metrics.update(caption_recall(encoded['heldout']['embeddings'], texts, captions))
+    if hasattr(model, 'generate'):  # captioning: greedy captions of the held-out images
+        tokenizer = get_clip_tokenizer()
+        generated = []
+        for start in range(0, len(data['heldout']['images']), 128):
+            batch = model.data_preprocessor(
+                dict(inputs=data['heldout']['images'][start:start + 128]), False)['inputs']
+            generated += [tokenizer.decode(ids).strip() for ids in model.generate(batch)]
+        scores = caption_scores(generated, [[c] for c in data['heldout']['captions']])
+        metrics.update(cap_exact=scores['exact_match'], cap_cider=scores['cider'],
+                       cap_bleu4=scores['bleu4'], cap_examples=generated[:5])
     return metrics
 
 

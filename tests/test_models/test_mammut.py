@@ -108,3 +108,19 @@ def test_a_tiny_mammut_overfits_eight_captions():
     assert model.generate(images_only, beam_size=3) == greedy
     assert [model._beam(model.decoder_image_tokens(model.image_tokens(images_only[i:i + 1])),
                         12, 1) for i in range(8)] == greedy
+
+
+def test_caption_loss_is_the_cross_entropy_of_the_non_padding_targets():
+    torch.manual_seed(0)
+    model = MODELS.build(TINY_MAMMUT)
+    model.init_weights()
+    images = torch.randn(2, 3, 32, 32)
+    texts = tokens(CAPTIONS[:2])
+    image_tokens = model.image_tokens(images)
+    # The whole sequence through the decoder, padding included, scored where the target is
+    # not padding.
+    logits = model.text_encoder.caption_logits(texts[:, :-1],
+                                               model.decoder_image_tokens(image_tokens))
+    targets = texts[:, 1:]
+    expected = torch.nn.functional.cross_entropy(logits[targets != 0], targets[targets != 0])
+    torch.testing.assert_close(model.caption_loss(image_tokens, texts), expected)

@@ -91,7 +91,7 @@ def test_compare_quick_runs_every_method(tmp_path):
         results = json.load(f)
     assert list(results) == ['CLIP', 'MAE', 'MAE+CLIP', 'RILS, vision space', 'RILS',
                              'MIM->CLIP', 'CLIP->MIM', 'MILAN', 'MIM->LiT', 'LiT LU', 'LiT Lu',
-                             'LiT UU', 'LiT Uu', 'LiT uu', 'LiT UL']
+                             'LiT UU', 'LiT Uu', 'LiT uu', 'LiT UL', 'MaMMUT']
     for method, runs in results.items():
         (run, ) = runs
         with_text = method not in ('MAE', 'CLIP->MIM', 'MILAN')
@@ -101,7 +101,12 @@ def test_compare_quick_runs_every_method(tmp_path):
             assert 0 <= run[key] <= 100, (method, key)
         assert osp.isfile(run['checkpoint'])
     table = open(osp.join(work, 'results.md')).read().splitlines()
-    assert len(table) == 2 + 15 and table[0].startswith('| method | seeds |')
+    assert len(table) == 2 + 16 and table[0].startswith('| method | seeds |')
+    # Only the captioning model is scored on captions.
+    assert [m for m, (run, ) in results.items() if 'cap_cider' in run] == ['MaMMUT']
+    mammut = results['MaMMUT'][0]
+    assert 0 <= mammut['cap_exact'] <= 100 and mammut['cap_cider'] >= 0
+    assert len(mammut['cap_examples']) == 5
     # MILAN was taught by the CLIP run of its seed; LiT took the RILS image tower and the CLIP
     # text tower.
     clip, rils = results['CLIP'][0]['checkpoint'], results['RILS'][0]['checkpoint']

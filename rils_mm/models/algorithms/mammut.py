@@ -71,10 +71,14 @@ class MaMMUT(ImageTextPretrainer):
         Returns:
             torch.Tensor: The mean over the target tokens that are not padding.
         """
-        logits = self.text_encoder.caption_logits(texts[:, :-1],
-                                                  self.decoder_image_tokens(tokens))
-        return F.cross_entropy(logits.float().transpose(1, 2), texts[:, 1:],
-                               ignore_index=self.pad_id)
+        # Positions after every row's end only predict padding: drop them, and project to the
+        # vocabulary only where the target is a real token.
+        length = max(int((texts != self.pad_id).sum(1).max()), 2)
+        inputs, targets = texts[:, :length - 1], texts[:, 1:length]
+        features = self.text_encoder.caption_features(inputs, self.decoder_image_tokens(tokens))
+        scored = targets != self.pad_id
+        logits = self.text_encoder.lm_head(features[scored])
+        return F.cross_entropy(logits.float(), targets[scored])
 
     def loss(self, inputs: dict, data_samples: Optional[List[DataSample]] = None
              ) -> Dict[str, torch.Tensor]:

@@ -123,6 +123,8 @@ class MaMMUTTextDecoder(BaseModule):
             torch.Tensor: B x ``output_dim`` text embeddings (not normalised).
         """
         self._check(texts)
+        # Trailing padding changes nothing (no token attends to it): drop what all rows pad.
+        texts = texts[:, :max(int((texts != self.pad_id).sum(1).max()), 1)]
         valid = texts != self.pad_id  # B x L
         batch, length = texts.shape
         # Additive mask over the keys: no query attends to padding (B * heads x L x L).
@@ -149,6 +151,12 @@ class MaMMUTTextDecoder(BaseModule):
             torch.Tensor: B x L x ``vocab_size`` next-token logits; position t depends on
             tokens 0..t only.
         """
+        return self.lm_head(self.caption_features(texts, image_tokens))
+
+    def caption_features(self, texts: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """The captioning pass up to the final LayerNorm: B x L x ``width`` (the vocabulary
+        projection ``lm_head`` is left to the caller, which may apply it to fewer positions).
+        """
         self._check(texts)
         length = texts.shape[1]
         causal = torch.full((length, length), float('-inf'), device=texts.device).triu(1)
@@ -158,4 +166,4 @@ class MaMMUTTextDecoder(BaseModule):
             cross = self.cross_blocks[str(index)] if str(index) in self.cross_blocks else None
             if cross is not None:
                 x = cross(x, k_x=image_tokens, v_x=image_tokens)
-        return self.lm_head(self.ln_final(x))
+        return self.ln_final(x)

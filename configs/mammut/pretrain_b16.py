@@ -1,0 +1,12 @@
+# MaMMUT ViT-B/16 on the RILS recipe (LAION shards, 25 epochs, batch 4096, AdamW):
+#   tools/dist_train.sh configs/mammut/pretrain_b16.py 32
+_base_ = [
+    '../_base_/models/mammut_vit-b16.py',
+    '../_base_/datasets/laion_wds.py',
+    '../_base_/schedules/rils_25e.py',
+    '../_base_/default_runtime.py',
+]
+
+train_dataloader = dict(batch_size=128, dataset=dict(batch_size=128))
+# The focal loss's bias joins the logit scale without weight decay.
+optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'logit_bias': dict(decay_mult=0.0)}))

@@ -1,0 +1,9 @@
+# MaMMUT ViT-L/16: the L/16 image tower and a decoder of the CLIP L text tower's size (width
+# 768, 12 heads, 12 blocks), joint width 768:
+#   tools/dist_train.sh configs/mammut/pretrain_l16.py 32
+_base_ = ['./pretrain_b16.py']
+
+model = dict(
+    backbone=dict(arch='l', with_cp=True),
+    text_encoder=dict(width=768, heads=12),
+    embed_dims=768)
