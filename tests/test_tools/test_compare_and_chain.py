@@ -207,3 +207,34 @@ def test_milan_demo_trains_to_a_decreasing_loss(tmp_path):
     assert len(losses) == 12, losses
     assert all(0 <= v <= 4 for v in losses)  # finite, 2 - 2 cos
     assert max(losses[-3:]) < min(losses[:3]), losses
+
+
+def test_mammut_demo_trains_and_captions(tmp_path):
+    """configs/mammut/demo_cpu.py in its own process (3 epochs of 4 iterations); the captioning
+    loss falls, and the checkpoint, loaded in this process, writes captions."""
+    options = [option for option in TINY_DATA if not option.startswith(
+        ('train_cfg', 'param_scheduler', 'train_dataloader.dataset.samples_per_epoch'))]
+    work = tmp_path / 'work'
+    result = run_tool('tools/train.py', 'configs/mammut/demo_cpu.py', '--work-dir', str(work),
+                      '--cfg-options', *options,
+                      f'train_dataloader.dataset.data_root={tmp_path}/demo',
+                      'train_dataloader.dataset.samples_per_epoch=64', 'train_cfg.max_epochs=3',
+                      'param_scheduler.1.end=3', 'param_scheduler.1.T_max=2',
+                      'default_hooks.logger.interval=1')
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    captioning = [float(v) for v in re.findall(r'loss_caption: ([0-9.]+)', log)]
+    contrastive = [float(v) for v in re.findall(r'loss_contrastive: ([0-9.]+)', log)]
+    assert len(captioning) == len(contrastive) == 12
+    assert max(captioning[-3:]) < min(captioning[:3]), captioning
+
+    from rils_mm.engine.compare import build_trained_model
+    with open(work / 'last_checkpoint') as f:
+        checkpoint = f.read().strip()
+    model = build_trained_model(osp.join(REPO, 'configs/mammut/demo_cpu.py'), checkpoint)
+    import torch
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    inputs = model.data_preprocessor(dict(inputs=images), False)['inputs']
+    samples = model(inputs, mode='predict')
+    assert len(samples) == 2 and all(isinstance(s.pred_caption, str) for s in samples)
+    assert all(len(s.pred_caption_ids) <= 16 for s in samples)
