@@ -105,6 +105,8 @@ class BaseImageTextDataset(BaseDataset):
         if captions is not None:
             rng = random.Random(_mix_seed(self.seed, epoch, idx))
             data_info['text'] = captions[rng.randrange(len(captions))]
+            if self.test_mode:  # evaluation scores against all of them (captioning metrics)
+                data_info['captions'] = list(captions)
         # Augmentation draws from a per-visit seed, not from the worker's running generator:
         # the same sample in the same epoch gets the same crop whichever worker loads it and
         # whether or not the run was resumed in between (the order comes from the sampler).

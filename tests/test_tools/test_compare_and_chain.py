@@ -238,3 +238,62 @@ def test_mammut_demo_trains_and_captions(tmp_path):
     samples = model(inputs, mode='predict')
     assert len(samples) == 2 and all(isinstance(s.pred_caption, str) for s in samples)
     assert all(len(s.pred_caption_ids) <= 16 for s in samples)
+
+
+def test_captioning_benchmark_config_on_a_coco_caption_file(tmp_path):
+    """configs/benchmarks/captioning/mammut_vit-b16_caption_coco.py through tools/test.py, in
+    its own process, on a COCO-format caption file and a MaMMUT checkpoint (tiny towers) written
+    by this process: every reference caption of an image counts."""
+    import json as json_module
+
+    import torch
+    from mmengine.config import Config
+    from mmpretrain.registry import MODELS
+
+    import rils_mm  # noqa: F401
+    images_dir = tmp_path / 'val2017'
+    images_dir.mkdir()
+    annotations = dict(images=[], annotations=[])
+    for i in range(3):
+        Image.new('RGB', (40, 32), (80 * i, 40, 200)).save(images_dir / f'{i}.jpg')
+        annotations['images'].append(dict(id=i, file_name=f'{i}.jpg'))
+        for j in range(2):
+            annotations['annotations'].append(dict(id=10 * i + j, image_id=i,
+                                                   caption=f'caption {j} of image {i}'))
+    ann_file = tmp_path / 'captions.json'
+    ann_file.write_text(json_module.dumps(annotations))
+    # The benchmark config with tiny towers, as a user's derived config would shrink it.
+    config = tmp_path / 'caption_tiny.py'
+    config.write_text(
+        f"_base_ = ['{REPO}/configs/benchmarks/captioning/mammut_vit-b16_caption_coco.py']\n"
+        "model = dict(backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=2,\n"
+        "                                     num_heads=4, feedforward_channels=64),\n"
+        "                           img_size=32, patch_size=8),\n"
+        "             text_encoder=dict(width=32, heads=4, layers=2), embed_dims=16,\n"
+        "             max_caption_length=4)\n")
+    cfg = Config.fromfile(str(config))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    checkpoint = str(tmp_path / 'mammut_tiny.pth')
+    torch.save(dict(state_dict=model.state_dict()), checkpoint)
+    options = ['test_dataloader.dataset.pipeline.1.scale=32',
+               'test_dataloader.dataset.pipeline.2.crop_size=32',
+               'test_dataloader.batch_size=2', 'test_dataloader.num_workers=0',
+               'test_dataloader.persistent_workers=False',
+               f'test_dataloader.dataset.data_root={tmp_path}',
+               f'test_dataloader.dataset.ann_file={ann_file}',
+               'test_dataloader.dataset.data_prefix.img_path=val2017']
+    out = tmp_path / 'metrics.json'
+    result = run_tool('tools/test.py', str(config), checkpoint, '--work-dir', str(tmp_path / 'w'),
+                      '--out', str(out), '--cfg-options', *options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json_module.loads(out.read_text())
+    assert set(metrics) >= {'caption/bleu4', 'caption/cider', 'caption/exact_match'}, metrics
+    assert metrics['caption/exact_match'] == 0.0  # an untrained model
+    # The evaluation set hands the metric all of an image's captions.
+    from mmpretrain.registry import DATASETS
+    dataset = DATASETS.build(dict(cfg.test_dataloader.dataset, data_root=str(tmp_path),
+                                  ann_file=str(ann_file)))
+    sample = dataset[1]['data_samples']
+    assert sorted(sample.captions) == ['caption 0 of image 1', 'caption 1 of image 1']
