@@ -254,3 +254,36 @@ def test_retrieval_config_on_rils_checkpoint(name, tiny_rils_model_cfg, tiny_ril
     assert metrics['retrieval/image_to_text_R@10'] == 100  # 3 images, 6 captions
     assert 0 <= metrics['retrieval/text_to_image_R@1'] <= 100
     assert metrics['retrieval/text_to_image_median_rank'] >= 1
+
+
+def test_retrieval_config_on_a_mammut_checkpoint(karpathy_split, tmp_path):
+    """The existing zero-shot retrieval config scores a MaMMUT: its image head and the
+    decoder's contrastive pass are the two towers."""
+    from mmpretrain.registry import MODELS
+    mammut = dict(
+        type='MaMMUT',
+        backbone=dict(type='RILSPretrainViT', arch=dict(embed_dims=32, num_layers=2,
+                                                        num_heads=2, feedforward_channels=64),
+                      img_size=IMG, patch_size=8, out_type='raw'),
+        image_head=dict(type='ImageEmbeddingHead', pooling='mean', norm_cfg=dict(type='LN')),
+        text_encoder=dict(type='MaMMUTTextDecoder', width=32, heads=2, layers=2),
+        embed_dims=16, loss_contrastive=dict(type='FocalContrastiveLoss'))
+    torch.manual_seed(1)
+    model = MODELS.build(mammut)
+    model.init_weights()
+    checkpoint = str(tmp_path / 'mammut_tiny.pth')
+    torch.save(dict(meta=dict(epoch=1), state_dict=model.state_dict()), checkpoint)
+    cfg = Config.fromfile(os.path.join(CFG_DIR, 'retrieval',
+                                       'rils_vit-b16_zeroshot-retrieval_flickr30k.py'))
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.experiment_name = tmp_path.name
+    cfg.test_dataloader.dataset.update(data_root=karpathy_split['root'],
+                                       ann_file=karpathy_split['ann_file'])
+    _shrink_pipeline(cfg.test_dataloader.dataset.pipeline)
+    cfg.test_dataloader.update(batch_size=2, num_workers=0, persistent_workers=False)
+    mammut['data_preprocessor'] = cfg.model.model.data_preprocessor
+    cfg.model.model = mammut
+    cfg.load_from = checkpoint
+    metrics = Runner.from_cfg(cfg).test()
+    assert metrics['retrieval/image_to_text_R@10'] == 100  # 3 images, 6 captions
+    assert 0 <= metrics['retrieval/text_to_image_R@1'] <= 100
