@@ -270,3 +270,21 @@ def test_lit_b16_runs_one_iteration_from_a_clip_checkpoint(tmp_path):
     assert 'image_head.projection.weight' in recorder.changed
     assert runner.model.logit_scale.exp().item() == pytest.approx(10, rel=1e-3)
     assert runner.optim_wrapper.clip_grad_kwargs['max_norm'] == 1.0
+
+
+def test_mammut_b16_config_has_a_clip_text_tower_sized_decoder():
+    """configs/mammut/pretrain_b16.py: the RILS ViT-B/16, and a decoder with the CLIP ViT-B/16
+    text tower's blocks plus a cross-attention block after every second one."""
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'mammut', 'pretrain_b16.py'))
+    model = MODELS.build(cfg.model)
+    decoder = model.text_encoder
+    assert len(decoder.resblocks) == 12 and sorted(map(int, decoder.cross_blocks)) == list(
+        range(1, 12, 2))
+    clip_text = open_clip.create_model('ViT-B-16', pretrained=None).transformer
+    assert count(decoder.resblocks) == count(clip_text)
+    assert count(model.backbone) == count(MODELS.build(Config.fromfile(
+        osp.join(REPO, 'configs', 'clip', 'pretrain_b16.py')).model).backbone)
+    assert type(model.loss_contrastive).__name__ == 'FocalContrastiveLoss'
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys['logit_bias'] == dict(decay_mult=0.0)
+    large = Config.fromfile(osp.join(REPO, 'configs', 'mammut', 'pretrain_l16.py')).model
+    assert (large.backbone.arch, large.text_encoder.width, large.embed_dims) == ('l', 768, 768)

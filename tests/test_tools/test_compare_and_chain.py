@@ -90,8 +90,8 @@ def test_compare_quick_runs_every_method(tmp_path):
     with open(osp.join(work, 'results.json')) as f:
         results = json.load(f)
     assert list(results) == ['CLIP', 'MAE', 'MAE+CLIP', 'RILS, vision space', 'RILS',
-                             'MIM->CLIP', 'CLIP->MIM', 'MILAN', 'MIM->LiT', 'LiT LU', 'LiT Lu',
-                             'LiT UU', 'LiT Uu', 'LiT uu', 'LiT UL', 'MaMMUT']
+                             'MIM->CLIP', 'CLIP->MIM', 'MILAN', 'MIM->LiT', 'MaMMUT', 'LiT LU',
+                             'LiT Lu', 'LiT UU', 'LiT Uu', 'LiT uu', 'LiT UL']
     for method, runs in results.items():
         (run, ) = runs
         with_text = method not in ('MAE', 'CLIP->MIM', 'MILAN')
