@@ -13,6 +13,8 @@ section 3) report that the prompting decoder costs about 20 % less than MAE's at
 """
 import argparse
 import copy
+import os.path as osp
+import sys
 
 import torch
 from mmengine.config import Config
@@ -45,7 +47,14 @@ def main(argv=None) -> dict:
     parser.add_argument('--config', default='configs/milan/pretrain_b16.py')
     parser.add_argument('--mask-ratios', type=float, nargs='+', default=[0.5, 0.75, 0.9])
     args = parser.parse_args(argv)
+    prog = 'benchmark_milan_decoder.py'
+    if not osp.isfile(args.config):
+        sys.exit(f'{prog}: error: config file not found: {args.config}')
     cfg = Config.fromfile(args.config).model
+    neck_type = (cfg.get('neck') or {}).get('type')
+    if neck_type not in ('MILANPretrainDecoder', 'MAEFeatureDecoder'):
+        sys.exit(f'{prog}: error: {args.config} is not a MILAN config (model.neck must be '
+                 f'MILANPretrainDecoder or MAEFeatureDecoder, got {neck_type})')
     prompting = MODELS.build(cfg.neck)
     mae_cfg = copy.deepcopy(cfg.neck)
     mae_cfg.type = 'MAEFeatureDecoder'

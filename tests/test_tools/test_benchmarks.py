@@ -44,3 +44,12 @@ def test_lit_cache_benchmark(tmp_path):
     assert re.search(r'^cached / images: [0-9.]+x', result.stdout, re.M)
     with open(tmp_path / 'cache' / 'cache_info.json') as f:
         assert json.load(f)['num_samples'] == 64  # every demo training pair, cached
+
+
+def test_milan_decoder_benchmark_refuses_other_configs():
+    result = run_tool('tools/benchmark_milan_decoder.py', '--config',
+                      'configs/clip/pretrain_b16.py')
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        'benchmark_milan_decoder.py: error: configs/clip/pretrain_b16.py is not a MILAN config '
+        '(model.neck must be MILANPretrainDecoder or MAEFeatureDecoder, got None)')
