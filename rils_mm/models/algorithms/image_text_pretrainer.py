@@ -156,9 +156,13 @@ class ImageTextPretrainer(BaseSelfSupervisor):
             tuple: the ``ContrastiveOutput``, the local image->text top-1 hits (B bools) and
             the dict of losses and metrics to log.
         """
+        return self.contrastive_step_from_embeddings(self.embed_image_tokens(tokens), texts)
+
+    def contrastive_step_from_embeddings(self, image_embeddings: torch.Tensor,
+                                         texts: torch.Tensor):
+        """:meth:`contrastive_step` from normalised B x D image embeddings."""
         logit_scale = self.get_logit_scale()
-        out = self.loss_contrastive(self.embed_image_tokens(tokens), self.encode_text(texts),
-                                    logit_scale)
+        out = self.loss_contrastive(image_embeddings, self.encode_text(texts), logit_scale)
         correct = out.logits_per_image.argmax(dim=-1) == out.labels
         log = dict(loss_contrastive=out.loss,
                    i2t_acc=correct.float().mean().detach(),

@@ -46,11 +46,14 @@ class LiT(ImageTextPretrainer):
             torch.Tensor: B x C (C: the image tower's width), before the head's norm and
             projection.
         """
+        self._check_cacheable_pooling()
+        return self.image_head.pool(self.image_tokens(images))
+
+    def _check_cacheable_pooling(self) -> None:
         if self.image_head.pooling == 'attention':
             raise ValueError('LiT: cached image features need a pooling without parameters '
                              "(image_head.pooling='mean' or 'cls_token'); attention pooling "
                              'trains on the tokens themselves')
-        return self.image_head.pool(self.image_tokens(images))
 
     def loss(self, inputs: dict, data_samples: Optional[List[DataSample]] = None
              ) -> Dict[str, torch.Tensor]:
@@ -70,8 +73,7 @@ class LiT(ImageTextPretrainer):
                 raise ValueError('LiT: the batch carries cached image_features, but the image '
                                  'tower is not locked (set lock_cfg.backbone=True), so its '
                                  'features would change during training')
-            if self.image_head.pooling == 'attention':
-                self.image_features(None)  # raises the explanation
+            self._check_cacheable_pooling()
             features = inputs['image_features']
         else:
             images = inputs['images']
@@ -81,9 +83,4 @@ class LiT(ImageTextPretrainer):
             else:
                 return super().loss(inputs, data_samples)
         image_embeddings = F.normalize(self.image_head.project(features), dim=-1)
-        logit_scale = self.get_logit_scale()
-        out = self.loss_contrastive(image_embeddings, self.encode_text(inputs['texts']),
-                                    logit_scale)
-        correct = out.logits_per_image.argmax(dim=-1) == out.labels
-        return dict(loss_contrastive=out.loss, i2t_acc=correct.float().mean().detach(),
-                    logit_scale=logit_scale.detach())
+        return self.contrastive_step_from_embeddings(image_embeddings, inputs['texts'])[2]
