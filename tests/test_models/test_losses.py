@@ -137,3 +137,79 @@ def test_all_filtered_batch_gives_zero_loss_without_nan():
 def test_temperatures_must_be_positive(key, value):
     with pytest.raises(ValueError, match=key):
         LanguageSpaceReconstructionLoss(**{key: value})
+
+
+def _reconstruction_inputs(batch=5, patches=7, dims=6, prototypes=11, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    pred = torch.randn(batch, patches, dims, generator=generator)
+    target = torch.randn(batch, patches, dims, generator=generator)
+    text = normalised(prototypes, dims, seed=seed + 1)
+    mask = (torch.rand(batch, patches, generator=generator) < 0.6).float()
+    correct = torch.rand(batch, generator=generator) < 0.7
+    correct[0] = True
+    return pred, target, text, mask, correct
+
+
+@pytest.mark.parametrize('chunk_size', [1, 3, 4, 2048])
+@pytest.mark.parametrize('filter_correct', [True, False])
+def test_tiled_masked_only_loss_equals_the_dense_loss(chunk_size, filter_correct):
+    """Scoring only the contributing patches, in tiles over rows and prototypes, gives the
+    dense computation's loss and gradients (student features and prototypes)."""
+    pred, target, text, mask, correct = _reconstruction_inputs()
+    results = []
+    for size in (None, chunk_size):
+        inputs = [pred.clone().requires_grad_(), text.clone().requires_grad_()]
+        loss_fn = LanguageSpaceReconstructionLoss(filter_correct=filter_correct,
+                                                  chunk_size=size)
+        loss, weights = loss_fn(inputs[0], target, inputs[1], mask, correct)
+        loss.backward()
+        results.append((loss.detach(), weights, inputs[0].grad, inputs[1].grad))
+    dense, tiled = results
+    assert dense[0] > 0
+    for reference, value in zip(dense, tiled):
+        torch.testing.assert_close(value, reference, rtol=1e-5, atol=1e-7)
+    # Rows that do not contribute get exactly no gradient.
+    assert (tiled[2][tiled[1] == 0] == 0).all()
+
+
+def test_tiled_loss_holds_no_tensor_larger_than_a_tile():
+    """Every tensor made in forward and backward is at most a tile, or an input-sized one
+    (N x D rows, P x D prototypes, their gradients): none is N x P, as the dense loss's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestTensor(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in (out if isinstance(out, (tuple, list)) else [out]):
+                if isinstance(tensor, torch.Tensor):
+                    type(self).largest = max(type(self).largest, tensor.numel())
+            return out
+
+    rows, prototypes, dims, tile = 300, 400, 8, 16
+    student = normalised(rows, dims, seed=1).requires_grad_()
+    teacher = normalised(rows, dims, seed=2)
+    protos = normalised(prototypes, dims, seed=3).requires_grad_()
+    from rils_mm.models.losses.language_reconstruction import tiled_language_kl
+    with LargestTensor():
+        tiled_language_kl(student, teacher, protos, 0.1, 0.04, tile).sum().backward()
+    assert LargestTensor.largest <= max(tile * tile, prototypes * dims, rows * dims)
+    assert LargestTensor.largest < rows * prototypes // 10
+
+
+def test_tiled_loss_runs_in_float32_under_autocast():
+    pred, target, text, mask, correct = _reconstruction_inputs()
+    expected, _ = LanguageSpaceReconstructionLoss(chunk_size=4)(pred, target, text, mask,
+                                                                correct)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        value, _ = LanguageSpaceReconstructionLoss(chunk_size=4)(pred, target, text, mask,
+                                                                 correct)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, expected)
+
+
+@pytest.mark.parametrize('value', [0, -1, 2.5, '8'])
+def test_chunk_size_must_be_a_positive_int(value):
+    with pytest.raises(ValueError, match='chunk_size'):
+        LanguageSpaceReconstructionLoss(chunk_size=value)

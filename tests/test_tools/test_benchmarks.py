@@ -53,3 +53,31 @@ def test_milan_decoder_benchmark_refuses_other_configs():
     assert result.stderr.strip().splitlines()[-1] == (
         'benchmark_milan_decoder.py: error: configs/clip/pretrain_b16.py is not a MILAN config '
         '(model.neck must be MILANPretrainDecoder or MAEFeatureDecoder, got None)')
+
+
+def test_reconstruction_memory_benchmark():
+    """Measured in separate processes: the dense loss grows with the global batch by about
+    B x L x 4 bytes per caption for each logit tensor it holds; the tiled, masked-only loss
+    grows only by the prototypes' gradient (D x 4 bytes per caption)."""
+    result = run_tool('tools/benchmark_recon_memory.py', '--local-batch', '8',
+                      '--global-batches', '1024', '2048', '--extrapolate', '8192',
+                      '--chunk-size', '256')
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = re.findall(r'^\| (\d+) \| (\d+) \| (\d+) \| (measured|formula) \|$', result.stdout,
+                      flags=re.M)
+    assert [(row[0], row[3]) for row in rows] == [
+        ('1024', 'measured'), ('2048', 'measured'), ('8192', 'formula')], result.stdout
+    dense, tiled = (dict((int(row[0]), int(row[index])) for row in rows) for index in (1, 2))
+    per_tensor = 8 * 196 * 4 * 1024 / 2**20  # MiB added by 1024 captions, per logit tensor
+    assert dense[2048] - dense[1024] > 3 * per_tensor, result.stdout
+    assert tiled[2048] - tiled[1024] < 0.5 * per_tensor, result.stdout
+    assert tiled[8192] < dense[8192] / 5, result.stdout
+
+
+def test_reconstruction_memory_benchmark_refuses_bad_sizes():
+    result = run_tool('tools/benchmark_recon_memory.py', '--local-batch', '64',
+                      '--global-batches', '32')
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        'benchmark_recon_memory.py: error: every --global-batches value must be >= '
+        '--local-batch (64)')
