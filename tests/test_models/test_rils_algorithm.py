@@ -207,3 +207,82 @@ def test_clip_baseline_is_rils_without_reconstruction():
     rils_losses = rils(**batch, mode='loss')
     assert set(clip_losses) == {'loss_contrastive', 'i2t_acc', 'logit_scale'}
     torch.testing.assert_close(clip_losses['loss_contrastive'], rils_losses['loss_contrastive'])
+
+
+# The cheaper RILS after FLIP: the intact pass sees half the patches, the masked pass half of
+# those (a quarter of the image, as at mask_ratio 0.75).
+FLIP = {'intact_keep_ratio': 0.5, 'backbone.mask_ratio': 0.5}
+
+
+def _flip_step_on_half_batch(rank, world_size, out_dir):
+    model = build(**FLIP)
+    images, texts, noise = make_batch()
+    rows = slice(rank * 4, (rank + 1) * 4)
+    use_fixed_mask_noise(model, noise[rows])
+    ddp = MMDistributedDataParallel(module=model)
+    total, log, grads = loss_and_grads(ddp, images[rows], texts[rows])
+    torch.save(dict(total=total, grads=grads), f'{out_dir}/flip_{rank}.pt')
+
+
+def test_cheaper_rils_two_processes_equal_one_process(run_distributed, tmp_path):
+    model = build(**FLIP)
+    images, texts, noise = make_batch()
+    use_fixed_mask_noise(model, noise)
+    total, log, grads = loss_and_grads(model, images, texts)
+    assert log['loss_reconstruction'] > 0
+    run_distributed(_flip_step_on_half_batch, 2, str(tmp_path))
+    ranks = [torch.load(tmp_path / f'flip_{r}.pt') for r in range(2)]
+    torch.testing.assert_close((ranks[0]['total'] + ranks[1]['total']) / 2, total)
+    assert set(ranks[0]['grads']) == set(grads)
+    for name, grad in grads.items():
+        tolerance = 1e-5 * max(1.0, grad.abs().max().item())
+        for rank in ranks:
+            torch.testing.assert_close(rank['grads'][name], grad, rtol=1e-4, atol=tolerance,
+                                       msg=name)
+
+
+def test_cheaper_rils_passes_are_nested_and_targets_are_the_intact_features():
+    model = build(**FLIP)
+    images, texts, noise = make_batch()
+    use_fixed_mask_noise(model, noise)
+    batch = model.data_preprocessor(dict(inputs=dict(images=images, texts=texts)), True)
+    pixels = batch['inputs']['images']
+    with torch.no_grad():
+        intact, targets, latent, has_target, _ = model.patch_dropped_passes(pixels)
+    order = noise.argsort(dim=1)  # the lowest scores are kept
+    assert intact.shape == (8, 1 + 8, 32) and latent.shape == (8, 1 + 4, 32)
+    for row in range(8):
+        seen, visible = set(order[row, :8].tolist()), set(order[row, :4].tolist())
+        assert visible < seen
+        assert set(has_target[row].nonzero().squeeze(1).tolist()) == seen - visible
+        # Targets: the intact pass's tokens at their patch positions, zero where unseen.
+        for slot, patch in enumerate(order[row, :8].tolist()):
+            torch.testing.assert_close(targets[row, patch], intact[row, 1 + slot])
+        unseen = sorted(set(range(16)) - seen)
+        assert (targets[row, unseen] == 0).all()
+    # The intact pass on the kept patches is the encoder's own pass on that subset.
+    with torch.no_grad():
+        reference = model.backbone(pixels, mask=True, noise=noise, mask_ratio=0.5)[0]
+    torch.testing.assert_close(intact, reference)
+    # The loss counts only the targets, and evaluation still encodes every patch.
+    with torch.no_grad():
+        log = model(**batch, mode='loss')
+        tokens = model.extract_feat(batch['inputs'])[-1]
+    assert tokens.shape == (8, 1 + 16, 32)
+    assert 0 < log['recon_kept'] <= 1
+
+
+def test_cheaper_rils_with_keep_ratio_one_is_rils():
+    images, texts, noise = make_batch()
+    losses = []
+    for overrides in ({}, {'intact_keep_ratio': 1.0}):
+        model = build(**overrides)
+        use_fixed_mask_noise(model, noise)
+        losses.append(loss_and_grads(model, images, texts)[0])
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize('value', [0.0, 1.5, -0.5])
+def test_cheaper_rils_keep_ratio_is_checked(value):
+    with pytest.raises(ValueError, match='intact_keep_ratio'):
+        build(intact_keep_ratio=value)

@@ -23,6 +23,13 @@ class RILS(ImageTextPretrainer):
         neck (dict): The decoder (``RILSDecoder``); its ``embed_dim`` must equal the encoder
             width.
         head (dict): ``LanguageReconstructionHead`` config; its ``embed_dims`` is filled in.
+        intact_keep_ratio (float): Fraction of the patches the intact pass sees, in (0, 1].
+            1 is RILS. Below 1 it is a cheaper RILS after FLIP (Li et al., CVPR 2023): the
+            intact pass encodes a random subset of the patches (FLIP: 0.5) and gives the
+            contrastive embedding from them; the masked pass sees a subset of that subset
+            (the encoder's ``mask_ratio`` of it), drawn from the same per-sample scores; the
+            targets are the intact-pass features of the patches it saw and the masked pass
+            did not. Evaluation always uses the intact pass on every patch.
         **kwargs: ``ImageTextPretrainer`` arguments (backbone, text_encoder, image_head,
             embed_dims, loss_contrastive, lock_cfg, ...).
     """
@@ -31,9 +38,14 @@ class RILS(ImageTextPretrainer):
                  neck: dict,
                  head: dict = dict(type='LanguageReconstructionHead'),
                  embed_dims: int = 512,
+                 intact_keep_ratio: float = 1.0,
                  **kwargs) -> None:
+        if not 0 < intact_keep_ratio <= 1:
+            raise ValueError(f'RILS: intact_keep_ratio must be in (0, 1], got '
+                             f'{intact_keep_ratio}')
         super().__init__(neck=neck, head=dict(dict(embed_dims=embed_dims), **head),
                          embed_dims=embed_dims, **kwargs)
+        self.intact_keep_ratio = intact_keep_ratio
         decoder_out = getattr(self.neck, 'embed_dim', self.backbone.embed_dims)
         if decoder_out != self.backbone.embed_dims:
             raise ValueError(f'RILS: neck.embed_dim={decoder_out} must equal the encoder '
@@ -56,15 +68,53 @@ class RILS(ImageTextPretrainer):
         if self.head.filter_correct and images.shape[0] < 2:
             raise ValueError('RILS: the correct-retrieval filter needs at least 2 pairs per '
                              'device (train_dataloader.batch_size); got 1')
-        patch_features = self.image_tokens(images)  # B x (1 + L) x C, intact pass
-        latent, mask, ids_restore = self.backbone(images, mask=True)
+        if self.intact_keep_ratio < 1:
+            intact_tokens, targets, latent, has_target, ids_restore = \
+                self.patch_dropped_passes(images)
+        else:
+            intact_tokens = self.image_tokens(images)  # B x (1 + L) x C
+            targets = intact_tokens[:, 1:]
+            latent, has_target, ids_restore = self.backbone(images, mask=True)
         predictions = self.neck(latent, ids_restore)  # B x L x C
 
-        contrast, correct, log = self.contrastive_step(patch_features, inputs['texts'])
+        contrast, correct, log = self.contrastive_step(intact_tokens, inputs['texts'])
         loss_rec, weights = self.head.loss(
-            self.image_head.project(predictions),
-            self.image_head.project(patch_features[:, 1:]),
-            contrast.text_features_all, mask, correct)
+            self.image_head.project(predictions), self.image_head.project(targets),
+            contrast.text_features_all, has_target, correct)
         log['loss_reconstruction'] = loss_rec
         log['recon_kept'] = (weights.sum(dim=1) > 0).float().mean()
         return log
+
+    def patch_dropped_passes(self, images: torch.Tensor):
+        """The two encoder passes of the cheaper RILS, on nested random patch subsets.
+
+        One B x L score per patch orders the patches of each sample; the intact pass keeps the
+        lowest ``round(L * intact_keep_ratio)`` and the masked pass the lowest
+        ``round(L * intact_keep_ratio * (1 - mask_ratio))``, a subset of them.
+
+        Args:
+            images (torch.Tensor): B x 3 x H x W, normalised.
+
+        Returns:
+            tuple: ``intact_tokens`` B x (1 + L_intact) x C (class token first), ``targets``
+            B x L x C (intact-pass features at their patch positions, zeros where the intact
+            pass did not look), the masked pass's ``latent`` B x (1 + L_masked) x C, the
+            B x L ``has_target`` (1: seen by the intact pass, hidden from the masked pass)
+            and the masked pass's ``ids_restore`` B x L.
+        """
+        backbone = self.backbone
+        batch_size, num_patches = images.shape[0], backbone.num_patches
+        noise = torch.rand(batch_size, num_patches, device=images.device)
+        intact_tokens, intact_dropped, intact_restore = backbone(
+            images, mask=True, noise=noise, mask_ratio=1 - self.intact_keep_ratio)
+        visible = self.intact_keep_ratio * (1 - backbone.mask_ratio)
+        latent, masked, ids_restore = backbone(images, mask=True, noise=noise,
+                                               mask_ratio=1 - visible)
+        # Back to patch order: the kept tokens, then zeros for the dropped ones, unshuffled.
+        kept = intact_tokens[:, 1:]
+        channels = kept.shape[-1]
+        padded = torch.cat([kept, kept.new_zeros(batch_size, num_patches - kept.shape[1],
+                                                 channels)], dim=1)
+        targets = torch.gather(padded, 1,
+                               intact_restore.unsqueeze(-1).expand(-1, -1, channels))
+        return intact_tokens, targets, latent, masked * (1 - intact_dropped), ids_restore

@@ -269,7 +269,8 @@ class RILSViT(MAEViT):
                             stem=('patch_embed', 'cls_token', 'pos_embed', 'pre_norm'))
 
     def forward(self, x: torch.Tensor, mask: Union[bool, None, torch.Tensor] = False,
-                noise: Optional[torch.Tensor] = None, **kwargs):
+                noise: Optional[torch.Tensor] = None, mask_ratio: Optional[float] = None,
+                **kwargs):
         """Intact or masked pass (the transfer form: intact by default).
 
         Args:
@@ -281,7 +282,11 @@ class RILSViT(MAEViT):
                 (mmpretrain's ``MILANViT`` contract, also as ``importance=``): patches are kept
                 by sampling without replacement with these (non-negative) weights.
             noise (torch.Tensor, optional): B x L masking scores for the uniform masked pass
-                (the lowest are kept).
+                (the lowest are kept). Two passes given the same noise keep nested patch
+                sets: the one with the higher ratio sees a subset of the other's patches.
+            mask_ratio (float, optional): The uniform masked pass's ratio for this call, in
+                [0, 1); defaults to ``self.mask_ratio``. With 0 the pass equals the intact
+                pass, but returns the masked pass's ``(latent, mask, ids_restore)``.
 
         Returns:
             tuple: Intact pass: the outputs. Uniform masking ``(latent, mask, ids_restore)``:
@@ -314,7 +319,11 @@ class RILSViT(MAEViT):
                                             replacement=False)
             x, mask, ids_restore = self._keep_first(x, ids_shuffle, self.mask_ratio)
         else:
-            x, mask, ids_restore = self.random_masking(x, self.mask_ratio, noise)
+            if mask_ratio is None:
+                mask_ratio = self.mask_ratio
+            elif not 0 <= mask_ratio < 1:
+                raise ValueError(f'RILSViT: mask_ratio must be in [0, 1), got {mask_ratio}')
+            x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
         cls_token = (self.cls_token + self.pos_embed[:, :1, :]).expand(B, -1, -1)
         x = torch.cat((cls_token, x), dim=1)
         x = self.pre_norm(x)
@@ -371,6 +380,7 @@ class RILSPretrainViT(RILSViT):
     """
 
     def forward(self, x: torch.Tensor, mask: Union[bool, None, torch.Tensor] = True,
-                noise: Optional[torch.Tensor] = None, **kwargs):
+                noise: Optional[torch.Tensor] = None, mask_ratio: Optional[float] = None,
+                **kwargs):
         """As :meth:`RILSViT.forward`, masked by default (``mask=False`` or None: intact)."""
-        return super().forward(x, mask, noise, **kwargs)
+        return super().forward(x, mask, noise, mask_ratio, **kwargs)
