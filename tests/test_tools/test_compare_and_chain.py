@@ -323,3 +323,44 @@ def test_captioning_benchmark_config_on_a_coco_caption_file(tmp_path):
                                   ann_file=str(ann_file)))
     sample = dataset[1]['data_samples']
     assert sorted(sample.captions) == ['caption 0 of image 1', 'caption 1 of image 1']
+
+
+def test_cheaper_rils_then_its_unmasked_phase(tmp_path):
+    """configs/rils/demo_flip_chain.py: the patch-dropped demo RILS, then plain RILS starting
+    from the whole first-stage model (checked: every key), each in its own process."""
+    work = str(tmp_path / 'flip')
+    options = TINY_DATA + [f'train_dataloader.dataset.data_root={tmp_path}/demo',
+                           'param_scheduler.0.end=0.5']  # a warm-up of 1 of the 2 iterations
+    result = run_tool('tools/run_chain.py', 'configs/rils/demo_flip_chain.py', '--work-dir',
+                      work, '--cfg-options', *options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    first = osp.join(work, 'flip', 'epoch_1.pth')
+    loaded = re.search(r'Loaded "\*" from ' + re.escape(first) + r': (\d+) matched, 0 missing',
+                       log)
+    assert loaded and int(loaded.group(1)) > 50, log[-3000:]
+    import torch
+    from rils_mm.compat import weights_only_load
+    flip = weights_only_load(first)['state_dict']
+    unmasked = weights_only_load(osp.join(work, 'unmasked', 'epoch_1.pth'))['state_dict']
+    assert sorted(flip) == sorted(unmasked)
+    assert not torch.equal(flip['backbone.layers.0.attn.qkv.weight'],
+                           unmasked['backbone.layers.0.attn.qkv.weight'])  # it trained on
+    losses = [float(v) for v in re.findall(r' loss_reconstruction: ([0-9.]+)', log)]
+    assert losses and all(v >= 0 for v in losses)
+
+
+def test_cheaper_rils_b16_config_is_rils_with_dropped_patches():
+    from mmengine.config import Config
+    rils = Config.fromfile(osp.join(REPO, 'configs/rils/pretrain_b16.py'))
+    flip = Config.fromfile(osp.join(REPO, 'configs/rils/pretrain_b16_flip.py'))
+    assert flip.model.intact_keep_ratio == 0.5 and flip.model.backbone.mask_ratio == 0.5
+    flip.model.pop('intact_keep_ratio')
+    flip.model.backbone.mask_ratio = rils.model.backbone.mask_ratio
+    assert flip.model.to_dict() == rils.model.to_dict()
+    for key in ('optim_wrapper', 'param_scheduler', 'train_dataloader', 'train_cfg'):
+        assert flip[key] == rils[key], key
+    unmasked = Config.fromfile(osp.join(REPO, 'configs/rils/pretrain_b16_flip_unmasked.py'))
+    assert unmasked.model.intact_keep_ratio == 1.0
+    assert unmasked.model.backbone.mask_ratio == 0.75
+    assert unmasked.model.init_cfg.type == 'CheckedPretrained'
