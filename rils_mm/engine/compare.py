@@ -55,6 +55,7 @@ METHODS = {
     'MAE+CLIP': dict(config='configs/mae_clip/demo_cpu.py'),
     'RILS, vision space': dict(config='configs/rils/demo_cpu_vision-space.py'),
     'RILS': dict(config='configs/rils/demo_cpu.py'),
+    'RILS, FLIP': dict(config='configs/rils/demo_cpu_flip.py'),  # half the patches intact
     'MIM->CLIP': dict(chain='configs/two_stage/mim_to_clip_demo.py'),
     'CLIP->MIM': dict(chain='configs/two_stage/clip_to_mim_demo.py'),
     # Methods built on other runs of the same seed (whose training time is not counted again):

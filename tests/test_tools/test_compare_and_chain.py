@@ -131,7 +131,7 @@ def test_every_compared_method_has_its_configs():
 
     from rils_mm.engine.chain import load_chain
     from rils_mm.engine.compare import METHODS
-    assert len(METHODS) == 16
+    assert len(METHODS) == 17
     for method, spec in METHODS.items():
         if 'chain' in spec:
             stages = load_chain(osp.join(REPO, spec['chain'])).stages
