@@ -34,7 +34,11 @@ setup(
     # listed so that `pip install .` into a prepared environment checks them.
     install_requires=['torch>=2.0', 'torchvision', 'mmcv>=2.0.0,<2.2.0'] +
     read_requirements('runtime.txt'),
-    extras_require=dict(tests=read_requirements('tests.txt')),
+    # remote: shards on object stores and HTTP through fsspec (see rils_mm/datasets/shards.py).
+    extras_require=dict(tests=read_requirements('tests.txt'),
+                        remote=read_requirements('remote.txt'),
+                        s3=read_requirements('remote.txt') + ['s3fs'],
+                        gcs=read_requirements('remote.txt') + ['gcsfs']),
     license='Apache License 2.0',
     zip_safe=False,
 )

@@ -6,8 +6,12 @@ sample must be seen exactly once per epoch. Only a stream whose batches are form
 filtering gives all three (a map-style index with a sampler would have to replace a bad
 sample by a duplicate, or shrink the batch), so this is a ``torch.utils.data.IterableDataset``
 that the DataLoader batches inside each worker. Shards are read sequentially, as webdataset
-does; they must be seekable files (local disk or a network file system, not ``pipe:``/``s3:``
-URLs), since resume and shuffling work on member offsets from the tar headers. Configure the
+does, by member offsets from the tar headers (resume and shuffling rely on them): local files
+(or a network file system) with plain ``open()``, or object stores and HTTP servers
+(``s3://bucket/x/{000000..000099}.tar``, ``gs://...``, ``https://...``) by range reads through
+fsspec (see :mod:`rils_mm.datasets.shards`: the optional ``rils_mm[remote]`` extra; not
+``pipe:`` URLs). Credentials for remote shards come only from the environment (the defaults
+of fsspec, s3fs, gcsfs), never from the config. Configure the
 dataloader with ``sampler=None``; use ``IterBasedTrainLoop`` (one endless pass), or
 ``EpochBasedTrainLoop`` with ``samples_per_epoch`` and ``batch_size`` (nominal epochs: equal
 numbers of batches per rank, each pass continuing the stream where the last stopped).
@@ -36,7 +40,10 @@ Bad samples raise :class:`BadSampleError` in the pipeline (or, for a missing ima
 caption, before any decoding); they are skipped and their reasons travel with the next good sample
 (``skipped_before`` in its metainfo) to :class:`BadSampleHook`. An unreadable shard (or tail)
 travels the same way, counted as its estimated number of lost samples, with its path in
-``bad_shards``.
+``bad_shards``. A remote shard is unreadable after ``remote_retries`` retries of a connection
+error with exponential backoff (``remote_backoff * 2 ** attempt`` s); one whose reads fail
+after its headers were scanned is counted once as an unreadable shard (path in ``bad_shards``)
+and each of its samples met afterwards as an unreadable sample, without further waiting.
 """
 import json
 import math
@@ -57,8 +64,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .bad_samples import (BAD_SHARDS_KEY, FILTERED, MISSING_IMAGE, SKIPPED_KEY,
                           UNREADABLE_SAMPLE, UNREADABLE_SHARD, UNREADABLE_SHARD_SAMPLES,
                           BadSampleError, decode_caption)
-from .shards import (CAPTION_EXT, IMAGE_EXTS, SampleRef, ShardReader, expand_shard_urls,
-                     image_ext_of, scan_shard)
+from .shards import (CAPTION_EXT, IMAGE_EXTS, REMOTE_BACKOFF, REMOTE_RETRIES, SampleRef,
+                     ShardReader, call_with_retries, expand_shard_urls, image_ext_of,
+                     is_remote, is_transient, read_remote_bytes, scan_shard)
 
 STREAM_STATE_KEY = 'stream_state'
 
@@ -76,27 +84,51 @@ class _ShardFailure:
         self.lost = lost
 
 
-def count_from_size_files(shards: Sequence[str]) -> Optional[int]:
+def _read_json_file(path: str, remote: bool, retries: int, backoff: float):
+    """Parsed JSON file, or None when it does not exist (for a remote one: cannot be fetched,
+    after ``retries`` retries of a transient error)."""
+    if not remote:
+        if not osp.isfile(path):
+            return None
+        with open(path) as file:
+            return json.load(file)
+    try:
+        data = call_with_retries(lambda: read_remote_bytes(path), path, retries, backoff)
+    except ImportError:
+        raise
+    except Exception as error:
+        if is_transient(error):
+            warnings.warn(f'Cannot fetch {path} ({error!r}); sample counts from it are unknown')
+        return None  # missing (fsspec: FileNotFoundError), or unreachable
+    return json.loads(data)
+
+
+def count_from_size_files(shards: Sequence[str], retries: int = 0,
+                          backoff: float = REMOTE_BACKOFF) -> Optional[int]:
     """Samples in ``shards`` according to ``sizes.json`` (ours, open_clip's) or img2dataset's
-    ``NNNNN_stats.json`` files; None when some shard is not covered."""
+    ``NNNNN_stats.json`` files; None when some shard is not covered.
+
+    Files beside remote shards are fetched through fsspec (one request per folder for
+    ``sizes.json``, one per shard it does not cover for ``*_stats.json``), retried
+    ``retries`` times after a transient error, with ``backoff`` seconds before the first retry.
+    """
     sizes: Dict[str, dict] = {}
     total = 0
     for shard in shards:
+        remote = is_remote(shard)
         folder, name = osp.split(shard)
         if folder not in sizes:
-            path = osp.join(folder, 'sizes.json')
-            sizes[folder] = {}
-            if osp.isfile(path):
-                with open(path) as file:
-                    sizes[folder] = json.load(file)
-        stats = osp.join(folder, name[:-len('.tar')] + '_stats.json')
+            sizes[folder] = _read_json_file(osp.join(folder, 'sizes.json'), remote, retries,
+                                            backoff) or {}
+        stats_path = osp.join(folder, name[:-len('.tar')] + '_stats.json')
         if name in sizes[folder]:
             total += int(sizes[folder][name])
-        elif name.endswith('.tar') and osp.isfile(stats):
-            with open(stats) as file:
-                total += int(json.load(file).get('successes', 0))
-        else:
+            continue
+        stats = (_read_json_file(stats_path, remote, retries, backoff)
+                 if name.endswith('.tar') else None)
+        if stats is None:
             return None
+        total += int(stats.get('successes', 0))
     return total
 
 
@@ -187,6 +219,11 @@ class ImageTextShardDataset(IterableDataset):
             one endless pass (``IterBasedTrainLoop``).
         batch_size (int, optional): The dataloader's batch size; needed with
             ``samples_per_epoch``.
+        remote_retries (int): Remote shards (URLs read through fsspec): retries of a scan or
+            read that met a connection error (timeouts, resets, HTTP 5xx) before the shard is
+            skipped and counted as unreadable.
+        remote_backoff (float): Remote shards: seconds before the first retry, doubled before
+            each further one.
     """
 
     UNKNOWN_LENGTH = 1 << 40
@@ -207,11 +244,15 @@ class ImageTextShardDataset(IterableDataset):
                  max_warnings: int = 5,
                  num_samples: Optional[int] = None,
                  samples_per_epoch: Optional[int] = None,
-                 batch_size: Optional[int] = None) -> None:
+                 batch_size: Optional[int] = None,
+                 remote_retries: int = REMOTE_RETRIES,
+                 remote_backoff: float = REMOTE_BACKOFF) -> None:
         super().__init__()
         self.shards = expand_shard_urls(shards)
+        self.remote_retries = int(remote_retries)
+        self.remote_backoff = float(remote_backoff)
         self.num_samples = num_samples if num_samples is not None else count_from_size_files(
-            self.shards)
+            self.shards, self.remote_retries, self.remote_backoff)
         self.pipeline = build_pipeline(pipeline)
         self.seed = int(seed)
         self.shuffle = shuffle
@@ -238,7 +279,7 @@ class ImageTextShardDataset(IterableDataset):
         # (epoch, position, valid) per role, in shared memory so that worker processes,
         # persistent or not, pass their position on to the next pass over the dataloader.
         self._positions = torch.zeros((self.MAX_WORKERS, 3), dtype=torch.int64).share_memory_()
-        self._reader = ShardReader()
+        self._reader = ShardReader(retries=self.remote_retries, backoff=self.remote_backoff)
 
     @property
     def metainfo(self) -> dict:
@@ -325,9 +366,10 @@ class ImageTextShardDataset(IterableDataset):
         readable_sizes: List[int] = []
         for shard_index, part in units[role::num_roles]:
             path = self.shards[shard_index]
-            refs, error = scan_shard(path)
+            refs, error = scan_shard(path, self.remote_retries, self.remote_backoff)
             if error is None:
                 readable_sizes.append(len(refs))
+                self._reader.forget_failure(path)  # readable again: its samples are tried
             else:
                 yield _ShardFailure(path, str(error),
                                     _estimate_lost(path, refs, part, parts, readable_sizes))
@@ -350,9 +392,13 @@ class ImageTextShardDataset(IterableDataset):
         """
         where = f'{ref.shard}:{ref.key}'
         try:
+            image_ext = image_ext_of(ref, self.image_exts)
+            if image_ext is not None:
+                # Remote shards: one request for the members used (nothing for local files).
+                self._reader.prefetch(ref, (self.caption_ext, image_ext) +
+                                      (('json', ) if self.load_json else ()))
             caption_raw = (self._reader.read(ref, self.caption_ext)
                            if self.caption_ext in ref.members else None)
-            image_ext = image_ext_of(ref, self.image_exts)
             if image_ext is None:
                 raise BadSampleError(MISSING_IMAGE, f'{where} has {sorted(ref.members)}')
             results = dict(key=ref.key, shard=ref.shard, text=decode_caption(caption_raw, where))
@@ -410,6 +456,12 @@ class ImageTextShardDataset(IterableDataset):
                     output = self.load_sample(item, seed, restore_rng=worker is None)
                 except BadSampleError as error:
                     skipped[error.reason] += 1
+                    for shard in self._reader.pop_failures():
+                        # A remote shard that stopped answering after its scan: counted once
+                        # as a shard, its samples one by one as unreadable (no more waiting).
+                        warnings.warn(f'Skipping the rest of remote shard {shard}: {error}')
+                        skipped[UNREADABLE_SHARD] += 1
+                        bad_shards.append(shard)
                     if warnings_left > 0:
                         warnings_left -= 1
                         warnings.warn(f'Skipping bad sample ({error}); further ones are '
