@@ -50,11 +50,12 @@ def _restore_numpy_aliases() -> None:
 
 # --- CPU distributed -----------------------------------------------------------------------------
 def _support_cpu_distributed() -> None:
-    """Let mmengine's launcher and DDP wrapper run with several CPU processes (gloo).
+    """Let mmengine's launcher, DDP and FSDP wrappers run with several CPU processes (gloo).
 
     mmengine 0.10's ``_init_dist_pytorch`` calls ``torch.cuda.set_device`` unconditionally, and
     the Runner wraps the model with ``device_ids=[LOCAL_RANK]``, which DDP rejects for a CPU
-    module. Without CUDA we initialise the gloo process group instead and pass no device ids.
+    module. Without CUDA we initialise the gloo process group instead and pass no device ids;
+    FlexibleRunner's FSDP wrapper gets the CPU as its device.
     """
     import mmengine.dist.utils as dist_utils
     from mmengine.model.wrappers import MMDistributedDataParallel
@@ -81,6 +82,20 @@ def _support_cpu_distributed() -> None:
                           detect_anomalous_params=detect_anomalous_params, **kwargs)
 
     MMDistributedDataParallel.__init__ = ddp_init
+
+    # FlexibleRunner's FSDPStrategy passes ``device_id=LOCAL_RANK``, which torch's FSDP reads
+    # as a CUDA device; torch 2.14's FSDP shards CPU modules over gloo when given the CPU
+    # (tests/test_engine/test_sharded_training.py).
+    from mmengine.model.wrappers import MMFullyShardedDataParallel
+    original_fsdp_init = MMFullyShardedDataParallel.__init__
+
+    @functools.wraps(original_fsdp_init)
+    def fsdp_init(self, module, *args, **kwargs):
+        if isinstance(kwargs.get('device_id'), int) and not torch.cuda.is_available():
+            kwargs['device_id'] = torch.device('cpu')
+        original_fsdp_init(self, module, *args, **kwargs)
+
+    MMFullyShardedDataParallel.__init__ = fsdp_init
 
 
 _APPLIED = False

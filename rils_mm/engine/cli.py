@@ -125,6 +125,10 @@ def check_train_config(cfg: Config) -> None:
         raise UsageError('train_dataloader.batch_size=1 with '
                          'model.head.loss.filter_correct=True: the correct-retrieval '
                          'filter needs at least 2 pairs per device')
+    strategy = str((cfg.get('strategy') or {}).get('type', ''))
+    if 'FSDP' in strategy and cfg.get('launcher', 'none') == 'none':
+        raise UsageError(f'strategy {strategy} shards the model over processes: start it with '
+                         f'tools/dist_train.sh CONFIG GPUS (GPUS may be 1)')
 
 
 def check_learning_rates(cfg: Config) -> None:

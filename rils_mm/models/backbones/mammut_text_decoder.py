@@ -8,6 +8,7 @@ from mmpretrain.registry import MODELS
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
+from ..utils.activation_checkpointing import run_block
 from ..utils.checkpoint_loading import checked_init_cfg
 from ..utils.locking import block_groups
 
@@ -40,6 +41,8 @@ class MaMMUTTextDecoder(BaseModule):
             self-attention blocks. Defaults to 2 (MaMMUT: every second layer).
         mlp_ratio (float): MLP width over ``width``. Defaults to 4.
         pad_id (int): The padding token id. Defaults to 0.
+        with_cp (bool): Recompute each block (self- and cross-attention) in the backward pass
+            to save activation memory. Defaults to False.
         init_cfg (dict | list, optional): Initialisation; ``Pretrained`` loads through the
             checked loader.
     """
@@ -54,6 +57,7 @@ class MaMMUTTextDecoder(BaseModule):
                  cross_attention_every: int = 2,
                  mlp_ratio: float = 4.0,
                  pad_id: int = 0,
+                 with_cp: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__(init_cfg=checked_init_cfg(init_cfg))
         if width % heads:
@@ -68,6 +72,7 @@ class MaMMUTTextDecoder(BaseModule):
         self.heads = heads
         self.output_dim = output_dim
         self.pad_id = pad_id
+        self.with_cp = with_cp
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
         self.resblocks = nn.ModuleList([
@@ -133,7 +138,7 @@ class MaMMUTTextDecoder(BaseModule):
         mask = mask.expand(batch, self.heads, length, length).reshape(-1, length, length)
         x = self._embed(texts)
         for block in self.resblocks:
-            x = block(x, attn_mask=mask)
+            x = run_block(block, x, attn_mask=mask, with_cp=self.with_cp)
         x = self.ln_final(x)
         weights = valid.unsqueeze(-1).to(x.dtype)
         pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1)
@@ -162,8 +167,9 @@ class MaMMUTTextDecoder(BaseModule):
         causal = torch.full((length, length), float('-inf'), device=texts.device).triu(1)
         x = self._embed(texts)
         for index, block in enumerate(self.resblocks):
-            x = block(x, attn_mask=causal)
+            x = run_block(block, x, attn_mask=causal, with_cp=self.with_cp)
             cross = self.cross_blocks[str(index)] if str(index) in self.cross_blocks else None
             if cross is not None:
-                x = cross(x, k_x=image_tokens, v_x=image_tokens)
+                x = run_block(cross, x, k_x=image_tokens, v_x=image_tokens,
+                              with_cp=self.with_cp)
         return self.ln_final(x)

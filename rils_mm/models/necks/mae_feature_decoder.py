@@ -6,6 +6,8 @@ from mmpretrain.models.necks import MAEPretrainDecoder
 from mmpretrain.registry import MODELS
 from torch import nn
 
+from ..utils.activation_checkpointing import run_block
+
 
 @MODELS.register_module()
 class MAEFeatureDecoder(MAEPretrainDecoder):
@@ -20,11 +22,14 @@ class MAEFeatureDecoder(MAEPretrainDecoder):
     Args:
         predict_feature_dim (int): Width of the prediction (the teacher's feature width, or
             ``patch_size ** 2 * in_chans`` for pixels). Defaults to 512.
+        with_cp (bool): Recompute each block in the backward pass to save activation memory.
+            Defaults to False.
         **kwargs: ``MAEPretrainDecoder`` arguments (widths, depth, heads, init).
     """
 
-    def __init__(self, predict_feature_dim: int = 512, **kwargs) -> None:
+    def __init__(self, predict_feature_dim: int = 512, with_cp: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.with_cp = with_cp
         self.decoder_pred = nn.Linear(self.decoder_embed.out_features, predict_feature_dim,
                                       bias=True)
 
@@ -50,5 +55,5 @@ class MAEFeatureDecoder(MAEPretrainDecoder):
                                ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
         x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed
         for block in self.decoder_blocks:
-            x = block(x)
+            x = run_block(block, x, with_cp=self.with_cp)
         return self.decoder_pred(self.decoder_norm(x))
