@@ -47,8 +47,9 @@ peak memory of its step (CUDA only: ``max_memory_allocated`` over its timed step
 models' resident weights and optimizer states subtracted), the FLOPs of one forward + backward
 per image (``FlopCounterMode`` on one step at batch 2, attention through the math kernel so it
 is counted; matrix products, attention and convolutions only) and the MFU: FLOPs per image x
-images/s over the device's matmul peak, measured at the start as the median of a few large
-square matmuls in the run's dtype. It prints a header line (device, threads, dtype, batch,
+images/s over the device's matmul peak: the highest rate of a large square matmul in the run's
+dtype, measured at the start and again in every round (a shared machine slows some of them
+down; one measurement at the start made MFU exceed 100 %). It prints a header line (device, threads, dtype, batch,
 rounds, matmul peak) and the table in markdown; progress goes to stderr. A missing config or an
 unknown method exits with status 2 and one line.
 """
@@ -308,25 +309,37 @@ def build_open_clip(size: Optional[dict], inputs: dict):
     return model, step, source
 
 
-def matmul_peak(device, dtype) -> tuple:
-    """(FLOP/s, side): the median rate of large square matmuls in ``dtype`` on ``device``."""
-    import torch
-    if device.type == 'cuda':
-        side, repeats = 4096, 20
-    else:  # a CPU is slow, and slower still in half precision without matrix units
-        side, repeats = (2048 if dtype == torch.float32 else 1024), 1
-    generator = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(side, side, generator=generator).to(device, dtype) for _ in range(2))
-    rates = []
-    for index in range(6):
-        synchronize(device)
+class MatmulPeak:
+    """The device's matmul rate in ``dtype``: the highest of repeated large square matmuls.
+
+    ``measure()`` adds one measurement; ``rate`` is the highest so far (FLOP/s), ``side`` the
+    matrix side.
+    """
+
+    def __init__(self, device, dtype) -> None:
+        import torch
+        self.device = device
+        if device.type == 'cuda':
+            self.side, self.repeats = 4096, 20
+        else:  # a CPU is slow, and slower still in half precision without matrix units
+            self.side, self.repeats = (2048 if dtype == torch.float32 else 1024), 1
+        generator = torch.Generator().manual_seed(0)
+        self.a, self.b = (torch.randn(self.side, self.side, generator=generator).to(device, dtype)
+                          for _ in range(2))
+        self.rate = 0.0
+        self._run()  # warm-up, not counted
+
+    def _run(self) -> float:
+        synchronize(self.device)
         start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        synchronize(device)
-        if index:  # the first one warms up
-            rates.append(2 * side**3 * repeats / (time.perf_counter() - start))
-    return statistics.median(rates), side
+        for _ in range(self.repeats):
+            self.a @ self.b
+        synchronize(self.device)
+        return 2 * self.side**3 * self.repeats / (time.perf_counter() - start)
+
+    def measure(self, times: int = 1) -> None:
+        for _ in range(times):
+            self.rate = max(self.rate, self._run())
 
 
 def synchronize(device) -> None:
@@ -430,7 +443,8 @@ def main(argv=None) -> List[Entry]:
         print(line, file=sys.stderr, flush=True)
 
     torch.manual_seed(0)
-    peak, side = matmul_peak(device, amp_dtype or torch.float32)
+    matmul = MatmulPeak(device, amp_dtype or torch.float32)
+    matmul.measure(5)
     generator = torch.Generator().manual_seed(0)
     texts = torch.randint(1, 49000, (batch_size, 77), generator=generator)
     # Start, 19 word ids, end of text (the highest id), then padding: 21-token captions
@@ -481,10 +495,12 @@ def main(argv=None) -> List[Entry]:
             if cuda:
                 used = (torch.cuda.max_memory_allocated(device) - others) / 2**30
                 entry.peak = max(entry.peak or 0.0, used)
+        matmul.measure()
         log(f'round {round_index + 1}/{args.rounds}: ' + ', '.join(
             f'{e.name} {e.times[-1] * 1e3:.0f} ms' for e in entries))
 
     by_name = {entry.name: entry for entry in entries}
+    peak, side = matmul.rate, matmul.side
     dtype = {None: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}[amp_dtype]
     towers = size['name'] if size else 'ViT-B/16'
     print(f'device {device} ({device_name(device)}), {torch.get_num_threads()} threads, '
