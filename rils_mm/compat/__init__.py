@@ -2,15 +2,18 @@
 
 mmengine 0.10, mmcv 2.1, mmpretrain 1.2, mmdet 3.3 and mmseg 1.2 predate numpy 2.4, torch's
 ``weights_only=True`` default (torch >= 2.6) and CPU-only distributed training, and mmengine
-writes checkpoints non-atomically. Each fix is applied once, when ``rils_mm`` is imported; none
-edits an installed file, and each has a test (``tests/test_compat.py``,
-``tests/test_checkpoint_safety.py``) that fails without it. Remove a fix when the upstream
+writes checkpoints non-atomically and some reports on the console parameter by parameter. Each
+fix is applied once, when ``rils_mm`` is imported; none edits an installed file, and each has a
+test (``tests/test_compat.py``, ``tests/test_checkpoint_safety.py``,
+``tests/test_tools/test_console.py``) that fails without it. Remove a fix when the upstream
 release that needs it is no longer supported.
 
 - :mod:`.safe_loading`: every checkpoint scheme (local, URLs, model-zoo names) loads
   weights-only; refusals and damaged files are one line naming the file.
 - :mod:`.atomic_saving`: checkpoints are written atomically and rotated save-first.
 - :mod:`.epoch_resume`: a mid-epoch checkpoint resumes the epoch where it stopped.
+- :mod:`.parameter_reports`: ``init_weights`` and the optimizer's ``paramwise_options`` print
+  one summary line each; their per-parameter lines go to the log file (or DEBUG).
 """
 import functools
 
@@ -19,6 +22,7 @@ import torch
 
 from .atomic_saving import atomic_write_bytes, install_atomic_checkpoints
 from .epoch_resume import install_mid_epoch_resume
+from .parameter_reports import install_parameter_reports
 from .safe_loading import (CheckpointKeysError, CheckpointLoadError, DamagedCheckpointError,
                            MissingCheckpointError, UnsafeCheckpointError,
                            install_weights_only_loaders, weights_only_load)
@@ -110,6 +114,7 @@ def apply_all() -> None:
     install_weights_only_loaders()
     install_atomic_checkpoints()
     install_mid_epoch_resume()
+    install_parameter_reports()
     _support_cpu_distributed()
     _APPLIED = True
 

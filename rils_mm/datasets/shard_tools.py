@@ -7,6 +7,7 @@ import tarfile
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Union
 
+from ..utils.progress import track
 from .bad_samples import (MISSING_CAPTION, MISSING_IMAGE, UNREADABLE_SHARD, BadSampleError,
                           decode_caption)
 from .caption_files import read_csv_captions, read_jsonl_captions
@@ -173,7 +174,7 @@ def make_shards(image_root: str,
     else:
         rows, _ = read_csv_captions(captions_file, img_key, caption_key, sep, quoting=quoting)
     with ShardWriter(out_dir, samples_per_shard) as writer:
-        for index, row in enumerate(rows):
+        for index, row in enumerate(track(rows, 'make_shards', 'sample')):
             path = osp.join(image_root, row['img_path'])
             if not osp.isfile(path):
                 raise FileNotFoundError(f'{captions_file}:{row["line"]}: image {path} does not '
@@ -213,7 +214,7 @@ def inspect_shards(shards: Union[str, Sequence[str]],
     reader = ShardReader()
     report = dict(num_shards=len(paths), num_samples=0, num_good=0, reasons=Counter(),
                   converted=Counter(), bad=[], shard_errors=[])
-    for path in paths:
+    for path in track(paths, 'inspect_shards', 'shard'):
         refs, error = scan_shard(path)
         if error is not None:
             report['shard_errors'].append(str(error))

@@ -48,6 +48,7 @@ from rils_mm.datasets.bad_samples import (FILTERED, UNREADABLE_SHARD, UNREADABLE
 from rils_mm.datasets.caption_datasets import BaseImageTextDataset
 from rils_mm.datasets.image_text_shards import ImageTextShardDataset, _mix_seed, _ShardFailure
 from rils_mm.datasets.shard_tools import ShardWriter
+from rils_mm.utils.progress import Progress
 
 __all__ = ['FeatureCacheError', 'cache_image_features', 'cache_from_config']
 
@@ -124,6 +125,8 @@ class ShardStreamSource:
 
     def __init__(self, dataset: ImageTextShardDataset) -> None:
         self.dataset = dataset
+        # From sizes.json where there is one (positions also count unreadable shards).
+        self.total: Optional[int] = dataset.num_samples
 
     def describe(self) -> dict:
         shards = self.dataset.shards
@@ -157,6 +160,7 @@ class MapStyleSource:
     def __init__(self, dataset: BaseImageTextDataset) -> None:
         self.dataset = dataset
         dataset.full_init()
+        self.total: Optional[int] = len(dataset)
 
     def describe(self) -> dict:
         return dict(type=type(self.dataset).__name__, ann_file=self.dataset.ann_file,
@@ -456,8 +460,11 @@ def cache_image_features(model: torch.nn.Module,
             f'{_bad_total(bad)} bad so far')
 
     end_position = state['position']
+    progress_bar = Progress(getattr(source, 'total', None), 'cache_image_features', 'sample',
+                            initial=end_position)
     try:
         for entry in source.entries(state['position']):
+            progress_bar.update(entry.position - end_position)
             end_position = entry.position
             if entry.bad:
                 bad.update(entry.bad)
@@ -484,6 +491,8 @@ def cache_image_features(model: torch.nn.Module,
     except BaseException:
         writer.abort()  # the open shard only; committed ones stay for the resume
         raise
+    finally:
+        progress_bar.close()
     state.update(position=end_position, bad=dict(bad), sizes=dict(writer.sizes))
     num_samples, num_shards = sum(state['sizes'].values()), len(state['sizes'])
     cache_info = dict(info or {})

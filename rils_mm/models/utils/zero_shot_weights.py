@@ -4,24 +4,33 @@ Used by ``ZeroShotClassifier`` (:mod:`rils_mm.models.algorithms.zero_shot`).
 
 The ensembling is open_clip's own ``build_zero_shot_classifier`` (each class: the normalised
 embeddings of its prompts are averaged and the mean renormalised), called through a small
-adapter, so that our numbers are open_clip's by construction.
+adapter, so that our numbers are open_clip's by construction. The adapter also counts the
+classes encoded, for the progress report (ImageNet's 1000 classes x 80 prompts take minutes).
 """
 from typing import Callable, List, Optional, Sequence
 
 import torch
 from open_clip import build_zero_shot_classifier
 
+from ...utils.progress import Progress
+
 __all__ = ['build_text_classifier', 'group_logits']
 
 
 class _EncodeTextAdapter:
-    """Gives any ``encode_text(tokens) -> normalised B x D`` the open_clip call signature."""
+    """Gives any ``encode_text(tokens) -> normalised B x D`` the open_clip call signature and
+    counts the classes encoded (``B / num_templates`` per call) in ``progress``."""
 
-    def __init__(self, encode_text: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, encode_text: Callable[[torch.Tensor], torch.Tensor],
+                 num_templates: int = 1, progress: Optional[Progress] = None):
         self._encode_text = encode_text
+        self._num_templates = num_templates
+        self._progress = progress
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         feats = self._encode_text(tokens)
+        if self._progress is not None:
+            self._progress.update(len(tokens) // self._num_templates)
         return torch.nn.functional.normalize(feats, dim=-1) if normalize else feats
 
 
@@ -45,13 +54,14 @@ def build_text_classifier(encode_text: Callable[[torch.Tensor], torch.Tensor],
     Returns:
         Tensor: ``D x C`` classifier weights, each column of unit norm.
     """
-    return build_zero_shot_classifier(
-        _EncodeTextAdapter(encode_text),
-        tokenizer=tokenizer,
-        classnames=list(classnames),
-        templates=list(templates),
-        num_classes_per_batch=num_classes_per_batch,
-        device=device)
+    with Progress(len(classnames), 'zero-shot classifier', 'class') as progress:
+        return build_zero_shot_classifier(
+            _EncodeTextAdapter(encode_text, len(templates), progress),
+            tokenizer=tokenizer,
+            classnames=list(classnames),
+            templates=list(templates),
+            num_classes_per_batch=num_classes_per_batch,
+            device=device)
 
 
 def group_logits(logits: torch.Tensor, groups: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -1,0 +1,141 @@
+"""A readable console: ``init_weights`` reports one line (the per-parameter detail goes to the
+log file), and long jobs report progress as a bar on a terminal, plain lines otherwise."""
+import io
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+import uuid
+
+import pytest
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+
+import rils_mm  # noqa: F401  (applies rils_mm.compat's init_weights report)
+from rils_mm.utils.progress import Progress, track
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEMO = 'configs/rils/demo_cpu.py'
+DETAIL = 'The value is the same before and after'
+# A demo run of two iterations of a tiny model (the test_cli.py settings, 32 pairs).
+TINY_RUN = [
+    'model.backbone.arch.embed_dims=32', 'model.backbone.arch.num_layers=1',
+    'model.backbone.arch.num_heads=2', 'model.backbone.arch.feedforward_channels=64',
+    'model.backbone.img_size=32', 'model.neck.num_patches=16', 'model.neck.embed_dim=32',
+    'model.neck.decoder_embed_dim=32', 'model.neck.decoder_num_heads=2',
+    'model.text_encoder.width=32', 'model.text_encoder.layers=1', 'model.text_encoder.heads=2',
+    'model.text_encoder.output_dim=16', 'model.embed_dims=16', 'train_cfg.max_epochs=1',
+    'train_dataloader.batch_size=16', 'train_dataloader.dataset.batch_size=16',
+    'train_dataloader.dataset.samples_per_epoch=32', 'train_dataloader.num_workers=0',
+    'train_dataloader.persistent_workers=False', 'default_hooks.logger.interval=1',
+    'train_dataloader.dataset.generate_cfg.num_train=32',
+    'train_dataloader.dataset.generate_cfg.num_val=8',
+    'train_dataloader.dataset.generate_cfg.num_heldout=8',
+    'train_dataloader.dataset.generate_cfg.image_size=32',
+    'train_dataloader.dataset.pipeline.1.scale=32']
+
+
+# --- init_weights -------------------------------------------------------------------------------
+def test_training_console_has_the_summary_and_the_log_file_the_detail(tmp_path):
+    work_dir = tmp_path / 'work'
+    result = subprocess.run(
+        [sys.executable, 'tools/train.py', DEMO, '--work-dir', str(work_dir), '--no-validate',
+         '--cfg-options', *TINY_RUN,
+         f'train_dataloader.dataset.data_root={tmp_path / "shapes"}'],
+        cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED='1'), capture_output=True, text=True,
+        timeout=600)
+    console = result.stdout + result.stderr
+    assert result.returncode == 0, console[-4000:]
+    assert DETAIL not in console and 'Initialized by' not in console
+    assert 'paramwise_options -- ' not in console
+    summaries = [line for line in console.splitlines()
+                 if 'init_weights: ' in line or 'paramwise_options: ' in line]
+    assert len(summaries) == 2, console[-4000:]
+    paramwise, init = summaries  # the optimizer is built before init_weights runs
+    assert re.search(r'paramwise_options: \d+ parameters with their own settings '
+                     r'\(weight_decay \d+', paramwise)
+    assert 'parameters of RILS initialised' in init
+    logs = list(work_dir.glob('*/*.log'))
+    assert len(logs) == 1
+    assert all(f'per-parameter detail in {logs[0]}' in line for line in summaries)
+    log = logs[0].read_text()
+    assert log.count(DETAIL) > 10 and 'init_weights: ' in log
+    assert log.count('paramwise_options -- ') > 10 and 'paramwise_options: ' in log
+
+
+def test_model_built_outside_a_runner_prints_one_line(capfd):
+    # A logger without a log file, as in a tool or a test that builds a model itself.
+    logger = MMLogger.get_instance(f'console-{uuid.uuid4().hex}')
+    from mmpretrain.registry import MODELS
+    cfg = Config.fromfile(osp.join(REPO, DEMO))
+    capfd.readouterr()
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    out, err = capfd.readouterr()
+    lines = (out + err).strip().splitlines()
+    assert len(lines) <= 3, lines[:10]
+    summary = [line for line in lines if 'init_weights: ' in line]
+    assert len(summary) == 1 and "per-parameter detail at log_level='DEBUG'" in summary[0]
+    count = sum(1 for _ in model.parameters())
+    assert f'{count} parameters of {type(model).__name__} initialised' in summary[0]
+    assert 'unchanged' in summary[0]
+    assert DETAIL not in out + err
+    # At DEBUG the detail is there, one line per parameter.
+    logger.setLevel('DEBUG')
+    for handler in logger.handlers:
+        handler.setLevel('DEBUG')
+    try:
+        MODELS.build(cfg.model).init_weights()
+    finally:
+        logger.setLevel('INFO')
+    out, err = capfd.readouterr()
+    assert len(re.findall(r'DEBUG - [\w.]+ - \([\d, ]*\): \S', out + err)) == count
+
+
+# --- progress -----------------------------------------------------------------------------------
+class _Tty(io.StringIO):
+
+    def isatty(self):
+        return True
+
+
+def test_progress_prints_plain_lines_when_not_a_terminal():
+    stream = io.StringIO()
+    for _ in track(range(50), 'job', 'sample', stream=stream, min_interval=0):
+        pass
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 10  # one per tenth
+    assert lines[0].startswith('job: 5/50 samples (10 %), 0 s')
+    assert lines[-1].startswith('job: 50/50 samples (100 %)')
+    assert '\r' not in stream.getvalue()
+
+
+def test_progress_is_quiet_for_short_jobs_and_other_ranks():
+    stream = io.StringIO()
+    for _ in track(range(50), 'job', stream=stream):  # well within min_interval
+        pass
+    with Progress(10, 'job', stream=stream, min_interval=0, enabled=False) as progress:
+        progress.update(10)
+    assert stream.getvalue() == ''
+
+
+def test_progress_with_an_unknown_total_and_a_resumed_job():
+    stream = io.StringIO()
+    with Progress(None, 'cache', 'sample', stream=stream, min_interval=0,
+                  max_interval=0) as progress:
+        progress.update(3)
+    assert stream.getvalue().splitlines()[0].startswith('cache: 3 samples, 0 s')
+    resumed = Progress(100, 'cache', 'sample', initial=40, stream=io.StringIO(),
+                       min_interval=0)
+    resumed.update(10)  # the first line comes at 50 %, not at once
+    lines = resumed.stream.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('cache: 50/100 samples (50 %), 0 s, about')
+
+
+def test_progress_draws_a_bar_on_a_terminal():
+    pytest.importorskip('tqdm')
+    stream = _Tty()
+    with Progress(4, 'job', 'class', stream=stream, min_interval=0) as progress:
+        progress.update(4)
+    assert '4/4' in stream.getvalue() and '\r' in stream.getvalue()
