@@ -49,9 +49,9 @@ per image (``FlopCounterMode`` on one step at batch 2, attention through the mat
 is counted; matrix products, attention and convolutions only) and the MFU: FLOPs per image x
 images/s over the device's matmul peak: the highest rate of a large square matmul in the run's
 dtype, measured at the start and again in every round (a shared machine slows some of them
-down; one measurement at the start made MFU exceed 100 %). It prints a header line (device, threads, dtype, batch,
-rounds, matmul peak) and the table in markdown; progress goes to stderr. A missing config or an
-unknown method exits with status 2 and one line.
+down; one measurement at the start made MFU exceed 100 %). It prints a header line (device,
+threads, dtype, batch, rounds, matmul peak) and the table in markdown; progress goes to
+stderr. A missing config or an unknown method exits with status 2 and one line.
 """
 import argparse
 import logging
