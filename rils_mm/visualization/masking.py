@@ -1,0 +1,212 @@
+"""The masks a method draws and its reconstruction loss on every patch.
+
+- RILS (and its vision-space variant): uniform random masking (MAE's per-sample shuffle);
+  the loss map is KL(teacher || student) of every masked patch, computed by the method's own
+  ``LanguageSpaceReconstructionLoss.dense_kl`` against the prototypes its head scores with
+  (the given captions for RILS, the fixed random prototypes for the vision-space variant).
+- MAE and MAE+CLIP: uniform random masking; the map is the pixel loss of every masked patch
+  (MSE, or L1, of the per-patch normalised pixels, ``MAEPretrainHead``'s target).
+- MILAN: the CLIP teacher's class-token attention weighs the patches and the kept ones are
+  drawn with these weights (semantic-aware masking; ``masking='uniform'`` teachers give equal
+  weights); the map is ``shift - scale * cos`` between the decoder's prediction and the
+  teacher's feature of every patch (MILAN's loss counts all tokens, visible ones too).
+  ``PixelTargetMILAN``: MILAN's masking with MAE's pixel loss on the masked patches.
+
+Masks come from torch's generator seeded per draw, as in training: with the same seed the
+model's own ``loss`` draws the same mask. The maps leave out what only training has: the loss
+weight and RILS's correct-retrieval filter (which needs a batch of captions).
+"""
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .figures import Panel, draw_panel_grid
+from .models import VisualizationInputError, encode_captions, patch_grid, seeded
+
+__all__ = ['MaskDraw', 'reconstruction_kind', 'draw_mask', 'draw_masks_figure',
+           'rils_masked_passes']
+
+
+@dataclass
+class MaskDraw:
+    """One mask of a batch and the reconstruction loss it gives.
+
+    Attributes:
+        hidden (torch.Tensor): B x L, 1 on the patches the encoder did not see.
+        loss (torch.Tensor, optional): B x L per-patch loss, NaN where the loss does not count.
+        loss_name (str): What ``loss`` is.
+        loss_total (torch.Tensor, optional): B, the loss of each image as the method reduces
+            it (weight and filter left out).
+        importance (torch.Tensor, optional): B x L, MILAN's masking weights (the teacher's
+            class-token attention over the patches).
+    """
+    hidden: torch.Tensor
+    loss: Optional[torch.Tensor] = None
+    loss_name: str = ''
+    loss_total: Optional[torch.Tensor] = None
+    importance: Optional[torch.Tensor] = None
+
+
+def reconstruction_kind(model: nn.Module) -> str:
+    """``'rils'``, ``'pixel'`` (MAE, MAE+CLIP), ``'milan'`` or ``'milan_pixel'``."""
+    from mmpretrain.models.selfsup import MAE, MILAN
+
+    from ..models.algorithms import MAECLIP, RILS, PixelTargetMILAN
+    if isinstance(model, PixelTargetMILAN):
+        return 'milan_pixel'
+    if isinstance(model, MILAN):
+        return 'milan'
+    if isinstance(model, RILS):
+        return 'rils'
+    if isinstance(model, (MAE, MAECLIP)):
+        return 'pixel'
+    raise VisualizationInputError(f'{type(model).__name__} draws no masks (masking methods: '
+                                  f'RILS, MAE, MAE+CLIP, MILAN)')
+
+
+def _pixel_loss(model: nn.Module, predictions: torch.Tensor, images: torch.Tensor,
+                hidden: torch.Tensor):
+    """MAEPretrainHead's loss per patch: B x L map (NaN on visible patches) and B totals."""
+    head = model.head
+    per_patch = head.loss_module.penalty(predictions, head.construct_target(images))
+    per_patch = per_patch.mean(dim=-1)
+    channel = getattr(head.loss_module, 'channel', 1)
+    total = (per_patch * hidden).sum(1) / hidden.sum(1) / channel
+    criterion = 'L1' if isinstance(head.loss_module.penalty, nn.L1Loss) else 'MSE'
+    name = f'pixel {criterion}' + (' (normalised patches)' if head.norm_pix else '')
+    return per_patch.masked_fill(hidden == 0, float('nan')), total, name
+
+
+@torch.no_grad()
+def draw_mask(model: nn.Module, images: torch.Tensor, seed: int = 0,
+              captions: Optional[Sequence[str]] = None) -> MaskDraw:
+    """Draw one mask per image as the method does in training and score its reconstruction.
+
+    Args:
+        model (nn.Module): A masking model (:func:`reconstruction_kind`).
+        images (torch.Tensor): B x 3 x H x W, normalised.
+        seed (int): Seed of torch's generator for the draw.
+        captions (Sequence[str], optional): RILS's prototypes (the captions of a batch);
+            required for RILS with caption prototypes, unused otherwise.
+
+    Returns:
+        MaskDraw: the mask and the per-patch loss.
+    """
+    kind = reconstruction_kind(model)
+    backbone = model.backbone
+    if kind == 'rils':
+        return _rils(model, images, seed, captions)
+    if kind == 'pixel':
+        with seeded(seed):
+            latent, hidden, ids_restore = backbone(images, mask=True)
+        predictions = model.neck(latent, ids_restore)
+        loss, total, name = _pixel_loss(model, predictions, images, hidden)
+        return MaskDraw(hidden, loss, name, total)
+    # MILAN: the teacher's attention (or equal weights) decides which patches are kept.
+    num_patches = backbone.patch_resolution[0] * backbone.patch_resolution[1]
+    targets = None
+    if getattr(model, 'target_generator', None) is not None:
+        targets, attention = model.target_generator(images)
+        importance = attention[:, 0, 1:]
+    else:
+        importance = images.new_ones(images.shape[0], num_patches)
+    with seeded(seed):
+        latent, ids_restore, ids_keep, ids_dump = backbone(images, importance)
+    predictions = model.neck(latent, ids_restore, ids_keep, ids_dump)
+    hidden = torch.ones_like(importance).scatter_(1, ids_keep, 0.0)
+    importance = importance / importance.sum(dim=1, keepdim=True)
+    if kind == 'milan_pixel':
+        loss, total, name = _pixel_loss(model, predictions[:, 1:], images, hidden)
+        return MaskDraw(hidden, loss, name, total, importance)
+    criterion = model.head.loss_module
+    cos = (F.normalize(predictions.float(), dim=-1) * F.normalize(targets.float(), dim=-1))
+    per_token = criterion.shift_factor - criterion.scale_factor * cos.sum(dim=-1)
+    name = f'{criterion.shift_factor:g} - {criterion.scale_factor:g} cos (all tokens)'
+    return MaskDraw(hidden, per_token[:, 1:], name, per_token.mean(dim=1), importance)
+
+
+def rils_masked_passes(model: nn.Module, images: torch.Tensor, seed: int) -> tuple:
+    """RILS's encoder passes as its training step runs them, the mask drawn with ``seed``.
+
+    A FLIP-style RILS (``intact_keep_ratio < 1``) runs its nested passes
+    (``RILS.patch_dropped_passes``): the intact pass sees a random subset of the patches and
+    the masked pass a subset of that subset. Otherwise the intact pass sees every patch and
+    the masked pass the encoder's ``1 - mask_ratio`` of them.
+
+    Args:
+        model (nn.Module): A RILS model.
+        images (torch.Tensor): B x 3 x H x W, normalised.
+        seed (int): Seed of torch's generator for the draw.
+
+    Returns:
+        tuple: ``targets`` B x L x C (the intact pass's patch features; zeros where a
+        FLIP-style intact pass did not look), the masked pass's ``latent`` and
+        ``ids_restore`` (the decoder's inputs), and ``hidden`` B x L: 1 on the patches the
+        reconstruction loss scores (hidden from the masked pass and, FLIP-style, seen by the
+        intact pass).
+    """
+    with seeded(seed):
+        if getattr(model, 'intact_keep_ratio', 1) < 1:  # FLIP-style RILS: its nested passes
+            _, targets, latent, hidden, ids_restore = model.patch_dropped_passes(images)
+        else:
+            targets = model.image_tokens(images)[:, 1:]
+            latent, hidden, ids_restore = model.backbone(images, mask=True)
+    return targets, latent, hidden, ids_restore
+
+
+def _rils(model: nn.Module, images: torch.Tensor, seed: int,
+          captions: Optional[Sequence[str]]) -> MaskDraw:
+    """RILS: the per-patch KL of its reconstruction loss on the masked patches."""
+    from ..models.heads.language_reconstruction import CaptionPrototypes
+    head = model.head
+    text = None
+    if isinstance(head.prototypes, CaptionPrototypes):
+        if not captions:
+            raise VisualizationInputError('RILS scores its reconstruction against captions: '
+                                          'give captions (--captions or --class-names)')
+        text = encode_captions(model, captions)
+    targets, latent, hidden, ids_restore = rils_masked_passes(model, images, seed)
+    predictions = model.neck(latent, ids_restore)
+    project = model.image_head.project
+    kl = head.loss_module.dense_kl(project(predictions), project(targets),
+                                   head.prototypes(text))
+    total = (kl * hidden).sum(1) / hidden.sum(1).clamp(min=1)
+    name = 'KL(teacher || student) over ' + ('captions' if text is not None else 'prototypes')
+    return MaskDraw(hidden, kl.masked_fill(hidden == 0, float('nan')), name, total)
+
+
+def draw_masks_figure(model: nn.Module, image: np.ndarray, draws: Sequence[MaskDraw],
+                      path: str, panel_px: int = 200) -> tuple:
+    """One row per draw: the image, the masked view (hidden patches grey), the per-patch loss
+    over the image (colour scale from the row's smallest to its largest patch loss) and, for
+    MILAN, the teacher's masking weights (0 to their maximum).
+
+    Returns:
+        tuple[int, int]: The PNG's (width, height): ``C * panel_px`` by
+        ``len(draws) * panel_px``, C = 3 (4 for MILAN).
+    """
+    grid = patch_grid(model)
+    blocks: List[List[Panel]] = []
+    for index, draw in enumerate(draws):
+        hidden = draw.hidden[0].reshape(grid).cpu().numpy() > 0
+        kept = int((~hidden).sum())
+        row = [Panel(image, f'draw {index}' if len(draws) > 1 else 'image'),
+               Panel(image, f'masked view: {int(hidden.sum())} of {hidden.size} hidden\n'
+                     f'{kept} seen', hidden=hidden)]
+        if draw.loss is not None:
+            loss = draw.loss[0].reshape(grid).cpu().numpy()
+            total = float(draw.loss_total[0])
+            finite = loss[np.isfinite(loss)]
+            row.append(Panel(image, f'{draw.loss_name}\nloss {total:.4g}; patches '
+                             f'{finite.min():.3g} to {finite.max():.3g}', values=loss,
+                             vmin=None, cmap='magma'))
+        if draw.importance is not None:
+            weights = draw.importance[0].reshape(grid).cpu().numpy()
+            row.append(Panel(image, 'masking weights (teacher\nclass-token attention)',
+                             values=weights, cmap='inferno'))
+        blocks.append(row)
+    return draw_panel_grid(blocks, max(len(b) for b in blocks), panel_px, path)
