@@ -35,10 +35,13 @@ setup(
     install_requires=['torch>=2.0', 'torchvision', 'mmcv>=2.0.0,<2.2.0'] +
     read_requirements('runtime.txt'),
     # remote: shards on object stores and HTTP through fsspec (see rils_mm/datasets/shards.py).
+    # tensorboard, wandb: mmengine's TensorboardVisBackend / WandbVisBackend (docs/usage.md).
     extras_require=dict(tests=read_requirements('tests.txt'),
                         remote=read_requirements('remote.txt'),
                         s3=read_requirements('remote.txt') + ['s3fs'],
-                        gcs=read_requirements('remote.txt') + ['gcsfs']),
+                        gcs=read_requirements('remote.txt') + ['gcsfs'],
+                        tensorboard=read_requirements('tensorboard.txt'),
+                        wandb=read_requirements('wandb.txt')),
     license='Apache License 2.0',
     zip_safe=False,
 )

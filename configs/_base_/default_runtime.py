@@ -18,6 +18,17 @@ env_cfg = dict(
     dist_cfg=dict(backend='nccl'),
 )
 
+# Where the logged scalars (losses, lr, metrics) go. LocalVisBackend writes
+# <work_dir>/<timestamp>/vis_data/scalars.json, which tools/analysis_tools/plot_curves.py draws.
+# TensorBoard as well (pip install 'rils_mm[tensorboard]'), one switch on the command line:
+#   python tools/train.py CONFIG \
+#       --cfg-options visualizer.vis_backends=[LocalVisBackend,TensorboardVisBackend]
+#   tensorboard --logdir work_dirs/CONFIG_NAME   # event files in <timestamp>/vis_data/
+# or Weights & Biases (pip install 'rils_mm[wandb]'; `wandb login`, or WANDB_MODE=offline):
+#       --cfg-options visualizer.vis_backends=[LocalVisBackend,WandbVisBackend]
+# (tools/train.py turns the names into dict(type=NAME); in a config, set the list of dicts on
+# `visualizer.vis_backends`, which is what the Runner reads, e.g. with WandbVisBackend's
+# init_kwargs=dict(project='rils')). docs/usage.md.
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='UniversalVisualizer', vis_backends=vis_backends)
 

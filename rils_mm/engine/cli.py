@@ -70,9 +70,20 @@ def load_config(config: str, cfg_options: Optional[dict]) -> Config:
         if unknown:
             raise UsageError(f'unknown key(s) {", ".join(unknown)} in --cfg-options: not in '
                              f'{config} and not a Runner setting')
+        cfg_options = expand_vis_backend_names(cfg_options)
         check_override_types(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
     return cfg
+
+
+def expand_vis_backend_names(cfg_options: dict) -> dict:
+    """``visualizer.vis_backends=[LocalVisBackend,TensorboardVisBackend]`` (names: what
+    ``DictAction`` can parse) as the list of ``dict(type=NAME)`` the Visualizer builds."""
+    names = cfg_options.get('visualizer.vis_backends')
+    names = [names] if isinstance(names, str) else names
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return dict(cfg_options, **{'visualizer.vis_backends': [dict(type=n) for n in names]})
+    return cfg_options
 
 
 def _lookup(cfg, dotted: str):

@@ -20,7 +20,7 @@ evaluated the same way from its final checkpoint:
 Each run records its training in ``<work_dir>/<method>/seed<seed>/train.json`` and its metrics
 in ``metrics.json``; a rerun reuses them when the budget, overrides and evaluation settings
 match. The table (mean and half-range over seeds) goes to ``results.md``, the chart to
-``results.png``.
+``results.png``, the training curves of the first seed's runs to ``curves.png``.
 """
 import json
 import os.path as osp
@@ -357,6 +357,34 @@ def plot(results: Dict[str, List[dict]], path: str) -> None:
     plt.close(fig)
 
 
+CURVE_KEYS = ('loss', 'loss_contrastive')
+
+
+def plot_training_curves(work_dir: str, methods: Sequence[str], seed: int, path: str,
+                         keys: Sequence[str] = CURVE_KEYS) -> List[str]:
+    """Training curves (:data:`CURVE_KEYS` that some run logged) of each method's run of
+    ``seed`` (a chain: its last stage), from the runs' ``scalars.json``; returns the methods
+    drawn (those without a log are left out; none: no chart)."""
+    from ..tools.plot_curves import (CurvesError, available_keys, find_scalars_file,
+                                     plot_curves, read_scalars)
+    runs, names, logged = [], [], set()
+    for method in methods:
+        run_dir = _run_dir(work_dir, method, seed)
+        if 'chain' in METHODS[method]:
+            last = load_chain(osp.join(REPO, METHODS[method]['chain'])).stages[-1]['name']
+            run_dir = osp.join(run_dir, last)
+        try:
+            logged.update(available_keys(read_scalars(find_scalars_file(run_dir))))
+        except CurvesError:
+            continue
+        runs.append(run_dir)
+        names.append(method)
+    if runs:
+        plot_curves(runs, [k for k in keys if k in logged] or ['loss'], names, path,
+                    title=f'Training curves (seed {seed})')
+    return names
+
+
 def _run_dir(work_dir: str, method: str, seed: int) -> str:
     name = method.replace(' ', '').replace(',', '_').replace('>', '').replace('+', '_')
     return osp.join(work_dir, name, f'seed{seed}')
@@ -382,14 +410,18 @@ def _training_settings(work_dir: str, method: str, seed: int, epochs: int,
     return trained
 
 
-def _train_or_reuse(work_dir: str, method: str, seed: int, trained: dict, log) -> dict:
-    """The run's ``train.json`` record, training first unless a matching one exists."""
+def _train_or_reuse(work_dir: str, method: str, seed: int, trained: dict, log,
+                    label: Optional[str] = None) -> dict:
+    """The run's ``train.json`` record, training first unless a matching one exists; ``label``
+    starts the log lines (default ``compare: METHOD seed SEED``)."""
+    label = label or f'compare: {method} seed {seed}'
     run_dir = _run_dir(work_dir, method, seed)
     record = read_json(osp.join(run_dir, 'train.json'))
     if record and all(record.get(k) == v for k, v in trained.items()) and \
             osp.isfile(record['checkpoint']):
-        log(f'compare: {method} seed {seed}: reused the training in {run_dir}')
+        log(f'{label}: reused the training in {run_dir}')
         return record
+    log(f'{label}: training in {run_dir}')
     start = time.time()
     options = [*trained['options'], *_source_options(method, trained)]
     checkpoint = train_method(method, run_dir, seed, trained['epochs'], options)
@@ -430,18 +462,22 @@ def run_comparison(work_dir: str,
     data: Optional[dict] = None
     settings = dict(probe_train=probe_train, shots=list(shots), data_root=data_root,
                     eval_version=EVAL_VERSION)
+    runs = len(methods) * len(seeds)
+    number = 0
     for method in methods:
         results[method] = []
         for seed in seeds:
+            number += 1
+            run = f'compare: [{number}/{runs}] {method} seed {seed}'
             run_dir = _run_dir(work_dir, method, seed)
             trained = _training_settings(work_dir, method, seed, epochs, extra_options, log)
             metrics = read_json(osp.join(run_dir, 'metrics.json'))
             if metrics and metrics.get('settings') == settings and all(
                     metrics.get(k) == v for k, v in trained.items()):
                 results[method].append(metrics)
-                log(f'compare: {method} seed {seed}: reused {run_dir}/metrics.json')
+                log(f'{run}: reused {run_dir}/metrics.json')
                 continue
-            record = _train_or_reuse(work_dir, method, seed, trained, log)
+            record = _train_or_reuse(work_dir, method, seed, trained, log, run)
             if data is None:
                 data = load_eval_data(data_root, probe_train)
             spec = METHODS[method]
@@ -454,7 +490,7 @@ def run_comparison(work_dir: str,
             metrics['eval_s'] = time.time() - start
             write_json(osp.join(run_dir, 'metrics.json'), metrics)
             results[method].append(metrics)
-            log(f'compare: {method} seed {seed}: {metrics["train_s"]:.0f} s training, '
+            log(f'{run}: {metrics["train_s"]:.0f} s training, '
                 f'{metrics["eval_s"]:.0f} s evaluation, ' + ', '.join(
                     f'{k} {metrics[k]:.1f}' for k, _ in COLUMNS if k in metrics))
     with open(osp.join(work_dir, 'results.json'), 'w') as f:
@@ -463,5 +499,6 @@ def run_comparison(work_dir: str,
     with open(osp.join(work_dir, 'results.md'), 'w') as f:
         f.write(table + '\n')
     plot(results, osp.join(work_dir, 'results.png'))
+    plot_training_curves(work_dir, methods, seeds[0], osp.join(work_dir, 'curves.png'))
     return results
 

@@ -1,0 +1,78 @@
+"""TensorBoard through mmengine's vis backends: the one-line switch of tools/train.py writes
+event files whose scalars are the ones in scalars.json."""
+import glob
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEMO = osp.join(REPO, 'configs', 'rils', 'demo_cpu.py')
+# The demo RILS shrunk to seconds (as tests/test_tools/test_cli.py): 2 iterations of 16 pairs.
+TINY = [
+    'model.backbone.arch.embed_dims=32', 'model.backbone.arch.num_layers=1',
+    'model.backbone.arch.num_heads=2', 'model.backbone.arch.feedforward_channels=64',
+    'model.backbone.img_size=32', 'model.neck.num_patches=16', 'model.neck.embed_dim=32',
+    'model.neck.decoder_embed_dim=32', 'model.neck.decoder_num_heads=2',
+    'model.text_encoder.width=32', 'model.text_encoder.layers=1', 'model.text_encoder.heads=2',
+    'model.text_encoder.output_dim=16', 'model.embed_dims=16', 'train_cfg.max_epochs=1',
+    'train_dataloader.batch_size=16', 'train_dataloader.dataset.batch_size=16',
+    'train_dataloader.dataset.samples_per_epoch=32', 'train_dataloader.num_workers=0',
+    'train_dataloader.persistent_workers=False', 'default_hooks.logger.interval=1',
+    'train_dataloader.dataset.generate_cfg.num_train=64',
+    'train_dataloader.dataset.generate_cfg.num_val=8',
+    'train_dataloader.dataset.generate_cfg.num_heldout=8',
+    'train_dataloader.dataset.generate_cfg.image_size=32',
+    'train_dataloader.dataset.pipeline.1.scale=32'
+]
+SWITCH = 'visualizer.vis_backends=[LocalVisBackend,TensorboardVisBackend]'
+
+
+def test_switch_names_become_backend_dicts():
+    from rils_mm.engine.cli import expand_vis_backend_names
+    assert expand_vis_backend_names({'visualizer.vis_backends': ['LocalVisBackend',
+                                                                 'TensorboardVisBackend'],
+                                     'a': 1}) == {
+        'visualizer.vis_backends': [dict(type='LocalVisBackend'),
+                                    dict(type='TensorboardVisBackend')], 'a': 1}
+    assert expand_vis_backend_names({'visualizer.vis_backends': 'WandbVisBackend'}) == {
+        'visualizer.vis_backends': [dict(type='WandbVisBackend')]}
+    unchanged = {'visualizer.vis_backends.0.type': 'LocalVisBackend'}
+    assert expand_vis_backend_names(unchanged) == unchanged
+
+
+def test_tensorboard_event_file_holds_the_logged_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    work = str(tmp_path / 'work')
+    result = subprocess.run(
+        [sys.executable, 'tools/train.py', DEMO, '--work-dir', work, '--cfg-options', *TINY,
+         f'train_dataloader.dataset.data_root={tmp_path}/shapes', SWITCH],
+        cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED='1'), capture_output=True, text=True,
+        timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    (vis_data, ) = glob.glob(osp.join(work, '*', 'vis_data'))
+    (event_file, ) = glob.glob(osp.join(vis_data, 'events.out.tfevents.*'))
+    with open(osp.join(vis_data, 'scalars.json')) as f:
+        logged = [json.loads(line) for line in f if line.strip()]
+    assert [r['step'] for r in logged] == [1, 2]
+
+    events = EventAccumulator(event_file)
+    events.Reload()
+    for key in ('loss', 'loss_contrastive', 'loss_reconstruction', 'i2t_acc', 'recon_kept',
+                'logit_scale', 'lr'):
+        assert key in events.Tags()['scalars'], (key, events.Tags()['scalars'])
+        written = events.Scalars(key)
+        assert [e.step for e in written] == [1, 2], key
+        # TensorBoard stores float32.
+        assert [e.value for e in written] == pytest.approx(
+            [r[key] for r in logged], rel=1e-6, abs=1e-12), key
+
+    # The same run's local log draws as curves.
+    from PIL import Image
+
+    from rils_mm.tools.plot_curves import plot_curves
+    out = plot_curves([work], ['loss', 'loss_contrastive', 'lr'], out=str(tmp_path / 'c.png'))
+    assert Image.open(out).size == (1000, 600)
