@@ -2,10 +2,12 @@
 
 Layers, bottom to top:
 
+- ``utils`` (helpers such as progress reporting, importing nothing of rils_mm);
 - ``compat``;
 - ``datasets`` and ``evaluation`` (``evaluation`` may import ``datasets``, not the reverse);
 - ``models``;
-- ``engine`` and ``tools``.
+- ``visualization`` (drawing what a model computes);
+- ``engine``, ``tools`` and ``apis`` (the user-facing calls).
 
 A subpackage imports only from itself and the layers below it, and registers only its own kind
 of module (datasets, metrics, models; the engine its hooks and optimizer constructors). Every
@@ -22,19 +24,23 @@ import pytest
 
 PACKAGE = 'rils_mm'
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
-SUBPACKAGES = ('compat', 'datasets', 'evaluation', 'models', 'engine', 'tools')
+SUBPACKAGES = ('utils', 'compat', 'datasets', 'evaluation', 'models', 'visualization', 'engine',
+               'tools', 'apis')
 ROOT = PACKAGE  # ``import rils_mm`` / ``from rils_mm import __version__``
 LEAF_MODULES = ('version', )  # modules directly under rils_mm that import nothing of it
 
 _TOP = set(SUBPACKAGES) | {ROOT}
 # What each subpackage may import of rils_mm (besides itself and the leaf modules).
 ALLOWED = {
-    'compat': set(),
-    'datasets': {'compat'},
-    'evaluation': {'compat', 'datasets'},
-    'models': {'compat', 'datasets', 'evaluation'},
+    'utils': set(),
+    'compat': {'utils'},
+    'datasets': {'utils', 'compat'},
+    'evaluation': {'utils', 'compat', 'datasets'},
+    'models': {'utils', 'compat', 'datasets', 'evaluation'},
+    'visualization': {'utils', 'compat', 'datasets', 'evaluation', 'models'},
     'engine': _TOP,
     'tools': _TOP,
+    'apis': _TOP,
 }
 
 
@@ -179,8 +185,8 @@ def test_package_is_found():
 
 def test_dependencies_flow_one_way():
     problems = layer_violations()
-    assert not problems, 'Imports against the layering (bottom to top: compat; datasets, ' \
-        'evaluation; models; engine, tools):\n' + '\n'.join(problems)
+    assert not problems, 'Imports against the layering (bottom to top: utils; compat; datasets, ' \
+        'evaluation; models; visualization; engine, tools, apis):\n' + '\n'.join(problems)
 
 
 def test_each_subpackage_registers_its_own_kind():
@@ -210,6 +216,7 @@ def _write(root: Path, files: dict) -> Path:
      'rils_mm.engine'),
     ('compat/a.py', 'from ..datasets import x\n', 'rils_mm.datasets'),
     ('compat/__init__.py', 'from rils_mm import __version__\n', 'rils_mm.__version__'),
+    ('utils/a.py', 'from ..compat import x\n', 'rils_mm.compat'),
 ])
 def test_checker_catches(tmp_path, name, text, bad):
     problems = layer_violations(_write(tmp_path, {'__init__.py': '', name: text}))
@@ -221,8 +228,10 @@ def test_checker_allows(tmp_path):
         tmp_path, {
             '__init__.py': 'from . import compat, datasets, engine, models\n',
             'version.py': '',
+            'utils/progress.py': 'from rils_mm.version import v\n',
             'compat/__init__.py': 'from .a import x\nfrom rils_mm.version import v\n',
-            'datasets/__init__.py': 'from ..compat import x\nfrom . import a\n',
+            'datasets/__init__.py': 'from ..compat import x\nfrom . import a\n'
+                                    'from ..utils.progress import track\n',
             'evaluation/a.py': 'from ..datasets.a import x\nfrom . import b\n',
             'models/x/y.py': 'from ...datasets import a\nfrom ...evaluation import b\n',
             'engine/a.py': 'import rils_mm\nfrom ..tools import c\nfrom ..models.x import y\n',
