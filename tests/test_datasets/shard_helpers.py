@@ -51,3 +51,18 @@ def keys_of(items):
         samples = samples if isinstance(samples, list) else [samples]
         keys.extend(sample.key for sample in samples)
     return keys
+
+
+def state_after(batches):
+    """(state, checkpoint): the stream state a resumed run gets after ``batches`` were trained
+    on (DataResumeHook records them and saves into the checkpoint dict; a new hook loads it)."""
+    from rils_mm.engine.hooks.data_resume_hook import DataResumeHook
+    hook = DataResumeHook()
+    for batch in batches:
+        hook.after_train_iter(None, 0, batch)
+    checkpoint = {}
+    hook.before_save_checkpoint(None, checkpoint)
+    resumed_hook = DataResumeHook()
+    resumed_hook.after_load_checkpoint(None, checkpoint)
+    (state, ) = resumed_hook._loaded
+    return state, checkpoint

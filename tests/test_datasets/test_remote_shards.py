@@ -21,9 +21,8 @@ import rils_mm.datasets.image_text_shards as shard_module
 import rils_mm.datasets.shards as shards_module
 from rils_mm.datasets import ImageTextShardDataset, ShardWriter, counts_from_batch
 from rils_mm.datasets.shards import ShardReader, expand_shard_urls, scan_shard
-from rils_mm.engine.hooks.data_resume_hook import DataResumeHook
 
-from shard_helpers import keys_of, tiny_pipeline, write_good_shards
+from shard_helpers import keys_of, state_after, tiny_pipeline, write_good_shards
 
 PATTERN = '{00000..00004}.tar'  # 46 samples, 10 per shard (the last one short)
 ALL_KEYS = [f'{i:06d}' for i in range(46)]
@@ -208,14 +207,7 @@ def test_http_resume_with_workers_continues_like_local(www, server):
     consumed, rest = 5, 6
     local = take(make_loader(str(www / 'shards' / PATTERN)), consumed + rest)
 
-    hook = DataResumeHook()
-    for batch in take(make_loader(url), consumed):
-        hook.after_train_iter(None, 0, batch)
-    checkpoint = {}
-    hook.before_save_checkpoint(None, checkpoint)
-    resumed_hook = DataResumeHook()
-    resumed_hook.after_load_checkpoint(None, checkpoint)
-    (state, ) = resumed_hook._loaded
+    state, _ = state_after(take(make_loader(url), consumed))
     resumed = take(make_loader(url, state), rest)
 
     assert keys_of(resumed) == keys_of(local[consumed:])

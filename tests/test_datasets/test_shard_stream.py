@@ -11,7 +11,7 @@ from rils_mm.datasets import ImageTextShardDataset, expand_shard_urls
 from rils_mm.datasets.shard_tools import ShardWriter
 from rils_mm.engine.hooks.data_resume_hook import CHECKPOINT_KEY, DataResumeHook
 
-from shard_helpers import good_jpeg, keys_of, tiny_pipeline, write_good_shards
+from shard_helpers import good_jpeg, keys_of, state_after, tiny_pipeline, write_good_shards
 
 ALL_KEYS = [f'{i:06d}' for i in range(46)]
 
@@ -110,15 +110,8 @@ def test_resume_continues_with_the_same_samples(request, shards_fixture, consume
     shards = request.getfixturevalue(shards_fixture)
     reference = take(make_loader(shards), consumed + 8)
 
-    # The interrupted run: consume some batches, let the hook record them, "checkpoint".
-    hook = DataResumeHook()
-    for batch in take(make_loader(shards), consumed):
-        hook.after_train_iter(None, 0, batch)
-    checkpoint = {}
-    hook.before_save_checkpoint(None, checkpoint)
-    resumed_hook = DataResumeHook()
-    resumed_hook.after_load_checkpoint(None, checkpoint)
-    (state, ) = resumed_hook._loaded
+    # The interrupted run's checkpoint holds the state of the batches it consumed.
+    state, checkpoint = state_after(take(make_loader(shards), consumed))
     resumed = take(make_loader(shards, state), 8)
 
     assert keys_of(resumed) == keys_of(reference[consumed:])

@@ -6,21 +6,12 @@ import subprocess
 import sys
 
 import pytest
+from tiny_demo import tiny_run
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(REPO, 'configs', 'rils', 'demo_cpu.py')
 # A demo run shrunk to seconds: a tiny model, 256 generated pairs of 32 px, one epoch.
-TINY = [
-    'model.backbone.arch.embed_dims=32', 'model.backbone.arch.num_layers=1',
-    'model.backbone.arch.num_heads=2', 'model.backbone.arch.feedforward_channels=64',
-    'model.backbone.img_size=32', 'model.neck.num_patches=16', 'model.neck.embed_dim=32',
-    'model.neck.decoder_embed_dim=32', 'model.neck.decoder_num_heads=2',
-    'model.text_encoder.width=32', 'model.text_encoder.layers=1', 'model.text_encoder.heads=2',
-    'model.text_encoder.output_dim=16', 'model.embed_dims=16', 'train_cfg.max_epochs=1',
-    'train_dataloader.batch_size=16', 'train_dataloader.dataset.batch_size=16',
-    'train_dataloader.dataset.samples_per_epoch=64', 'train_dataloader.num_workers=0',
-    'train_dataloader.persistent_workers=False', 'default_hooks.logger.interval=1'
-]
+TINY = tiny_run(64)
 
 
 def tiny_data(tmp_path):

@@ -14,17 +14,10 @@ import pytest
 import torch
 
 import rils_mm  # noqa: F401  (the types of Runner checkpoints are allowed by weights-only loading)
+from tiny_demo import TINY_MODEL
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = 'configs/rils/demo_cpu.py'
-TINY_MODEL = [
-    'model.backbone.arch.embed_dims=32', 'model.backbone.arch.num_layers=1',
-    'model.backbone.arch.num_heads=2', 'model.backbone.arch.feedforward_channels=64',
-    'model.backbone.img_size=32', 'model.neck.num_patches=16', 'model.neck.embed_dim=32',
-    'model.neck.decoder_embed_dim=32', 'model.neck.decoder_num_heads=2',
-    'model.text_encoder.width=32', 'model.text_encoder.layers=1', 'model.text_encoder.heads=2',
-    'model.text_encoder.output_dim=16', 'model.embed_dims=16'
-]
 
 
 @pytest.fixture(scope='module')

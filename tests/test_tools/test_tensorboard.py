@@ -8,26 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from tiny_demo import tiny_data, tiny_run
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(REPO, 'configs', 'rils', 'demo_cpu.py')
 # The demo RILS shrunk to seconds (as tests/test_tools/test_cli.py): 2 iterations of 16 pairs.
-TINY = [
-    'model.backbone.arch.embed_dims=32', 'model.backbone.arch.num_layers=1',
-    'model.backbone.arch.num_heads=2', 'model.backbone.arch.feedforward_channels=64',
-    'model.backbone.img_size=32', 'model.neck.num_patches=16', 'model.neck.embed_dim=32',
-    'model.neck.decoder_embed_dim=32', 'model.neck.decoder_num_heads=2',
-    'model.text_encoder.width=32', 'model.text_encoder.layers=1', 'model.text_encoder.heads=2',
-    'model.text_encoder.output_dim=16', 'model.embed_dims=16', 'train_cfg.max_epochs=1',
-    'train_dataloader.batch_size=16', 'train_dataloader.dataset.batch_size=16',
-    'train_dataloader.dataset.samples_per_epoch=32', 'train_dataloader.num_workers=0',
-    'train_dataloader.persistent_workers=False', 'default_hooks.logger.interval=1',
-    'train_dataloader.dataset.generate_cfg.num_train=64',
-    'train_dataloader.dataset.generate_cfg.num_val=8',
-    'train_dataloader.dataset.generate_cfg.num_heldout=8',
-    'train_dataloader.dataset.generate_cfg.image_size=32',
-    'train_dataloader.dataset.pipeline.1.scale=32'
-]
+TINY = tiny_run(32) + tiny_data(64)
 SWITCH = 'visualizer.vis_backends=[LocalVisBackend,TensorboardVisBackend]'
 
 
