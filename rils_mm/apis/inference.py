@@ -144,36 +144,45 @@ def _to_rgb_array(image) -> np.ndarray:
     return image
 
 
-def _prepare(pipeline: List[dict], image) -> dict:
-    """Run one image through the pipeline (transforms built in mmpretrain's scope)."""
-    from mmcv.transforms import Compose
-    from mmpretrain.registry import TRANSFORMS
-    loader = pipeline[0] if str(pipeline[0].get('type', '')).split('.')[-1] in _LOADERS \
-        else None
-    if isinstance(image, (str, Path)):
-        results = dict(img_path=str(image))
-        steps = pipeline
-    else:
-        img = _to_rgb_array(image)
-        if loader is not None and loader['type'].split('.')[-1] == 'LoadImageFromFile' and \
-                loader.get('channel_order', 'bgr') == 'bgr':
-            img = np.ascontiguousarray(img[..., ::-1])  # mmcv's loader gives BGR
-        results = dict(img=img, img_shape=img.shape[:2], ori_shape=img.shape[:2])
-        steps = pipeline[1:] if loader is not None else pipeline
-    with DefaultScope.overwrite_default_scope('mmpretrain'):
-        transform = Compose([TRANSFORMS.build(step) for step in steps])
-    packed = transform(results)
-    inputs = packed['inputs']
-    return inputs['images'] if isinstance(inputs, dict) else inputs
+class _Preparer:
+    """The test pipeline, built once: files go through all of it, in-memory images through
+    the steps after the loader (transforms built in mmpretrain's scope)."""
+
+    def __init__(self, pipeline: List[dict]) -> None:
+        from mmcv.transforms import Compose
+        from mmpretrain.registry import TRANSFORMS
+        loader = pipeline[0] if str(pipeline[0].get('type', '')).split('.')[-1] in _LOADERS \
+            else None
+        # mmcv's LoadImageFromFile gives BGR unless told otherwise.
+        self.to_bgr = loader is not None and \
+            loader['type'].split('.')[-1] == 'LoadImageFromFile' and \
+            loader.get('channel_order', 'bgr') == 'bgr'
+        with DefaultScope.overwrite_default_scope('mmpretrain'):
+            self.from_file = Compose([TRANSFORMS.build(step) for step in pipeline])
+            self.from_array = Compose([
+                TRANSFORMS.build(step)
+                for step in (pipeline[1:] if loader is not None else pipeline)])
+
+    def __call__(self, image) -> torch.Tensor:
+        """One image (a path, PIL image, array or tensor) as the pipeline's C x H x W input."""
+        if isinstance(image, (str, Path)):
+            packed = self.from_file(dict(img_path=str(image)))
+        else:
+            img = _to_rgb_array(image)
+            if self.to_bgr:
+                img = np.ascontiguousarray(img[..., ::-1])
+            packed = self.from_array(dict(img=img, img_shape=img.shape[:2],
+                                          ori_shape=img.shape[:2]))
+        inputs = packed['inputs']
+        return inputs['images'] if isinstance(inputs, dict) else inputs
 
 
 @torch.no_grad()
 def _encode_batches(model, images: list, encode, batch_size: int) -> torch.Tensor:
-    pipeline = _test_pipeline(model)
+    prepare = _Preparer(_test_pipeline(model))
     out = []
     for start in range(0, len(images), batch_size):
-        batch = torch.stack([_prepare(pipeline, image)
-                             for image in images[start:start + batch_size]])
+        batch = torch.stack([prepare(image) for image in images[start:start + batch_size]])
         inputs = model.data_preprocessor(dict(inputs=batch), False)['inputs']
         out.append(encode(inputs['images'] if isinstance(inputs, dict) else inputs))
     return torch.cat(out)

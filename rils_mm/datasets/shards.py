@@ -34,6 +34,7 @@ requests are not retried. A shard that still fails is reported like an unreadabl
 rest of its samples fail at once instead of each waiting through the retries.
 """
 import asyncio
+import functools
 import glob
 import logging
 import os
@@ -171,6 +172,7 @@ def read_remote_bytes(url: str) -> bytes:
     return fs.cat_file(path)
 
 
+@functools.lru_cache(maxsize=None)
 def _transient_types() -> tuple:
     types = [OSError, asyncio.TimeoutError]
     try:

@@ -173,13 +173,17 @@ def plot_curves(runs: Sequence[str],
             raise CurvesError(f'key "{key}" is not logged in {where}; logged keys: '
                               f'{", ".join(known)}')
 
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    # A Figure on its own Agg canvas: no pyplot, so the caller's matplotlib backend is left as
+    # it is (a notebook keeps its own).
+    from matplotlib import rcParams
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     columns = 1 if len(keys) == 1 else 2
     rows = math.ceil(len(keys) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=FIGURE_SIZE, dpi=DPI, squeeze=False)
-    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    fig = Figure(figsize=FIGURE_SIZE, dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    colours = rcParams['axes.prop_cycle'].by_key()['color']
     for index, key in enumerate(keys):
         ax = axes[index // columns][index % columns]
         for run_index, (name, run_records) in enumerate(zip(names, records)):
@@ -200,5 +204,4 @@ def plot_curves(runs: Sequence[str],
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(out, dpi=DPI)
-    plt.close(fig)
     return out

@@ -133,7 +133,7 @@ def rils_masked_passes(model: nn.Module, images: torch.Tensor, seed: int) -> tup
     """RILS's encoder passes as its training step runs them, the mask drawn with ``seed``.
 
     A FLIP-style RILS (``intact_keep_ratio < 1``) runs its nested passes
-    (``RILS.patch_dropped_passes``): the intact pass sees a random subset of the patches and
+    (``RILS.encoder_passes``): the intact pass sees a random subset of the patches and
     the masked pass a subset of that subset. Otherwise the intact pass sees every patch and
     the masked pass the encoder's ``1 - mask_ratio`` of them.
 
@@ -149,12 +149,8 @@ def rils_masked_passes(model: nn.Module, images: torch.Tensor, seed: int) -> tup
         reconstruction loss scores (hidden from the masked pass and, FLIP-style, seen by the
         intact pass).
     """
-    with seeded(seed):
-        if getattr(model, 'intact_keep_ratio', 1) < 1:  # FLIP-style RILS: its nested passes
-            _, targets, latent, hidden, ids_restore = model.patch_dropped_passes(images)
-        else:
-            targets = model.image_tokens(images)[:, 1:]
-            latent, hidden, ids_restore = model.backbone(images, mask=True)
+    with seeded(seed):  # the training step's passes (RILS.encoder_passes)
+        _, targets, latent, hidden, ids_restore = model.encoder_passes(images)
     return targets, latent, hidden, ids_restore
 
 

@@ -68,13 +68,7 @@ class RILS(ImageTextPretrainer):
         if self.head.filter_correct and images.shape[0] < 2:
             raise ValueError('RILS: the correct-retrieval filter needs at least 2 pairs per '
                              'device (train_dataloader.batch_size); got 1')
-        if self.intact_keep_ratio < 1:
-            intact_tokens, targets, latent, has_target, ids_restore = \
-                self.patch_dropped_passes(images)
-        else:
-            intact_tokens = self.image_tokens(images)  # B x (1 + L) x C
-            targets = intact_tokens[:, 1:]
-            latent, has_target, ids_restore = self.backbone(images, mask=True)
+        intact_tokens, targets, latent, has_target, ids_restore = self.encoder_passes(images)
         predictions = self.neck(latent, ids_restore)  # B x L x C
 
         contrast, correct, log = self.contrastive_step(intact_tokens, inputs['texts'])
@@ -84,6 +78,28 @@ class RILS(ImageTextPretrainer):
         log['loss_reconstruction'] = loss_rec
         log['recon_kept'] = (weights.sum(dim=1) > 0).float().mean()
         return log
+
+    def encoder_passes(self, images: torch.Tensor):
+        """The intact and the masked encoder pass of one step.
+
+        With ``intact_keep_ratio < 1`` the nested passes of :meth:`patch_dropped_passes`;
+        otherwise the intact pass on every patch and the masked pass on the backbone's
+        ``1 - mask_ratio`` of them.
+
+        Args:
+            images (torch.Tensor): B x 3 x H x W, normalised.
+
+        Returns:
+            tuple: ``intact_tokens`` B x (1 + L_intact) x C (class token first), ``targets``
+            B x L x C (intact-pass patch features), the masked pass's ``latent`` and
+            ``ids_restore`` (the decoder's inputs), and ``has_target`` B x L: 1 on the patches
+            the reconstruction loss scores.
+        """
+        if self.intact_keep_ratio < 1:
+            return self.patch_dropped_passes(images)
+        intact_tokens = self.image_tokens(images)  # B x (1 + L) x C
+        latent, has_target, ids_restore = self.backbone(images, mask=True)
+        return intact_tokens, intact_tokens[:, 1:], latent, has_target, ids_restore
 
     def patch_dropped_passes(self, images: torch.Tensor):
         """The two encoder passes of the cheaper RILS, on nested random patch subsets.
