@@ -438,6 +438,7 @@ class ImageTextShardDataset(IterableDataset):
         bad_shards: List[str] = []
         warnings_left = self.max_warnings
         epoch, idle_epochs = start_epoch, 0
+        last_shard_error = None  # named in the error when nothing is readable
         while True:
             good_in_epoch = position = 0
             for position, item in enumerate(self.raw_stream(epoch, global_role, num_roles), 1):
@@ -449,6 +450,7 @@ class ImageTextShardDataset(IterableDataset):
                     skipped[UNREADABLE_SHARD] += 1
                     skipped[UNREADABLE_SHARD_SAMPLES] += item.lost
                     bad_shards.append(item.shard)
+                    last_shard_error = item.message
                     continue
                 seed = (_mix_seed(self.seed, epoch, global_role, position)
                         if self.deterministic_augment else None)
@@ -487,6 +489,7 @@ class ImageTextShardDataset(IterableDataset):
                     f'Rank {self.rank} dataloader worker {worker_id} (role {global_role} of '
                     f'{num_roles}) found no usable sample in {idle_epochs} epochs of '
                     f'{len(self.shards)} shard(s) (skipped: {dict(skipped) or "none"}). '
-                    f'Check the shards with tools/dataset_converters/inspect_shards.py.')
+                    + (f'Last shard error: {last_shard_error}. ' if last_shard_error else '')
+                    + 'Check the shards with tools/dataset_converters/inspect_shards.py.')
             epoch += 1
             skip = 0

@@ -37,12 +37,15 @@ class RangeServer:
         log (list): ``(method, path, range header or None, body bytes sent)`` per request.
         fail (dict): Path (relative, as in the URL) -> ``'500'`` (answer 500) or ``'close'``
             (close the connection without an answer).
+        ranges (bool): False: ignore ``Range`` and send whole files, as Python's
+            ``http.server`` does.
     """
 
     def __init__(self, root: str) -> None:
         self.root = root
         self.log = []
         self.fail = {}
+        self.ranges = True
         self._lock = threading.Lock()
         server = self
 
@@ -69,7 +72,7 @@ class RangeServer:
         path = unquote(handler.path.split('?')[0]).lstrip('/')
         wanted = handler.headers.get('Range')
         mode = self.fail.get(path)
-        sent = 0
+        logged = False
         try:
             if mode == 'close':
                 handler.close_connection = True
@@ -83,7 +86,7 @@ class RangeServer:
                 return
             size = osp.getsize(file)
             start, end, status = 0, size - 1, 200
-            match = re.fullmatch(r'bytes=(\d+)-(\d*)', wanted or '')
+            match = re.fullmatch(r'bytes=(\d+)-(\d*)', (wanted if self.ranges else None) or '')
             if match:
                 start = int(match.group(1))
                 end = min(size - 1, int(match.group(2))) if match.group(2) else size - 1
@@ -96,20 +99,28 @@ class RangeServer:
                 status = 206
             handler.send_response(status)
             handler.send_header('Content-Type', 'application/octet-stream')
-            handler.send_header('Accept-Ranges', 'bytes')
+            if self.ranges:
+                handler.send_header('Accept-Ranges', 'bytes')
             handler.send_header('Content-Length', str(end - start + 1))
             if status == 206:
                 handler.send_header('Content-Range', f'bytes {start}-{end}/{size}')
             handler.end_headers()
+            data = b''
             if body:
                 with open(file, 'rb') as source:
                     source.seek(start)
                     data = source.read(end - start + 1)
-                handler.wfile.write(data)
-                sent = len(data)
+            # Logged before the body goes out: a client that has its bytes finds the entry.
+            logged = self._record(handler, path, wanted, len(data))
+            handler.wfile.write(data)
         finally:
-            with self._lock:
-                self.log.append((handler.command, path, wanted, sent))
+            if not logged:
+                self._record(handler, path, wanted, 0)
+
+    def _record(self, handler, path: str, wanted, sent: int) -> bool:
+        with self._lock:
+            self.log.append((handler.command, path, wanted, sent))
+        return True
 
     def requests(self, path: str, method: str = None):
         with self._lock:
@@ -334,6 +345,14 @@ def test_shard_failing_after_its_scan_is_counted_once_without_more_waiting(
     # Retried on the first read only; the 9 other samples did not ask the server again.
     assert backoff_sleeps == [0.001, 0.002]
     assert len(server.requests(failing, 'HEAD')) == FAST_RETRY['remote_retries'] + 1
+
+
+def test_a_server_without_range_requests_is_named_in_the_stopping_error(server):
+    # Python's http.server ignores Range: no shard can be scanned, and the error that stops
+    # the stream says why, not only that nothing was usable.
+    server.ranges = False
+    with pytest.raises(RuntimeError, match='no usable sample.*support range requests'):
+        take(make_loader(f'{server.url}/shards/{PATTERN}'), 1)
 
 
 def test_remote_urls_expand_without_lookups_and_name_missing_packages(monkeypatch):
