@@ -1,4 +1,5 @@
-"""Two real (gloo, forked) processes: rank split, gathered resume state, summed bad counts."""
+"""Two real (gloo, forked) processes: rank split, gathered resume state (for iteration- and
+epoch-based checkpoints), summed bad counts."""
 import multiprocessing as mp
 import traceback
 from types import SimpleNamespace
@@ -30,6 +31,10 @@ def run_rank(rank, store_file, shards, results):
                                  message_hub=MessageHub.get_instance(f'r{rank}'),
                                  hooks=[CheckpointHook(interval=2, by_epoch=False)])
         resume_hook = DataResumeHook()
+        # The same stream under an epoch-based CheckpointHook: it saves after the epoch.
+        epoch_runner = SimpleNamespace(epoch=0, max_epochs=2,
+                                       hooks=[CheckpointHook(interval=1, by_epoch=True)])
+        epoch_hook = DataResumeHook()
         bad_hook = BadSampleHook(interval=100, min_samples=1, max_bad_fraction=0.9)
         iterator = iter(dataset)
         keys = []
@@ -37,10 +42,15 @@ def run_rank(rank, store_file, shards, results):
             batch = default_collate([next(iterator) for _ in range(2)])
             keys += [sample.key for sample in batch['data_samples']]
             resume_hook.after_train_iter(runner, runner.iter, batch)
+            epoch_hook.after_train_iter(epoch_runner, runner.iter, batch)
             bad_hook.after_train_iter(runner, runner.iter, batch)
-        checkpoint = {}
+        checkpoint, epoch_checkpoint = {}, {}
         resume_hook.before_save_checkpoint(runner, checkpoint)
-        results.put((rank, keys, checkpoint.get(CHECKPOINT_KEY), dict(bad_hook.totals)))
+        epoch_hook.after_train_epoch(epoch_runner)
+        epoch_hook.before_save_checkpoint(epoch_runner, epoch_checkpoint)
+        states = checkpoint.get(CHECKPOINT_KEY)
+        assert epoch_checkpoint.get(CHECKPOINT_KEY) == states, 'epoch-based save lost a rank'
+        results.put((rank, keys, states, dict(bad_hook.totals)))
     except Exception:  # noqa: BLE001  report to the parent instead of hanging it
         results.put((rank, traceback.format_exc(), None, None))
     finally:

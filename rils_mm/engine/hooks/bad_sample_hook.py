@@ -18,7 +18,7 @@ from mmpretrain.registry import HOOKS
 from rils_mm.datasets.bad_samples import (BAD_SHARDS_KEY, SHARD_REASONS,
                                           UNREADABLE_SHARD_SAMPLES, counts_from_batch)
 from rils_mm.engine.errors import RunStopped
-from .data_resume_hook import checkpoint_due
+from .data_resume_hook import checkpoint_due, epoch_checkpoint_due
 
 CHECKPOINT_KEY = 'bad_sample_counts'
 SHARDS_CHECKPOINT_KEY = 'bad_sample_shards'
@@ -78,6 +78,11 @@ class BadSampleHook(Hook):
                 or checkpoint_due(runner)):
             self.synchronize()
             self.log_and_check(runner)
+
+    def after_train_epoch(self, runner) -> None:
+        # An epoch-based checkpoint is written next: it must hold every rank's counts.
+        if epoch_checkpoint_due(runner):
+            self.synchronize()
 
     def synchronize(self) -> None:
         """Add every rank's pending counts to :attr:`totals` (a collective when distributed)."""

@@ -15,8 +15,9 @@ the endless stream of ``IterBasedTrainLoop``. With ``EpochBasedTrainLoop`` (the 
 ``samples_per_epoch`` mode) the hook is required: it restores the position the checkpoint was
 written at, at an epoch boundary or in the middle of an epoch.
 
-Since ``Runner.save_checkpoint`` runs on rank 0 only, the ranks' states are gathered in
-``after_train_iter`` on the iterations where a ``CheckpointHook`` is about to save.
+Since ``Runner.save_checkpoint`` runs on rank 0 only, the ranks' states are gathered (a
+collective, on every rank) just before a ``CheckpointHook`` saves: in ``after_train_iter`` for
+iteration-based checkpoints, in ``after_train_epoch`` for epoch-based ones.
 """
 import copy
 from typing import Optional
@@ -41,6 +42,16 @@ def checkpoint_due(runner) -> bool:
         if isinstance(hook, CheckpointHook) and not hook.by_epoch:
             if hook.every_n_train_iters(runner, hook.interval, hook.save_begin) or (
                     hook.save_last and hook.is_last_train_iter(runner)):
+                return True
+    return False
+
+
+def epoch_checkpoint_due(runner) -> bool:
+    """Whether a ``CheckpointHook`` saves in this epoch's ``after_train_epoch``."""
+    for hook in runner.hooks:
+        if isinstance(hook, CheckpointHook) and hook.by_epoch:
+            if hook.every_n_epochs(runner, hook.interval, hook.save_begin) or (
+                    hook.save_last and hook.is_last_train_epoch(runner)):
                 return True
     return False
 
@@ -84,7 +95,7 @@ class DataResumeHook(Hook):
     (per-visit caption sampling of the map-style datasets).
     """
 
-    priority = 'NORMAL'  # before CheckpointHook (VERY_LOW) in after_train_iter
+    priority = 'NORMAL'  # before CheckpointHook (VERY_LOW) in after_train_iter/epoch
 
     def __init__(self) -> None:
         self.state: Optional[dict] = None
@@ -107,6 +118,10 @@ class DataResumeHook(Hook):
             self.state['roles'][int(role)] = (int(epoch), int(position))
             self.state['next_role'] = (int(role) + 1) % num_workers
         if get_dist_info()[1] > 1 and checkpoint_due(runner):
+            self._gathered = all_gather_object(self.state)
+
+    def after_train_epoch(self, runner) -> None:
+        if get_dist_info()[1] > 1 and epoch_checkpoint_due(runner):
             self._gathered = all_gather_object(self.state)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:

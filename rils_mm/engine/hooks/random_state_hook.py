@@ -20,11 +20,11 @@ from typing import Optional
 import numpy as np
 import torch
 from mmengine.dist import all_gather_object, get_dist_info
-from mmengine.hooks import CheckpointHook, Hook
+from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmpretrain.registry import HOOKS
 
-from .data_resume_hook import checkpoint_due
+from .data_resume_hook import checkpoint_due, epoch_checkpoint_due
 
 CHECKPOINT_KEY = 'random_states'
 
@@ -46,16 +46,6 @@ def set_random_states(states: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
     if 'cuda' in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states['cuda'])
-
-
-def epoch_checkpoint_due(runner) -> bool:
-    """Whether a ``CheckpointHook`` saves in this epoch's ``after_train_epoch``."""
-    for hook in runner.hooks:
-        if isinstance(hook, CheckpointHook) and hook.by_epoch:
-            if hook.every_n_epochs(runner, hook.interval, hook.save_begin) or (
-                    hook.save_last and hook.is_last_train_epoch(runner)):
-                return True
-    return False
 
 
 @HOOKS.register_module()
