@@ -145,7 +145,14 @@ class DataResumeHook(Hook):
         if not endless and dataset.batch_size != loop.dataloader.batch_size:
             raise ValueError(f'{type(dataset).__name__}.batch_size={dataset.batch_size} must '
                              f'equal the dataloader batch_size={loop.dataloader.batch_size}')
-        if not self._loaded or loop.iter == 0:
+        if loop.iter == 0:
+            return
+        if not self._loaded:
+            # A resumed run whose checkpoint has no stream position (written without this
+            # hook, or by an older version): the stream starts again from its beginning.
+            print_log('DataResumeHook: the resumed checkpoint holds no data stream position; '
+                      'the stream starts again from its first samples (batches already '
+                      'trained on will be seen again)', logger='current', level=30)
             return
         rank, world_size = get_dist_info()
         if len(self._loaded) != world_size:
