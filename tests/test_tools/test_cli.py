@@ -41,8 +41,10 @@ def run_tool(*args, cwd=REPO, timeout=300):
     ([DEMO, '--cfg-options', 'train_dataloader.batch_size=1'],
      'train_dataloader.batch_size=1 with model.head.loss.filter_correct=True'),
 ])
-def test_bad_command_lines_give_one_line_errors(args, expected):
-    result = run_tool('tools/train.py', *args)
+def test_bad_command_lines_give_one_line_errors(args, expected, tmp_path):
+    # A work dir of its own: the default one (work_dirs/demo_cpu) may hold a user's demo run,
+    # which the tool would (rightly) refuse to train over first.
+    result = run_tool('tools/train.py', *args, '--work-dir', str(tmp_path / 'work'))
     assert result.returncode == 2, result.stderr[-2000:]
     error_lines = [line for line in result.stderr.splitlines()
                    if line.startswith('tools/train.py: error:')]
