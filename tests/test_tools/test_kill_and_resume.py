@@ -222,11 +222,13 @@ def check_kills(scenario, kills, seed):
 
 
 def test_kill_and_resume_is_exact_for_the_shard_stream(tmp_path):
-    """Five kills at random points of an epoch-based run on the demo shards (2 workers)."""
-    check_kills(Scenario(tmp_path, SHARD_CONFIG), kills=5, seed=1)
+    """Three kills of an epoch-based run on the demo shards (2 workers): one while a
+    checkpoint is being written, two at random points."""
+    check_kills(Scenario(tmp_path, SHARD_CONFIG), kills=3, seed=1)
 
 
 def test_kill_and_resume_is_exact_for_a_caption_file(tmp_path):
-    """Two kills of a run on a JSONL caption table with DefaultSampler (2 workers)."""
-    check_kills(Scenario(tmp_path, JSONL_CONFIG, write_jsonl_data), kills=2, seed=2)
+    """A kill of a run on a JSONL caption table with DefaultSampler (2 workers), while a
+    checkpoint is being written."""
+    check_kills(Scenario(tmp_path, JSONL_CONFIG, write_jsonl_data), kills=1, seed=2)
 
