@@ -133,3 +133,25 @@ def test_mmengine_launcher_and_ddp_wrapper_work_on_cpu(tmp_path):
     results = [torch.load(tmp_path / f'{rank}.pt') for rank in range(2)]
     assert [r['world_size'] for r in results] == [2, 2]
     torch.testing.assert_close(results[0]['weight'], results[1]['weight'])
+
+
+def test_config_text_skips_yapf_on_a_line_it_cannot_fit_and_formats_once():
+    """A long path: the text is mmengine's own (yapf would reformat it, slowly) and reads
+    back to the same config; short lines: yapf's text, formatted once for repeated calls."""
+    import mmengine.config.config as config_module
+    from mmengine.config import Config
+    from yapf.yapflib.yapf_api import FormatCode
+    long_path = '/data/' + 'very_long_folder_name/' * 5 + '{00000..00099}.tar'
+    cfg = Config(dict(train_dataloader=dict(batch_size=2, dataset=dict(shards=long_path))))
+    text = cfg.pretty_text
+    assert long_path in text
+    assert Config.fromstring(text, '.py')._cfg_dict.to_dict() == cfg._cfg_dict.to_dict()
+    raw = Config(cfg._cfg_dict.to_dict(), format_python_code=False).pretty_text
+    assert text == raw  # unpolished: yapf did not run
+    assert FormatCode(raw, style_config='pep8')[0] != raw  # which it would have changed
+
+    short = Config(dict(model=dict(type='RILS', embed_dims=512), lr=1e-3))
+    hits = config_module.FormatCode.cache_info().hits
+    first, second = short.pretty_text, short.pretty_text
+    assert first == second and 'embed_dims=512' in first
+    assert config_module.FormatCode.cache_info().hits == hits + 1

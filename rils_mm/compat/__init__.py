@@ -14,6 +14,8 @@ release that needs it is no longer supported.
 - :mod:`.epoch_resume`: a mid-epoch checkpoint resumes the epoch where it stopped.
 - :mod:`.parameter_reports`: ``init_weights`` and the optimizer's ``paramwise_options`` print
   one summary line each; their per-parameter lines go to the log file (or DEBUG).
+- :mod:`.config_text`: a config with a line yapf cannot fit (a long path) is not searched
+  through by yapf each of the four times a starting Runner formats it.
 """
 import functools
 
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from .atomic_saving import atomic_write_bytes, install_atomic_checkpoints
+from .config_text import install_fast_config_text
 from .epoch_resume import install_mid_epoch_resume
 from .parameter_reports import install_parameter_reports
 from .safe_loading import (CheckpointKeysError, CheckpointLoadError, DamagedCheckpointError,
@@ -115,6 +118,7 @@ def apply_all() -> None:
     install_atomic_checkpoints()
     install_mid_epoch_resume()
     install_parameter_reports()
+    install_fast_config_text()
     _support_cpu_distributed()
     _APPLIED = True
 
