@@ -20,7 +20,6 @@ from mmengine.registry import DefaultScope
 from PIL import Image
 
 from ..datasets.resources import load_classnames, load_templates
-from ..datasets.transforms.tokenize import get_clip_tokenizer
 from ..models.utils.inference_loading import build_and_load
 from ..models.utils.zero_shot_weights import build_text_classifier
 
@@ -223,13 +222,6 @@ def _text_model(model: torch.nn.Module) -> torch.nn.Module:
     return inner
 
 
-def _tokenize(model: torch.nn.Module, texts: Sequence[str]) -> torch.Tensor:
-    if hasattr(model, 'tokenize'):
-        return model.tokenize(list(texts))
-    context_length = getattr(getattr(model, 'text_encoder', None), 'context_length', 77)
-    return get_clip_tokenizer()(list(texts), context_length=context_length)
-
-
 @torch.no_grad()
 def embed_texts(model: torch.nn.Module, texts: Union[str, Sequence[str]],
                 batch_size: int = 256) -> torch.Tensor:
@@ -241,7 +233,7 @@ def embed_texts(model: torch.nn.Module, texts: Union[str, Sequence[str]],
     inner = _text_model(model)
     texts = [texts] if isinstance(texts, str) else list(texts)
     device = next(inner.parameters()).device
-    tokens = _tokenize(inner, texts)
+    tokens = inner.tokenize(texts)
     return torch.cat([inner.encode_text(tokens[i:i + batch_size].to(device))
                       for i in range(0, len(texts), batch_size)])
 
@@ -276,7 +268,7 @@ def zero_shot_classify(model: torch.nn.Module,
         raise ValueError('zero_shot_classify: no class names given')
     images = _as_list(images)
     features = embed_images(model, images, batch_size)
-    classifier = build_text_classifier(inner.encode_text, lambda t: _tokenize(inner, t),
+    classifier = build_text_classifier(inner.encode_text, inner.tokenize,
                                        names, prompts, features.device)
     probs = (logit_scale * features @ classifier.to(features.dtype)).double().softmax(dim=1)
     results = []

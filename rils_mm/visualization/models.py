@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..datasets import resources
+
 __all__ = ['VisualizationInputError', 'load_model', 'load_image', 'input_size',
            'patch_grid', 'is_open_clip', 'intact_tokens', 'encode_captions', 'seeded']
 
@@ -192,12 +194,7 @@ def encode_captions(model: nn.Module, captions: Sequence[str]) -> torch.Tensor:
         raise VisualizationInputError(f'{type(model).__name__} has no text tower')
     if not captions:
         raise VisualizationInputError('no captions given')
-    if hasattr(model, 'tokenize'):
-        tokens = model.tokenize(list(captions))
-    else:
-        from open_clip.tokenizer import tokenize
-        length = getattr(getattr(model, 'text_encoder', None), 'context_length', 77)
-        tokens = tokenize(list(captions), context_length=length)
+    tokens = model.tokenize(list(captions))  # every text model here has its tokenizer
     return F.normalize(model.encode_text(tokens.to(_device(model))).float(), dim=-1)
 
 
@@ -230,8 +227,8 @@ class seeded:
 
 
 def read_lines(path: str) -> List[str]:
-    """Non-empty stripped lines of a text file."""
-    if not osp.isfile(path):
-        raise VisualizationInputError(f'file not found: {path}')
-    with open(path, encoding='utf-8') as file:
-        return [line.strip() for line in file if line.strip()]
+    """Non-empty stripped lines of a text file (or of a file shipped with the package)."""
+    try:
+        return resources.read_lines(path)
+    except FileNotFoundError as error:
+        raise VisualizationInputError(str(error)) from None

@@ -14,6 +14,7 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from torch import nn
 
+from ...datasets.transforms.tokenize import get_clip_tokenizer
 from ..utils.checkpoint_loading import checked_init_cfg
 from ..utils.locking import lock_module, set_locked_eval
 
@@ -143,6 +144,12 @@ class ImageTextPretrainer(BaseSelfSupervisor):
     def encode_text(self, texts: torch.Tensor) -> torch.Tensor:
         """Normalised joint text embeddings. texts: B x 77 token ids -> B x D."""
         return F.normalize(self.text_encoder(texts), dim=-1)
+
+    def tokenize(self, texts: List[str]) -> torch.Tensor:
+        """Token ids ``N x context_length`` (long) of ``N`` captions: the CLIP BPE the text
+        tower is trained with (``CLIPTokenize`` in the pipelines), at its context length."""
+        context_length = getattr(self.text_encoder, 'context_length', 77)
+        return get_clip_tokenizer()(list(texts), context_length=context_length)
 
     def extract_feat(self, inputs: Union[torch.Tensor, dict]):
         """Intact-pass encoder outputs (mmpretrain's convention), from images or a dict."""
