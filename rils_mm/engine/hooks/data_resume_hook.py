@@ -148,11 +148,14 @@ class DataResumeHook(Hook):
         if loop.iter == 0:
             return
         if not self._loaded:
-            # A resumed run whose checkpoint has no stream position (written without this
-            # hook, or by an older version): the stream starts again from its beginning.
-            print_log('DataResumeHook: the resumed checkpoint holds no data stream position; '
-                      'the stream starts again from its first samples (batches already '
-                      'trained on will be seen again)', logger='current', level=30)
+            # A checkpoint without a stream position (written without this hook, or by an
+            # older version): the iteration loop still skips its consumed batches by reading
+            # them (exact, slow); an epoch loop would read its stream again from the start.
+            if not endless:
+                print_log('DataResumeHook: the resumed checkpoint holds no data stream '
+                          'position; the stream starts again from its first samples '
+                          '(batches already trained on will be seen again)',
+                          logger='current', level=30)
             return
         rank, world_size = get_dist_info()
         if len(self._loaded) != world_size:
