@@ -209,6 +209,63 @@ def test_clip_baseline_is_rils_without_reconstruction():
     torch.testing.assert_close(clip_losses['loss_contrastive'], rils_losses['loss_contrastive'])
 
 
+def _reference_reconstruction(model, batch):
+    """The reconstruction loss as first written: both passes called on the images, every
+    patch decoded and projected, the loss masked to the scored patches."""
+    images, texts = batch['inputs']['images'], batch['inputs']['texts']
+    if model.intact_keep_ratio < 1:
+        noise = torch.rand(images.shape[0], 16)  # ignored: use_fixed_mask_noise
+        intact, dropped, restore = model.backbone(images, mask=True, noise=noise,
+                                                  mask_ratio=1 - model.intact_keep_ratio)
+        latent, masked, ids_restore = model.backbone(
+            images, mask=True, noise=noise,
+            mask_ratio=1 - model.intact_keep_ratio * (1 - model.backbone.mask_ratio))
+        padded = torch.cat([intact[:, 1:], intact.new_zeros(8, 17 - intact.shape[1], 32)],
+                           dim=1)
+        targets = torch.gather(padded, 1, restore.unsqueeze(-1).expand(-1, -1, 32))
+        has_target = masked * (1 - dropped)
+    else:
+        intact = model.image_tokens(images)
+        latent, has_target, ids_restore = model.backbone(images, mask=True)
+        targets = intact[:, 1:]
+    predictions = model.neck(latent, ids_restore)  # B x L x C: every patch
+    contrast, correct, _ = model.contrastive_step(intact, texts)
+    loss, _ = model.head.loss(model.image_head.project(predictions),
+                              model.image_head.project(targets),
+                              contrast.text_features_all, has_target, correct)
+    return loss
+
+
+@pytest.mark.parametrize('overrides', [
+    {}, {'intact_keep_ratio': 0.5, 'backbone.mask_ratio': 0.5}, {'neck.decoder_depth': 2},
+    {'neck.with_cp': True}])
+def test_decoding_only_the_scored_patches_equals_decoding_all(overrides):
+    """The step decodes and projects only the patches the loss scores (and embeds the patches
+    once for both passes); value and gradients equal the full computation's."""
+    model = build(**overrides, **{'head.loss.filter_correct': False})
+    images, texts, noise = make_batch()
+    use_fixed_mask_noise(model, noise)
+    batch = model.data_preprocessor(dict(inputs=dict(images=images, texts=texts)), True)
+    # The towers in float64 (the loss keeps float32), so that summation order cannot fail
+    # the test.
+    model.double()
+    batch['inputs']['images'] = batch['inputs']['images'].double()
+    ours = model(**batch, mode='loss')['loss_reconstruction']
+    reference = _reference_reconstruction(model, batch)
+    assert ours > 0
+    torch.testing.assert_close(ours, reference)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [torch.autograd.grad(loss, params, allow_unused=True)
+             for loss in (ours, reference)]
+    used = 0
+    for param_ours, param_reference in zip(*grads):
+        assert (param_ours is None) == (param_reference is None)
+        if param_ours is not None:
+            used += 1
+            torch.testing.assert_close(param_ours, param_reference)
+    assert used > 20
+
+
 # The cheaper RILS after FLIP: the intact pass sees half the patches, the masked pass half of
 # those (a quarter of the image, as at mask_ratio 0.75).
 FLIP = {'intact_keep_ratio': 0.5, 'backbone.mask_ratio': 0.5}

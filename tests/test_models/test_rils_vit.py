@@ -87,6 +87,38 @@ def test_intact_pass_formats_and_other_input_sizes():
     assert tokens.shape == (2, 17, 32)
 
 
+def test_shared_patch_embedding_gives_both_passes():
+    """RILS embeds the patches once; the two passes from those tokens equal full calls."""
+    model = tiny_vit()
+    images = torch.randn(2, 3, 32, 32)
+    noise = torch.rand(2, 16)
+    with torch.no_grad():
+        patches = model.embed_patches(images)
+        torch.testing.assert_close(model.intact_pass(patches), model(images)[0])
+        for ours, reference in zip(model.masked_pass(patches, 0.75, noise),
+                                   model(images, mask=True, noise=noise, mask_ratio=0.75)):
+            torch.testing.assert_close(ours, reference)
+
+
+@pytest.mark.parametrize('with_cp', [False, True])
+def test_block_output_at_some_tokens_equals_the_full_block(with_cp):
+    from rils_mm.models.utils import QVBiasTransformerLayer
+    torch.manual_seed(0)
+    block = QVBiasTransformerLayer(32, 4, 64, with_cp=with_cp)
+    torch.nn.init.normal_(block.attn.q_bias)
+    torch.nn.init.normal_(block.attn.v_bias)
+    x = torch.randn(3, 9, 32, requires_grad=True)
+    index = torch.stack([torch.randperm(9)[:5] for _ in range(3)])
+    full = torch.gather(block(x), 1, index.unsqueeze(-1).expand(-1, -1, 32))
+    part = block.forward_queries(x, index)
+    torch.testing.assert_close(part, full)
+    weights = torch.randn_like(full)
+    grads = [torch.autograd.grad((out * weights).sum(), [x, *block.parameters()])
+             for out in (full, part)]
+    for reference, ours in zip(*grads):
+        torch.testing.assert_close(ours, reference)
+
+
 def test_position_embedding_is_fixed_sincos():
     model = tiny_vit()
     assert not model.pos_embed.requires_grad

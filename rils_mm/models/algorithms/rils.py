@@ -14,10 +14,11 @@ class RILS(ImageTextPretrainer):
     """CLIP's contrastive loss plus masked reconstruction scored against prototypes.
 
     One step: the intact pass gives patch features f and the image embedding; the masked pass
-    and the decoder give predictions g for every patch; the contrastive loss aligns images and
-    captions; f and g, projected by the image head's projection, are scored against the
-    prototypes (the batch's captions; fixed random vectors in the vision-space ablation) and g
-    is trained to match f on the masked patches (``LanguageReconstructionHead``).
+    and the decoder give predictions g for the patches the masked pass hid; the contrastive
+    loss aligns images and captions; f and g, projected by the image head's projection, are
+    scored against the prototypes (the batch's captions; fixed random vectors in the
+    vision-space ablation) and g is trained to match f on the masked patches
+    (``LanguageReconstructionHead``).
 
     Args:
         neck (dict): The decoder (``RILSDecoder``); its ``embed_dim`` must equal the encoder
@@ -69,12 +70,18 @@ class RILS(ImageTextPretrainer):
             raise ValueError('RILS: the correct-retrieval filter needs at least 2 pairs per '
                              'device (train_dataloader.batch_size); got 1')
         intact_tokens, targets, latent, has_target, ids_restore = self.encoder_passes(images)
-        predictions = self.neck(latent, ids_restore)  # B x L x C
+        # Only the scored patches are decoded and projected: the intact pass saw them and
+        # the masked pass did not, as many per sample as the two passes' token counts differ.
+        num_scored = intact_tokens.shape[1] - latent.shape[1]
+        scored = has_target.argsort(dim=1, descending=True, stable=True)[:, :num_scored]
+        predictions = self.neck(latent, ids_restore, scored)  # B x M x C
+        targets = torch.gather(targets, 1, scored.unsqueeze(-1).expand(-1, -1,
+                                                                        targets.shape[-1]))
 
         contrast, correct, log = self.contrastive_step(intact_tokens, inputs['texts'])
         loss_rec, weights = self.head.loss(
             self.image_head.project(predictions), self.image_head.project(targets),
-            contrast.text_features_all, has_target, correct)
+            contrast.text_features_all, torch.gather(has_target, 1, scored), correct)
         log['loss_reconstruction'] = loss_rec
         log['recon_kept'] = (weights.sum(dim=1) > 0).float().mean()
         return log
@@ -97,8 +104,9 @@ class RILS(ImageTextPretrainer):
         """
         if self.intact_keep_ratio < 1:
             return self.patch_dropped_passes(images)
-        intact_tokens = self.image_tokens(images)  # B x (1 + L) x C
-        latent, has_target, ids_restore = self.backbone(images, mask=True)
+        patches = self.backbone.embed_patches(images)  # once for both passes
+        intact_tokens = self.backbone.intact_pass(patches)  # B x (1 + L) x C
+        latent, has_target, ids_restore = self.backbone.masked_pass(patches)
         return intact_tokens, intact_tokens[:, 1:], latent, has_target, ids_restore
 
     def patch_dropped_passes(self, images: torch.Tensor):
@@ -121,11 +129,11 @@ class RILS(ImageTextPretrainer):
         backbone = self.backbone
         batch_size, num_patches = images.shape[0], backbone.num_patches
         noise = torch.rand(batch_size, num_patches, device=images.device)
-        intact_tokens, intact_dropped, intact_restore = backbone(
-            images, mask=True, noise=noise, mask_ratio=1 - self.intact_keep_ratio)
+        patches = backbone.embed_patches(images)
+        intact_tokens, intact_dropped, intact_restore = backbone.masked_pass(
+            patches, 1 - self.intact_keep_ratio, noise)
         visible = self.intact_keep_ratio * (1 - backbone.mask_ratio)
-        latent, masked, ids_restore = backbone(images, mask=True, noise=noise,
-                                               mask_ratio=1 - visible)
+        latent, masked, ids_restore = backbone.masked_pass(patches, 1 - visible, noise)
         # Back to patch order: the kept tokens, then zeros for the dropped ones, unshuffled.
         kept = intact_tokens[:, 1:]
         channels = kept.shape[-1]

@@ -305,36 +305,83 @@ class RILSViT(MAEViT):
         if self.grid_tokens:
             raise ValueError('RILSViT: the masked pass is not available with windowed or '
                              'relative-position blocks')
-        B = x.shape[0]
-        x = self.patch_embed(x)[0] + self.pos_embed[:, 1:, :]
-        milan_masking = isinstance(mask, torch.Tensor)
-        if milan_masking:
-            if not mask.is_floating_point() or mask.shape != x.shape[:2]:
+        patches = self.embed_patches(x)
+        if isinstance(mask, torch.Tensor):
+            if not mask.is_floating_point() or mask.shape != patches.shape[:2]:
                 raise ValueError(f'RILSViT: a tensor as the second argument is MILAN\'s '
-                                 f'importance (B x L = {tuple(x.shape[:2])} non-negative '
+                                 f'importance (B x L = {tuple(patches.shape[:2])} non-negative '
                                  f'floats, high = keep), got {mask.dtype} '
                                  f'{tuple(mask.shape)}; a binary mask is not accepted')
             # MILAN (Hou et al., 2022): keep patches with probability following the weights.
-            ids_shuffle = torch.multinomial(mask.float().to(x.device), x.shape[1],
+            ids_shuffle = torch.multinomial(mask.float().to(x.device), patches.shape[1],
                                             replacement=False)
-            x, mask, ids_restore = self._keep_first(x, ids_shuffle, self.mask_ratio)
-        else:
-            if mask_ratio is None:
-                mask_ratio = self.mask_ratio
-            elif not 0 <= mask_ratio < 1:
-                raise ValueError(f'RILSViT: mask_ratio must be in [0, 1), got {mask_ratio}')
-            x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
-        cls_token = (self.cls_token + self.pos_embed[:, :1, :]).expand(B, -1, -1)
-        x = torch.cat((cls_token, x), dim=1)
+            kept, _, ids_restore = self._keep_first(patches, ids_shuffle, self.mask_ratio)
+            num_keep = kept.shape[1]
+            return (self.encode_tokens(kept), ids_restore, ids_shuffle[:, :num_keep],
+                    ids_shuffle[:, num_keep:])
+        return self.masked_pass(patches, mask_ratio, noise)
+
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch embedding plus positions at the pretraining size: the input of both passes.
+
+        RILS encodes every image twice; embedding the patches once and handing the result to
+        :meth:`intact_pass` and :meth:`masked_pass` gives the same tokens as two full calls.
+
+        Args:
+            images (torch.Tensor): B x 3 x H x W at ``img_size``.
+
+        Returns:
+            torch.Tensor: B x L x C patch tokens in patch order, without the class token.
+        """
+        return self.patch_embed(images)[0] + self.pos_embed[:, 1:, :]
+
+    def encode_tokens(self, patches: torch.Tensor, dropout: bool = False) -> torch.Tensor:
+        """The class token, the blocks and the final norm on a set of patch tokens.
+
+        Args:
+            patches (torch.Tensor): B x N x C embedded patch tokens (any subset, any order).
+            dropout (bool): Apply the dropout after the positions (``drop_rate``), as the
+                intact pass of mmpretrain's ViT does; MAE's masked pass does not.
+
+        Returns:
+            torch.Tensor: B x (1 + N) x C, class token first.
+        """
+        cls_token = self.cls_token + self.pos_embed[:, :1, :]
+        x = torch.cat((cls_token.expand(patches.shape[0], -1, -1), patches), dim=1)
+        if dropout:
+            x = self.drop_after_pos(x)
         x = self.pre_norm(x)
         for layer in self.layers:
             x = layer(x)
         if self.final_norm:
             x = self.ln1(x)
-        if milan_masking:
-            num_keep = x.shape[1] - 1
-            return x, ids_restore, ids_shuffle[:, :num_keep], ids_shuffle[:, num_keep:]
-        return x, mask, ids_restore
+        return x
+
+    def intact_pass(self, patches: torch.Tensor) -> torch.Tensor:
+        """The intact pass from :meth:`embed_patches`' tokens: the same B x (1 + L) x C tokens
+        as ``forward(images)`` with ``out_type='raw'`` at the pretraining size."""
+        return self.encode_tokens(patches, dropout=True)
+
+    def masked_pass(self, patches: torch.Tensor, mask_ratio: Optional[float] = None,
+                    noise: Optional[torch.Tensor] = None
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """MAE's uniform masked pass from :meth:`embed_patches`' tokens.
+
+        Args:
+            patches (torch.Tensor): B x L x C.
+            mask_ratio (float, optional): In [0, 1); defaults to ``self.mask_ratio``.
+            noise (torch.Tensor, optional): B x L masking scores; the lowest are kept.
+
+        Returns:
+            tuple: ``latent`` B x (1 + L_keep) x C after the final norm, ``mask`` B x L
+            (1 = removed) and ``ids_restore`` B x L.
+        """
+        if mask_ratio is None:
+            mask_ratio = self.mask_ratio
+        elif not 0 <= mask_ratio < 1:
+            raise ValueError(f'RILSViT: mask_ratio must be in [0, 1), got {mask_ratio}')
+        kept, mask, ids_restore = self.random_masking(patches, mask_ratio, noise)
+        return self.encode_tokens(kept), mask, ids_restore
 
     def _forward_grid(self, x: torch.Tensor) -> tuple:
         """Intact pass of the ViTDet form: patch tokens only, as an H x W grid.

@@ -2,9 +2,11 @@
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from mmengine.model import ModuleList
 from mmpretrain.models.necks import MAEPretrainDecoder
 from mmpretrain.registry import MODELS
+from torch.utils.checkpoint import checkpoint
 
 from ..utils import QVBiasTransformerLayer
 
@@ -63,14 +65,80 @@ class RILSDecoder(MAEPretrainDecoder):
                 norm_cfg=norm_cfg) for _ in range(decoder_depth)
         ])
 
-    def forward(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ids_restore: torch.Tensor,
+                target_index: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Decode.
 
         Args:
             x (torch.Tensor): Masked-pass encoder output, B x (1 + L_keep) x C.
             ids_restore (torch.Tensor): B x L, from the encoder's masking.
+            target_index (torch.Tensor, optional): B x M patch indices (long) to predict.
+                The loss reads the predictions at the masked patches only, so the last
+                block, the norm and the output Linear run only there (the result equals the
+                full output gathered at these patches).
 
         Returns:
-            torch.Tensor: Predicted encoder features for every patch, B x L x C.
+            torch.Tensor: Predicted encoder features, B x L x C for every patch, or
+            B x M x C at ``target_index``.
         """
-        return super().forward(x, ids_restore)
+        if target_index is None:
+            return super().forward(x, ids_restore)
+        if len(self.decoder_blocks) == 1:
+            block = self.decoder_blocks[0]
+            if block.with_cp and x.requires_grad:
+                return checkpoint(self._decode_one_block, x, ids_restore, target_index,
+                                  use_reentrant=False)
+            return self._decode_one_block(x, ids_restore, target_index)
+        # MAE's input assembly (mmpretrain's MAEPretrainDecoder.forward).
+        x = self.decoder_embed(x)
+        mask_tokens = self.mask_token.expand(x.shape[0], ids_restore.shape[1] + 1 - x.shape[1],
+                                             -1)
+        patches = torch.cat([x[:, 1:], mask_tokens], dim=1)
+        patches = torch.gather(patches, 1,
+                               ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed
+        for block in self.decoder_blocks[:-1]:
+            x = block(x)
+        x = self.decoder_blocks[-1].forward_queries(x, target_index + 1)  # after the class
+        return self.decoder_pred(self.decoder_norm(x))
+
+    def _decode_one_block(self, x: torch.Tensor, ids_restore: torch.Tensor,
+                          target_index: torch.Tensor) -> torch.Tensor:
+        """The one-block decoder read at hidden patches, sharing what does not depend on the
+        image.
+
+        The block's input at a hidden patch is the mask token plus that patch's position,
+        the same in every sample, so its norm and its q, k and v are computed once per
+        position (L rows) rather than once per sample and patch; attention does not depend
+        on the order of the tokens, so the sequence is kept in the masked pass's order
+        (class, visible, hidden) instead of being unshuffled. Equal to the full decoder's
+        output gathered at ``target_index``, which must index hidden patches.
+
+        Args:
+            x (torch.Tensor): B x (1 + K) x C_enc masked-pass output.
+            ids_restore (torch.Tensor): B x L.
+            target_index (torch.Tensor): B x M hidden patch indices.
+
+        Returns:
+            torch.Tensor: B x M x C_enc predictions.
+        """
+        block = self.decoder_blocks[0]
+        attn = block.attn
+        positions = self.decoder_pos_embed[0]  # (1 + L) x C
+        ids_shuffle = torch.argsort(ids_restore, dim=1)  # visible patches first
+        num_visible = x.shape[1] - 1
+        visible = self.decoder_embed(x) + torch.cat(
+            [positions[:1].expand(x.shape[0], 1, -1),
+             positions[1:][ids_shuffle[:, :num_visible]]], dim=1)
+        mask_inputs = self.mask_token[0] + positions[1:]  # L x C, one per patch position
+        channels = mask_inputs.shape[-1]
+        bias = attn.qkv_bias()
+        qkv_hidden = F.linear(block.ln1(mask_inputs), attn.qkv.weight, bias)  # L x 3C
+        kv_visible = F.linear(block.ln1(visible), attn.qkv.weight[channels:],
+                              None if bias is None else bias[channels:])
+        kv = torch.cat([kv_visible, qkv_hidden[:, channels:][ids_shuffle[:, num_visible:]]],
+                       dim=1)
+        y = attn.attend_projected(qkv_hidden[:, :channels][target_index], kv)
+        y = mask_inputs[target_index] + attn.out_drop(attn.gamma1(attn.proj_drop(y)))
+        y = block.ffn(block.ln2(y), identity=y)
+        return self.decoder_pred(self.decoder_norm(y))

@@ -92,6 +92,46 @@ class QVBiasMultiheadAttention(MultiheadAttention):
         x = x.transpose(1, 2).reshape(B, N, self.embed_dims)
         return self.proj(x)
 
+    def attend_queries(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Attention for a subset of the tokens: queries from ``queries``, keys and values
+        from all of ``x``; output projection, before dropout, layer scale and drop path.
+
+        Equals ``attend(x)`` at the queries' positions without computing the other rows
+        (a decoder whose output is read at a few positions needs only those).
+
+        Args:
+            x (torch.Tensor): Tokens, B x N x C (normed).
+            queries (torch.Tensor): B x M x C, normed tokens (usually rows of ``x``).
+
+        Returns:
+            torch.Tensor: B x M x C.
+        """
+        if self.use_rel_pos:
+            raise ValueError('attend_queries: not available with relative positions')
+        C = self.embed_dims
+        bias = self.qkv_bias()
+        weight = self.qkv.weight
+        q = F.linear(queries, weight[:C], None if bias is None else bias[:C])
+        kv = F.linear(x, weight[C:], None if bias is None else bias[C:])
+        return self.attend_projected(q, kv)
+
+    def attend_projected(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """Attention from projected queries, keys and values, and the output projection.
+
+        Args:
+            q (torch.Tensor): B x M x C, rows of the qkv Linear's q part (bias included).
+            kv (torch.Tensor): B x N x 2C, rows of its k and v parts.
+
+        Returns:
+            torch.Tensor: B x M x C, before dropout, layer scale and drop path.
+        """
+        B, M, C = q.shape
+        q = q.reshape(B, M, self.num_heads, self.head_dims).transpose(1, 2)
+        k, v = kv.reshape(B, -1, 2, self.num_heads, self.head_dims).permute(2, 0, 3, 1, 4)
+        attn_drop = self.attn_drop if self.training else 0.
+        out = self.scaled_dot_product_attention(q, k, v, dropout_p=attn_drop)
+        return self.proj(out.transpose(1, 2).reshape(B, M, C))
+
     def forward(self, x: torch.Tensor, hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """Self-attention.
 
@@ -167,6 +207,33 @@ class QVBiasTransformerLayer(TransformerEncoderLayer):
         if self.with_cp and x.requires_grad:
             return checkpoint(forward, *args, use_reentrant=False)
         return forward(*args)
+
+    def forward_queries(self, x: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
+        """The block's output at some tokens only: ``forward(x)`` gathered at
+        ``query_index``, with keys and values from every token and nothing else computed
+        for the other rows.
+
+        Args:
+            x (torch.Tensor): Tokens, B x N x C.
+            query_index (torch.Tensor): B x M token indices (long).
+
+        Returns:
+            torch.Tensor: B x M x C.
+        """
+        if self.needs_grid:
+            raise ValueError('forward_queries: not available with windowed or '
+                             'relative-position blocks')
+        if self.with_cp and x.requires_grad:
+            return checkpoint(self._forward_queries, x, query_index, use_reentrant=False)
+        return self._forward_queries(x, query_index)
+
+    def _forward_queries(self, x: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
+        index = query_index.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        normed = self.ln1(x)
+        y = self.attn.attend_queries(normed, torch.gather(normed, 1, index))
+        x = torch.gather(x, 1, index) + self.attn.out_drop(
+            self.attn.gamma1(self.attn.proj_drop(y)))
+        return self.ffn(self.ln2(x), identity=x)
 
     def _forward_grid(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
         """Windowed and/or relative-position attention on a B x (H * W) x C token grid."""
