@@ -42,16 +42,17 @@ Timing: each model first takes ``--warmup`` steps; then, in each of ``--rounds``
 model takes one timed step (preprocessing, forward, backward, AdamW step; synchronised on
 CUDA), in the listed order rotated by one place per round so that no model always runs first.
 Per model the table gives the median step time, images/s, the step-time ratios to open_clip and
-to our CLIP (each the median of the per-round ratios, with their min-max over rounds), the
-peak memory of its step (CUDA only: ``max_memory_allocated`` over its timed steps, the other
-models' resident weights and optimizer states subtracted), the FLOPs of one forward + backward
-per image (``FlopCounterMode`` on one step at batch 2, attention through the math kernel so it
-is counted; matrix products, attention and convolutions only) and the MFU: FLOPs per image x
-images/s over the device's matmul peak: the highest rate of a large square matmul in the run's
-dtype, measured at the start and again in every round (a shared machine slows some of them
-down; one measurement at the start made MFU exceed 100 %). It prints a header line (device,
-threads, dtype, batch, rounds, matmul peak) and the table in markdown; progress goes to
-stderr. A missing config or an unknown method exits with status 2 and one line.
+to our CLIP (each the median of the per-round ratios, with their min-max over rounds), the peak
+memory of its step (CUDA only: ``max_memory_allocated`` over its timed steps, the other models'
+resident weights and optimizer states subtracted), the FLOPs of one forward + backward per image
+(``FlopCounterMode`` on one step at the timed batch size, which is also the first warm-up step;
+attention through the math kernel so it is counted; matrix products, attention and convolutions
+only; RILS computes a little once per batch, so its count per image depends on the batch size)
+and the MFU: FLOPs per image x images/s over the device's matmul peak: the highest rate of a
+large square matmul in the run's dtype, measured at the start and again in every round (a shared
+machine slows some of them down; one measurement at the start made MFU exceed 100 %). It prints
+a header line (device, threads, dtype, batch, rounds, matmul peak) and the table in markdown;
+progress goes to stderr. A missing config or an unknown method exits with status 2 and one line.
 """
 import argparse
 import logging
@@ -476,8 +477,8 @@ def main(argv=None) -> List[Entry]:
     for entry in entries:
         log(f'counting FLOPs and warming up {entry.name}')
         torch.manual_seed(0)
-        entry.flops = count_flops(entry, 2, autocast)
-        for _ in range(args.warmup):
+        entry.flops = count_flops(entry, batch_size, autocast)  # also a warm-up step
+        for _ in range(args.warmup - 1):
             train_step(entry, batch_size, autocast)
 
     cuda = device.type == 'cuda'
@@ -530,7 +531,7 @@ def main(argv=None) -> List[Entry]:
     print()
     print('ms/step: median over rounds. time / X: median of the per-round ratios of step '
           'times, (min-max over rounds). GFLOPs: forward + backward per image '
-          '(FlopCounterMode, batch 2). MFU: GFLOPs/image x images/s / matmul peak.')
+          '(FlopCounterMode, at this batch size). MFU: GFLOPs/image x images/s / matmul peak.')
     return entries
 
 
