@@ -298,6 +298,8 @@ import sys, torch, rils_mm
 from mmengine.runner.checkpoint import save_checkpoint
 state = dict(state_dict={f'w{i}': torch.full((1024, 1024), float(i)) for i in range(24)})
 print('READY', flush=True)
+save_checkpoint(state, sys.argv[1])
+print('SAVED', flush=True)
 while True:
     save_checkpoint(state, sys.argv[1])
 '''
@@ -314,7 +316,10 @@ def test_a_kill_during_saves_never_leaves_a_truncated_checkpoint(tmp_path):
         process = subprocess.Popen([sys.executable, str(script), str(target)], cwd=REPO,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert process.stdout.readline().strip() == 'READY', process.stderr.read()
-        time.sleep(rng.uniform(0.05, 1.0) + (0.5 if trial == 0 else 0))
+        if trial == 0:  # one complete file first, however slow the machine
+            lines = iter(process.stdout.readline, '')  # mmengine logs to stdout too
+            assert 'SAVED' in (line.strip() for line in lines), process.stderr.read()
+        time.sleep(rng.uniform(0.05, 1.0))
         process.send_signal(signal.SIGKILL)
         process.wait()
         if target.exists():

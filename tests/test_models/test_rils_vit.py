@@ -93,10 +93,10 @@ def test_shared_patch_embedding_gives_both_passes():
     images = torch.randn(2, 3, 32, 32)
     noise = torch.rand(2, 16)
     with torch.no_grad():
-        patches = model.embed_patches(images)
-        torch.testing.assert_close(model.intact_pass(patches), model(images)[0])
-        for ours, reference in zip(model.masked_pass(patches, 0.75, noise),
-                                   model(images, mask=True, noise=noise, mask_ratio=0.75)):
+        intact, masked = model(images, passes=(None, 0.75), noise=noise)
+        torch.testing.assert_close(intact, model(images)[0])
+        for ours, reference in zip(masked, model(images, mask=True, noise=noise,
+                                                 mask_ratio=0.75)):
             torch.testing.assert_close(ours, reference)
 
 
@@ -110,10 +110,23 @@ def test_block_output_at_some_tokens_equals_the_full_block(with_cp):
     x = torch.randn(3, 9, 32, requires_grad=True)
     index = torch.stack([torch.randperm(9)[:5] for _ in range(3)])
     full = torch.gather(block(x), 1, index.unsqueeze(-1).expand(-1, -1, 32))
-    part = block.forward_queries(x, index)
+    part = block(x, query_index=index)
     torch.testing.assert_close(part, full)
     weights = torch.randn_like(full)
     grads = [torch.autograd.grad((out * weights).sum(), [x, *block.parameters()])
+             for out in (full, part)]
+    for reference, ours in zip(*grads):
+        torch.testing.assert_close(ours, reference)
+    # Tokens shared by every sample (here the last 4 of 9 rows of a 6-row table): the
+    # output at some of them equals the block on the assembled sequences.
+    shared = torch.randn(6, 32, requires_grad=True)
+    shared_index = torch.stack([torch.randperm(6)[:4] for _ in range(3)])
+    sequences = torch.cat([x[:, :5], shared[shared_index]], dim=1)
+    full = block(sequences)[:, 5:7]
+    part = block(x[:, :5], query_index=shared_index[:, :2], shared=shared,
+                 shared_index=shared_index)
+    torch.testing.assert_close(part, full)
+    grads = [torch.autograd.grad(out.pow(2).sum(), [x, shared, *block.parameters()])
              for out in (full, part)]
     for reference, ours in zip(*grads):
         torch.testing.assert_close(ours, reference)

@@ -104,9 +104,9 @@ class RILS(ImageTextPretrainer):
         """
         if self.intact_keep_ratio < 1:
             return self.patch_dropped_passes(images)
-        patches = self.backbone.embed_patches(images)  # once for both passes
-        intact_tokens = self.backbone.intact_pass(patches)  # B x (1 + L) x C
-        latent, has_target, ids_restore = self.backbone.masked_pass(patches)
+        # One patch embedding for both passes.
+        intact_tokens, (latent, has_target, ids_restore) = self.backbone(
+            images, passes=(None, self.backbone.mask_ratio))  # intact: B x (1 + L) x C
         return intact_tokens, intact_tokens[:, 1:], latent, has_target, ids_restore
 
     def patch_dropped_passes(self, images: torch.Tensor):
@@ -129,11 +129,9 @@ class RILS(ImageTextPretrainer):
         backbone = self.backbone
         batch_size, num_patches = images.shape[0], backbone.num_patches
         noise = torch.rand(batch_size, num_patches, device=images.device)
-        patches = backbone.embed_patches(images)
-        intact_tokens, intact_dropped, intact_restore = backbone.masked_pass(
-            patches, 1 - self.intact_keep_ratio, noise)
         visible = self.intact_keep_ratio * (1 - backbone.mask_ratio)
-        latent, masked, ids_restore = backbone.masked_pass(patches, 1 - visible, noise)
+        (intact_tokens, intact_dropped, intact_restore), (latent, masked, ids_restore) = \
+            backbone(images, noise=noise, passes=(1 - self.intact_keep_ratio, 1 - visible))
         # Back to patch order: the kept tokens, then zeros for the dropped ones, unshuffled.
         kept = intact_tokens[:, 1:]
         channels = kept.shape[-1]

@@ -287,6 +287,10 @@ class RILSViT(MAEViT):
             mask_ratio (float, optional): The uniform masked pass's ratio for this call, in
                 [0, 1); defaults to ``self.mask_ratio``. With 0 the pass equals the intact
                 pass, but returns the masked pass's ``(latent, mask, ids_restore)``.
+            passes (sequence of float | None, keyword): Several passes over one patch
+                embedding at the pretraining size (RILS's intact and masked pass): None is the
+                intact pass, a ratio a uniform masked pass with that ratio (all from the same
+                ``noise`` when given, so nested). Returns one result per entry, as below.
 
         Returns:
             tuple: Intact pass: the outputs. Uniform masking ``(latent, mask, ids_restore)``:
@@ -296,8 +300,17 @@ class RILSViT(MAEViT):
         """
         if 'importance' in kwargs:
             mask = kwargs.pop('importance')
+        passes = kwargs.pop('passes', None)
         if kwargs:
             raise TypeError(f'RILSViT.forward: unexpected arguments {sorted(kwargs)}')
+        if passes is not None:
+            if self.grid_tokens:
+                raise ValueError('RILSViT: passes are not available with windowed or '
+                                 'relative-position blocks')
+            # Through forward (not the helpers) so that wrappers such as FSDP see the call.
+            patches = self.embed_patches(x)
+            return tuple(self.intact_pass(patches) if ratio is None else
+                         self.masked_pass(patches, ratio, noise) for ratio in passes)
         if mask is None or mask is False:
             if self.grid_tokens:
                 return self._forward_grid(x)

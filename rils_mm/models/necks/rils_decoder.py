@@ -2,11 +2,9 @@
 from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 from mmengine.model import ModuleList
 from mmpretrain.models.necks import MAEPretrainDecoder
 from mmpretrain.registry import MODELS
-from torch.utils.checkpoint import checkpoint
 
 from ..utils import QVBiasTransformerLayer
 
@@ -84,10 +82,6 @@ class RILSDecoder(MAEPretrainDecoder):
         if target_index is None:
             return super().forward(x, ids_restore)
         if len(self.decoder_blocks) == 1:
-            block = self.decoder_blocks[0]
-            if block.with_cp and x.requires_grad:
-                return checkpoint(self._decode_one_block, x, ids_restore, target_index,
-                                  use_reentrant=False)
             return self._decode_one_block(x, ids_restore, target_index)
         # MAE's input assembly (mmpretrain's MAEPretrainDecoder.forward).
         x = self.decoder_embed(x)
@@ -99,7 +93,7 @@ class RILSDecoder(MAEPretrainDecoder):
         x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed
         for block in self.decoder_blocks[:-1]:
             x = block(x)
-        x = self.decoder_blocks[-1].forward_queries(x, target_index + 1)  # after the class
+        x = self.decoder_blocks[-1](x, query_index=target_index + 1)  # after the class token
         return self.decoder_pred(self.decoder_norm(x))
 
     def _decode_one_block(self, x: torch.Tensor, ids_restore: torch.Tensor,
@@ -122,23 +116,14 @@ class RILSDecoder(MAEPretrainDecoder):
         Returns:
             torch.Tensor: B x M x C_enc predictions.
         """
-        block = self.decoder_blocks[0]
-        attn = block.attn
         positions = self.decoder_pos_embed[0]  # (1 + L) x C
         ids_shuffle = torch.argsort(ids_restore, dim=1)  # visible patches first
         num_visible = x.shape[1] - 1
         visible = self.decoder_embed(x) + torch.cat(
             [positions[:1].expand(x.shape[0], 1, -1),
              positions[1:][ids_shuffle[:, :num_visible]]], dim=1)
-        mask_inputs = self.mask_token[0] + positions[1:]  # L x C, one per patch position
-        channels = mask_inputs.shape[-1]
-        bias = attn.qkv_bias()
-        qkv_hidden = F.linear(block.ln1(mask_inputs), attn.qkv.weight, bias)  # L x 3C
-        kv_visible = F.linear(block.ln1(visible), attn.qkv.weight[channels:],
-                              None if bias is None else bias[channels:])
-        kv = torch.cat([kv_visible, qkv_hidden[:, channels:][ids_shuffle[:, num_visible:]]],
-                       dim=1)
-        y = attn.attend_projected(qkv_hidden[:, :channels][target_index], kv)
-        y = mask_inputs[target_index] + attn.out_drop(attn.gamma1(attn.proj_drop(y)))
-        y = block.ffn(block.ln2(y), identity=y)
+        y = self.decoder_blocks[0](
+            visible, query_index=target_index,
+            shared=self.mask_token[0] + positions[1:],  # L x C: the input at each position
+            shared_index=ids_shuffle[:, num_visible:])
         return self.decoder_pred(self.decoder_norm(y))

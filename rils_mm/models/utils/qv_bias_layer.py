@@ -191,48 +191,67 @@ class QVBiasTransformerLayer(TransformerEncoderLayer):
         """Whether the block needs its tokens as an H x W grid (window or relative positions)."""
         return self.window_size > 0 or self.use_rel_pos
 
-    def forward(self, x: torch.Tensor, hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-        """Pre-norm block.
+    def forward(self, x: torch.Tensor, hw: Optional[Tuple[int, int]] = None,
+                query_index: Optional[torch.Tensor] = None,
+                shared: Optional[torch.Tensor] = None,
+                shared_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Pre-norm block, on all tokens or read at some of them.
+
+        The partial forms compute only what the outputs at ``query_index`` need (a decoder
+        whose output is read at a few positions); they are keywords of ``forward`` rather
+        than methods so that wrappers (FSDP units, checkpoint wrappers) see the call.
 
         Args:
             x (torch.Tensor): Tokens, B x N x C (N = H * W patch tokens when ``needs_grid``).
             hw (tuple[int, int], optional): The token grid (H, W); required when
                 ``needs_grid``.
+            query_index (torch.Tensor, optional): B x M (long): return the block's output at
+                these tokens only, B x M x C. They index ``x``, or with ``shared`` the rows of
+                ``shared``.
+            shared (torch.Tensor, optional): S x C tokens common to every sample (MAE's mask
+                token plus a position): sample b's sequence is ``x[b]`` followed by
+                ``shared[shared_index[b]]``, and their norm and q, k, v are computed once
+                per row of ``shared``. Needs ``query_index`` and ``shared_index`` (B x H).
 
         Returns:
-            torch.Tensor: B x N x C.
+            torch.Tensor: B x N x C, or B x M x C with ``query_index``.
         """
-        forward = self._forward_grid if self.needs_grid else super().forward
-        args = (x, hw) if self.needs_grid else (x, )
+        if query_index is None:
+            if shared is not None:
+                raise ValueError('QVBiasTransformerLayer: shared tokens need query_index')
+            forward = self._forward_grid if self.needs_grid else super().forward
+            args = (x, hw) if self.needs_grid else (x, )
+        else:
+            if self.needs_grid:
+                raise ValueError('QVBiasTransformerLayer: query_index is not available with '
+                                 'windowed or relative-position blocks')
+            if (shared is None) != (shared_index is None):
+                raise ValueError('QVBiasTransformerLayer: shared and shared_index go together')
+            forward = self._forward_queries
+            args = (x, query_index, shared, shared_index)
         if self.with_cp and x.requires_grad:
             return checkpoint(forward, *args, use_reentrant=False)
         return forward(*args)
 
-    def forward_queries(self, x: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
-        """The block's output at some tokens only: ``forward(x)`` gathered at
-        ``query_index``, with keys and values from every token and nothing else computed
-        for the other rows.
-
-        Args:
-            x (torch.Tensor): Tokens, B x N x C.
-            query_index (torch.Tensor): B x M token indices (long).
-
-        Returns:
-            torch.Tensor: B x M x C.
-        """
-        if self.needs_grid:
-            raise ValueError('forward_queries: not available with windowed or '
-                             'relative-position blocks')
-        if self.with_cp and x.requires_grad:
-            return checkpoint(self._forward_queries, x, query_index, use_reentrant=False)
-        return self._forward_queries(x, query_index)
-
-    def _forward_queries(self, x: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
-        index = query_index.unsqueeze(-1).expand(-1, -1, x.shape[-1])
-        normed = self.ln1(x)
-        y = self.attn.attend_queries(normed, torch.gather(normed, 1, index))
-        x = torch.gather(x, 1, index) + self.attn.out_drop(
-            self.attn.gamma1(self.attn.proj_drop(y)))
+    def _forward_queries(self, x: torch.Tensor, query_index: torch.Tensor,
+                         shared: Optional[torch.Tensor],
+                         shared_index: Optional[torch.Tensor]) -> torch.Tensor:
+        attn = self.attn
+        if shared is None:
+            index = query_index.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+            normed = self.ln1(x)
+            y = attn.attend_queries(normed, torch.gather(normed, 1, index))
+            identity = torch.gather(x, 1, index)
+        else:
+            channels = x.shape[-1]
+            bias = attn.qkv_bias()
+            qkv_shared = F.linear(self.ln1(shared), attn.qkv.weight, bias)  # S x 3C
+            kv = F.linear(self.ln1(x), attn.qkv.weight[channels:],
+                          None if bias is None else bias[channels:])
+            kv = torch.cat([kv, qkv_shared[:, channels:][shared_index]], dim=1)
+            y = attn.attend_projected(qkv_shared[:, :channels][query_index], kv)
+            identity = shared[query_index]
+        x = identity + attn.out_drop(attn.gamma1(attn.proj_drop(y)))
         return self.ffn(self.ln2(x), identity=x)
 
     def _forward_grid(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
