@@ -31,6 +31,12 @@ def count(module_or_params):
     ('pretrain_l16.py', 'l', 1024, 24, 'ViT-L-14'),
 ])
 def test_full_size_parameter_counts(config, arch, width, layers, clip_name):
+    # On the meta device: shapes only, no memory and no initialisation (seconds, not a minute).
+    with torch.device('meta'):
+        check_full_size_parameter_counts(config, arch, width, layers, clip_name)
+
+
+def check_full_size_parameter_counts(config, arch, width, layers, clip_name):
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'rils', config))
     model = MODELS.build(cfg.model)
     # Vision encoder: mmpretrain's ViT of the same size, less the k part of the qkv bias.
@@ -43,7 +49,7 @@ def test_full_size_parameter_counts(config, arch, width, layers, clip_name):
                                            .attn.num_heads, predict_feature_dim=width)
     assert count(model.neck) == count(reference_decoder) - width
     # Text tower: open_clip's CLIP text tower (ViT-B-16: width 512; ViT-L-14: width 768).
-    clip = open_clip.create_model(clip_name, pretrained=None)
+    clip = open_clip.create_model(clip_name, pretrained=None, device='meta')
     clip_text = [p for n, p in clip.named_parameters()
                  if not n.startswith('visual.') and n != 'logit_scale']
     assert count(model.text_encoder) == count(clip_text)

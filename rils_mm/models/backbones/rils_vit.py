@@ -171,7 +171,7 @@ class RILSViT(MAEViT):
         if self.grid_tokens and out_type == 'cls_token':
             raise ValueError("RILSViT: windowed/relative-position blocks drop the class token "
                              "(as ViTDet); out_type='cls_token' is not available")
-        drop_path_rates = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
+        drop_path_rates = torch.linspace(0, drop_path_rate, self.num_layers, device='cpu').tolist()
         self.layers = ModuleList([
             QVBiasTransformerLayer(
                 embed_dims=self.embed_dims,
