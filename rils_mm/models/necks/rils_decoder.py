@@ -6,7 +6,7 @@ from mmengine.model import ModuleList
 from mmpretrain.models.necks import MAEPretrainDecoder
 from mmpretrain.registry import MODELS
 
-from ..utils import QVBiasTransformerLayer
+from ..utils.qv_bias_layer import QVBiasTransformerLayer, take_rows
 
 
 @MODELS.register_module()
@@ -121,7 +121,7 @@ class RILSDecoder(MAEPretrainDecoder):
         num_visible = x.shape[1] - 1
         visible = self.decoder_embed(x) + torch.cat(
             [positions[:1].expand(x.shape[0], 1, -1),
-             positions[1:][ids_shuffle[:, :num_visible]]], dim=1)
+             take_rows(positions[1:], ids_shuffle[:, :num_visible])], dim=1)
         y = self.decoder_blocks[0](
             visible, query_index=target_index,
             shared=self.mask_token[0] + positions[1:],  # L x C: the input at each position

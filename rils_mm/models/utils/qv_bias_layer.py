@@ -21,6 +21,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
+def take_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for an S x C table and a B x M index, B x M x C, with a deterministic
+    backward: advanced indexing accumulates repeated rows' gradients with ``index_put_``,
+    whose CPU kernel adds in a varying order (torch's reproducibility notes);
+    ``index_select``'s backward (``index_add_``) does not."""
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[-1])
+
+
 class QVBiasMultiheadAttention(MultiheadAttention):
     """mmpretrain's ``MultiheadAttention`` with learned q and v biases and no k bias.
 
@@ -248,9 +256,9 @@ class QVBiasTransformerLayer(TransformerEncoderLayer):
             qkv_shared = F.linear(self.ln1(shared), attn.qkv.weight, bias)  # S x 3C
             kv = F.linear(self.ln1(x), attn.qkv.weight[channels:],
                           None if bias is None else bias[channels:])
-            kv = torch.cat([kv, qkv_shared[:, channels:][shared_index]], dim=1)
-            y = attn.attend_projected(qkv_shared[:, :channels][query_index], kv)
-            identity = shared[query_index]
+            kv = torch.cat([kv, take_rows(qkv_shared[:, channels:], shared_index)], dim=1)
+            y = attn.attend_projected(take_rows(qkv_shared[:, :channels], query_index), kv)
+            identity = take_rows(shared, query_index)
         x = identity + attn.out_drop(attn.gamma1(attn.proj_drop(y)))
         return self.ffn(self.ln2(x), identity=x)
 
