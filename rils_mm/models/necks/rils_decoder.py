@@ -70,7 +70,8 @@ class RILSDecoder(MAEPretrainDecoder):
         Args:
             x (torch.Tensor): Masked-pass encoder output, B x (1 + L_keep) x C.
             ids_restore (torch.Tensor): B x L, from the encoder's masking.
-            target_index (torch.Tensor, optional): B x M patch indices (long) to predict.
+            target_index (torch.Tensor, optional): B x M indices (long) of masked patches
+                to predict.
                 The loss reads the predictions at the masked patches only, so the last
                 block, the norm and the output Linear run only there (the result equals the
                 full output gathered at these patches).
