@@ -15,6 +15,7 @@ import os
 import os.path as osp
 import re
 import sys
+import traceback
 import zipfile
 from copy import deepcopy
 from typing import Callable, List, Optional
@@ -295,23 +296,89 @@ def build_runner(cfg: Config) -> Runner:
 
 def run_cli(main: Callable[[List[str]], None], argv: Optional[List[str]] = None,
             prog: str = 'rils_mm') -> None:
-    """Run ``main(argv)``, turning configuration mistakes into a one-line error."""
+    """Run ``main(argv)``, turning configuration mistakes into a one-line error.
+
+    Exit status: 0 done, 2 a mistake in the command line or config, 1 a run stopped by a check
+    or a refused checkpoint (one line each), or an unexpected error (its traceback). A
+    distributed run leaves through :func:`leave_distributed_run`.
+    """
     argv = sys.argv[1:] if argv is None else argv
     debug = '--debug' in argv or os.environ.get('RILS_MM_DEBUG') == '1'
     try:
+        status = _run_reporting_errors(main, argv, prog, debug)
+    except BaseException as err:
+        if not _process_group_open():
+            raise
+        if isinstance(err, SystemExit):
+            status = err.code if isinstance(err.code, int) else int(err.code is not None)
+        else:
+            traceback.print_exc()
+            status = 1
+        leave_distributed_run(status)
+    if _process_group_open():
+        leave_distributed_run(status)
+    if status:
+        sys.exit(status)
+
+
+def _run_reporting_errors(main: Callable[[List[str]], None], argv: List[str], prog: str,
+                          debug: bool) -> int:
+    """``main(argv)``; the exit status, with expected errors printed as one line."""
+    try:
         main(argv)
+        return 0
     except UsageError as err:
         if debug:
             raise
         print(f'{prog}: error: {err}', file=sys.stderr)
-        sys.exit(2)
+        return 2
     except (RunStopped, CheckpointLoadError) as err:
         # A check stopped the run, or a checkpoint was refused: the message says it all, and
         # the files already written are untouched.
         if debug:
             raise
         print(f'{prog}: error: {" ".join(str(err).split())}', file=sys.stderr)
-        sys.exit(1)
+        return 1
+
+
+def _process_group_open() -> bool:
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized()
+
+
+def leave_distributed_run(status: int) -> None:
+    """End a process of a distributed run with ``status``, without interpreter finalization.
+
+    Why: gloo's worker threads release the tensors of finished collectives after the caller
+    has been told they are done; a release that comes while Python finalizes needs the GIL,
+    and a thread taking the GIL then is ended by ``pthread_exit``, whose unwinding through a
+    ``noexcept`` destructor calls ``std::terminate`` (SIGABRT, "terminate called without an
+    active exception"; pytorch/pytorch#190489). One 2-process run in four or five ended so
+    after writing its last checkpoint, and torchrun then killed the other rank and reported
+    the job failed. ``destroy_process_group`` alone does not stop those threads: the DDP
+    wrapper keeps the group alive until finalization.
+
+    So: a successful rank waits at a barrier for the others (rank 0 may still be writing the
+    last checkpoint; after an error no barrier, another rank may never reach it), the group
+    is destroyed, the ``atexit`` handlers run (logging, temporary files, experiment
+    trackers), the standard streams are flushed, and the process exits with ``os._exit``.
+    """
+    import atexit
+
+    import torch.distributed as dist
+    if status == 0:
+        try:
+            dist.barrier()
+        except RuntimeError:  # another rank left with an error: nothing left to wait for
+            pass
+    dist.destroy_process_group()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def as_usage_error(err: BaseException, stage: str) -> UsageError:
