@@ -10,6 +10,8 @@ release that needs it is no longer supported.
 
 - :mod:`.safe_loading`: every checkpoint scheme (local, URLs, model-zoo names) loads
   weights-only; refusals and damaged files are one line naming the file.
+- :mod:`.torchscript_weights`: the weights of a TorchScript archive (OpenAI's CLIP releases)
+  without ``torch.jit.load``, which runs code from the file.
 - :mod:`.atomic_saving`: checkpoints are written atomically and rotated save-first.
 - :mod:`.epoch_resume`: a mid-epoch checkpoint resumes the epoch where it stopped.
 - :mod:`.parameter_reports`: ``init_weights`` and the optimizer's ``paramwise_options`` print
@@ -29,10 +31,12 @@ from .parameter_reports import install_parameter_reports
 from .safe_loading import (CheckpointKeysError, CheckpointLoadError, DamagedCheckpointError,
                            MissingCheckpointError, UnsafeCheckpointError,
                            install_weights_only_loaders, weights_only_load)
+from .torchscript_weights import is_torchscript_archive, torchscript_state_dict
 
 __all__ = [
     'apply_all', 'CheckpointKeysError', 'CheckpointLoadError', 'DamagedCheckpointError',
-    'MissingCheckpointError', 'UnsafeCheckpointError', 'weights_only_load', 'atomic_write_bytes'
+    'MissingCheckpointError', 'UnsafeCheckpointError', 'weights_only_load', 'atomic_write_bytes',
+    'is_torchscript_archive', 'torchscript_state_dict'
 ]
 
 

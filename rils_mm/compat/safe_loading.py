@@ -109,12 +109,22 @@ def weights_only_load(source: Union[str, IO[bytes]],
         The loaded object (dicts, lists, tensors, numbers, strings, allowed mmengine types).
 
     Raises:
-        UnsafeCheckpointError: The file holds another Python object; nothing was built or run.
+        UnsafeCheckpointError: The file holds another Python object, or is a TorchScript
+            archive (see :mod:`.torchscript_weights`); nothing was built or run.
         DamagedCheckpointError: The file is empty, truncated or not a PyTorch checkpoint.
     """
     name = name or str(source)
     if isinstance(source, str) and osp.isfile(source) and osp.getsize(source) == 0:
         raise DamagedCheckpointError(f'checkpoint {name} is empty (0 bytes)')
+    from .torchscript_weights import is_torchscript_archive
+    if is_torchscript_archive(source):  # torch.load would refuse it, after a misleading warning
+        raise UnsafeCheckpointError(
+            f'refused to load {name}: it is a TorchScript archive (the format of OpenAI\'s '
+            f'CLIP releases), not a weights checkpoint, and loading it as a model runs code '
+            f'from the file; give it to an OpenCLIPModel as its `pretrained` file (e.g. '
+            f'--cfg-options model.model.pretrained={name} with a configs/benchmarks/*/'
+            f'openclip_* config), whose reader takes only its weights, or convert it with '
+            f'tools/model_converters/open_clip_to_rils.py; nothing from the file was run')
     try:
         return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

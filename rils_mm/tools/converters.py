@@ -22,8 +22,8 @@ raises when the vision encoder is incomplete, unless the caller explicitly allow
   position table is copied into ``pos_embed`` (which ``RILSViT`` keeps fixed during training).
   CLIP's image embedding (the class token after ``ln_post``, projected) is reproduced with
   ``image_head=dict(type='ImageEmbeddingHead', pooling='cls_token')``. What does not carry
-  over: attention-pool towers (``visual.attn_pool*``), SigLIP's ``logit_bias`` and
-  TorchScript OpenAI files (load them with open_clip and save the ``state_dict`` first).
+  over: attention-pool towers (``visual.attn_pool*``) and SigLIP's ``logit_bias``. OpenAI's
+  TorchScript files are read by :func:`load_clip_state_dict_file` without running them.
 """
 import re
 from collections import OrderedDict
@@ -36,8 +36,9 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from ..models.utils.checkpoint_loading import extract_state_dict
 
 __all__ = [
-    'Conversion', 'load_state_dict_file', 'extract_vision_encoder', 'missing_encoder_keys',
-    'to_toolbox_checkpoint', 'rils_vit_to_timm', 'open_clip_to_rils', 'ConversionError'
+    'Conversion', 'load_state_dict_file', 'load_clip_state_dict_file', 'extract_vision_encoder',
+    'missing_encoder_keys', 'to_toolbox_checkpoint', 'rils_vit_to_timm', 'open_clip_to_rils',
+    'ConversionError'
 ]
 
 StateDict = Dict[str, torch.Tensor]
@@ -101,6 +102,16 @@ class Conversion:
 def load_state_dict_file(path: str) -> StateDict:
     """The state dict of a checkpoint file (Runner, open_clip or bare), weights-only."""
     return extract_state_dict(CheckpointLoader.load_checkpoint(path, map_location='cpu'))
+
+
+def load_clip_state_dict_file(path: str) -> StateDict:
+    """The state dict of an open_clip checkpoint, or the weights of a TorchScript archive
+    (OpenAI's releases) read without running anything from it."""
+    from ..compat import is_torchscript_archive
+    from ..models.algorithms.open_clip_wrapper import torchscript_clip_state_dict
+    if is_torchscript_archive(path):
+        return torchscript_clip_state_dict(path)
+    return load_state_dict_file(path)
 
 
 def missing_encoder_keys(encoder: StateDict) -> List[str]:

@@ -15,7 +15,7 @@ from typing import List, Optional
 import torch
 
 from ..models.utils.checkpoint_loading import LoadReport, load_checked
-from .converters import (ConversionError, extract_vision_encoder, load_state_dict_file,
+from .converters import (ConversionError, extract_vision_encoder, load_clip_state_dict_file,
                          open_clip_to_rils, rils_vit_to_timm, to_toolbox_checkpoint)
 
 FORMATS = ('mmpretrain', 'mmdet', 'mmseg', 'timm')
@@ -101,19 +101,21 @@ def open_clip_to_rils_main(argv: Optional[List[str]] = None) -> None:
     """``tools/model_converters/open_clip_to_rils.py SRC DST [--config C]``."""
     parser = argparse.ArgumentParser(
         prog='tools/model_converters/open_clip_to_rils.py',
-        description='Convert an open_clip / OpenAI CLIP ViT state dict (not a TorchScript '
-        'file) to the ImageTextPretrainer layout (backbone.*, text_encoder.*, '
+        description='Convert an open_clip / OpenAI CLIP ViT state dict (or OpenAI\'s '
+        'TorchScript file, whose weights are read without running it) to the '
+        'ImageTextPretrainer layout (backbone.*, text_encoder.*, '
         'image_head.projection.weight, logit_scale). The backbone must be RILSViT with '
         "pre_norm=True, norm_cfg=dict(type='LN', eps=1e-5) and, for QuickGELU models, "
         "layer_cfgs=dict(act_cfg=dict(type='QuickGELU')).")
-    parser.add_argument('src', help='open_clip checkpoint or state dict')
+    parser.add_argument('src', help='open_clip checkpoint, state dict or OpenAI TorchScript file')
     parser.add_argument('dst', help='output checkpoint (dict(state_dict=...))')
     parser.add_argument('--config', help='verify: load DST\'s backbone.* into this config\'s '
                         'backbone')
     parser.add_argument('--allow-missing', action='store_true')
     args = parser.parse_args(argv)
 
-    result = open_clip_to_rils(load_state_dict_file(args.src), allow_missing=args.allow_missing)
+    result = open_clip_to_rils(load_clip_state_dict_file(args.src),
+                               allow_missing=args.allow_missing)
     print(f'{args.src}: {result.summary()}')
     _save(dict(state_dict=result.state_dict,
                meta=dict(source=osp.abspath(args.src), converted_from='open_clip')), args.dst)

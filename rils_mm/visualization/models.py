@@ -38,7 +38,7 @@ def load_model(cfg, checkpoint: str, device: str = 'cpu') -> nn.Module:
     read weights-only, that every weight of the model is in it with its shape, and that every
     weight in it has a place in the model. Our algorithms load through
     :func:`rils_mm.models.utils.load_checked`; an ``OpenCLIPModel`` loads ``checkpoint`` as its
-    ``pretrained`` file (weights-only; TorchScript archives through ``torch.jit.load``). Nothing
+    ``pretrained`` file (weights-only; TorchScript archives without running them). Nothing
     is left out: MILAN keeps its teacher (its masks need the teacher's attention), so the file
     must hold the teacher's weights too.
 

@@ -1,4 +1,5 @@
-"""Convert an open_clip / OpenAI CLIP ViT state dict to the rils_mm layout.
+"""Convert an open_clip / OpenAI CLIP ViT state dict to the rils_mm layout (OpenAI's
+TorchScript releases too: their weights are read without running anything from the file).
 
     python tools/model_converters/open_clip_to_rils.py open_clip_vit_b16.pt \
         checkpoints/clip_vit-b16_rils-layout.pth

@@ -9,9 +9,12 @@ the same ``encode_image`` / ``encode_text`` / ``logit_scale`` / ``data_preproces
                             pretrained='checkpoints/open_clip_vit_b16_laion2b.pt'))
 
 Weights are loaded by open_clip itself (``open_clip.create_model(arch, pretrained=<file>)``,
-including its conversions of OpenAI, timm and big_vision formats); a ``pretrained`` value that
-is not an existing file is refused instead of being treated as a hub tag, so nothing is ever
-downloaded.
+including its conversions of OpenAI, timm and big_vision formats), weights-only; a
+``pretrained`` value that is not an existing file is refused instead of being treated as a hub
+tag, so nothing is ever downloaded. A TorchScript archive (OpenAI's releases) is not given to
+``torch.jit.load``, which runs code from the file: its weights are read by
+:func:`rils_mm.compat.torchscript_state_dict`, which runs nothing, and then loaded as a state
+dict.
 """
 import os.path as osp
 import tempfile
@@ -22,43 +25,70 @@ import torch.nn.functional as F
 from mmengine.model import BaseModel
 from mmpretrain.registry import MODELS
 
-from rils_mm.compat import CheckpointLoadError, weights_only_load
+from rils_mm.compat import (CheckpointLoadError, UnsafeCheckpointError, is_torchscript_archive,
+                            torchscript_state_dict, weights_only_load)
 
-__all__ = ['OpenCLIPModel']
+__all__ = ['OpenCLIPModel', 'torchscript_clip_state_dict', 'OPENAI_SCALARS']
 
 
-def _is_torchscript_archive(path: str) -> bool:
-    """Whether ``path`` is a TorchScript archive (OpenAI's released CLIP files are).
+# OpenAI's archives keep these scalars beside the weights (open_clip drops them too).
+OPENAI_SCALARS = ('input_resolution', 'context_length', 'vocab_size')
 
-    The test is torch's own (``torch.serialization._is_torchscript_zip``): a ``constants.pkl``
-    record. Such files are loaded with ``torch.jit.load``, whose unpickler builds TorchScript
-    types only and never imports or calls Python objects; everything else is loaded
-    weights-only, so a ``torch.save`` file dressed up with a ``code/`` folder gains nothing.
+
+def torchscript_clip_state_dict(path: str, trust_torchscript: bool = False) -> dict:
+    """The CLIP weights of a TorchScript archive (OpenAI's releases, scripted open_clip models).
+
+    Read by :func:`rils_mm.compat.torchscript_state_dict`, which runs nothing from the file,
+    unless ``trust_torchscript`` is True: then ``torch.jit.load`` loads it, running the
+    archive's ``__setstate__`` code.
+
+    Args:
+        path (str): The archive.
+        trust_torchscript (bool): Load with ``torch.jit.load`` (only for a file from a source
+            you trust). Defaults to False.
+
+    Returns:
+        dict: The state dict without OpenAI's scalars (:data:`OPENAI_SCALARS`) and the causal
+        ``attn_mask`` that TorchScript saves and the model rebuilds (a non-persistent buffer in
+        open_clip).
+
+    Raises:
+        CheckpointLoadError: Refused (it needs code to run) or damaged; one line naming the file.
     """
-    import zipfile
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith('/constants.pkl') or name == 'constants.pkl'
-                   for name in archive.namelist())
+    if trust_torchscript:
+        try:
+            state_dict = torch.jit.load(path, map_location='cpu').state_dict()
+        except RuntimeError as err:
+            reason = ' '.join(str(err).split())[:200]
+            raise CheckpointLoadError(f'{path} looks like a TorchScript archive but '
+                                      f'torch.jit.load cannot read it: {reason}') from None
+    else:
+        state_dict = torchscript_state_dict(path)
+    return {key: value for key, value in state_dict.items()
+            if key not in OPENAI_SCALARS and not key.endswith('attn_mask')}
 
 
-def _torchscript_to_state_dict_file(path: str, folder: str) -> str:
-    """Save the weights of a TorchScript archive as a plain state dict file in ``folder``."""
+def _weights_for_open_clip(pretrained: Optional[str], folder: str,
+                           trust_torchscript: bool) -> Optional[str]:
+    """The file open_clip is to load: ``pretrained`` itself, checked by our loader (so that
+    refusals and damaged files are one clear line; open_clip then loads it weights-only for
+    its conversions), or the weights of a TorchScript archive saved in ``folder`` as a plain
+    state dict."""
+    if pretrained is None:
+        return None
+    if not is_torchscript_archive(pretrained):
+        if not pretrained.endswith(('.npz', '.npy', '.safetensors')):
+            weights_only_load(pretrained, 'cpu')
+        return pretrained
     try:
-        scripted = torch.jit.load(path, map_location='cpu')
-    except RuntimeError as err:
-        reason = ' '.join(str(err).split())[:200]
-        raise CheckpointLoadError(f'OpenCLIPModel: {path} looks like a TorchScript archive '
-                                  f'but torch.jit.load cannot read it: {reason}') from None
-    # OpenAI's archives keep these scalars beside the weights, and TorchScript also saves the
-    # causal attention mask that the model rebuilds (a non-persistent buffer in open_clip).
-    state_dict = {key: value for key, value in scripted.state_dict().items()
-                  if key not in ('input_resolution', 'context_length', 'vocab_size')
-                  and not key.endswith('attn_mask')}
-    out = osp.join(folder, 'state_dict.pt')
-    torch.save(state_dict, out)
-    return out
+        state_dict = torchscript_clip_state_dict(pretrained, trust_torchscript)
+    except UnsafeCheckpointError as err:
+        raise UnsafeCheckpointError(
+            f'{err} (OpenCLIPModel(trust_torchscript=True) would load it with torch.jit.load, '
+            f'running that code: only for a file from a source you trust)') from None
+    weights = osp.join(folder, 'state_dict.pt')
+    torch.save(state_dict, weights)
+    return weights
 
 
 @MODELS.register_module()
@@ -75,13 +105,18 @@ class OpenCLIPModel(BaseModel):
         model_cfg_path (str, optional): A JSON model config file or folder to register with
             ``open_clip.add_model_config`` first, for architectures open_clip does not ship.
         weights_only (bool): Must stay True (kept for config compatibility): files are
-            loaded with ``torch.load(weights_only=True)``, TorchScript archives (OpenAI's
-            releases) with ``torch.jit.load``, which unpickles no Python objects.
+            loaded with ``torch.load(weights_only=True)``; the weights of TorchScript archives
+            (OpenAI's releases) are read without running anything from them
+            (:func:`torchscript_clip_state_dict`).
         tokenizer (str, optional): open_clip name of the tokenizer to use; defaults to
             ``arch``'s.
         data_preprocessor (dict, optional): Defaults to ``RILSDataPreprocessor`` with the
             model's own mean/std on the 0-255 scale and ``to_rgb=True`` (mmpretrain loads BGR).
         init_cfg (dict, optional): Unused; weights come from ``pretrained``.
+        trust_torchscript (bool): Load a TorchScript ``pretrained`` with ``torch.jit.load``
+            instead, which runs the archive's code (each scripted class's ``__setstate__``;
+            such code can read and write any file). Only for an archive from a source you
+            trust that the reader refuses; no shipped config sets it. Defaults to False.
     """
 
     def __init__(self,
@@ -91,7 +126,8 @@ class OpenCLIPModel(BaseModel):
                  weights_only: bool = True,
                  tokenizer: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: Optional[dict] = None,
+                 trust_torchscript: bool = False) -> None:
         import open_clip
         if model_cfg_path is not None:
             open_clip.add_model_config(model_cfg_path)
@@ -103,17 +139,10 @@ class OpenCLIPModel(BaseModel):
                     'are loaded (no hub tags); download the weights first.')
         if not weights_only:
             raise ValueError('OpenCLIPModel: weights_only=False is not supported: a checkpoint '
-                             'could run code when unpickled. TorchScript archives are '
-                             'detected and loaded with torch.jit.load.')
+                             'could run code when unpickled. The weights of TorchScript '
+                             'archives are read without running them.')
         with tempfile.TemporaryDirectory() as folder:
-            weights = pretrained
-            if pretrained is not None and _is_torchscript_archive(pretrained):
-                weights = _torchscript_to_state_dict_file(pretrained, folder)
-            elif pretrained is not None and not pretrained.endswith(('.npz', '.npy',
-                                                                     '.safetensors')):
-                # Our loader first, so that refusals and damaged files are one clear line;
-                # open_clip then loads the same file weights-only for its conversions.
-                weights_only_load(pretrained, 'cpu')
+            weights = _weights_for_open_clip(pretrained, folder, trust_torchscript)
             clip = open_clip.create_model(arch, pretrained=weights, weights_only=True,
                                           device='cpu')
         preprocess = open_clip.get_model_preprocess_cfg(clip)

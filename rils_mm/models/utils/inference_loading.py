@@ -51,8 +51,8 @@ def build_and_load(model_cfg: dict,
     run); every weight of the model must be in the file, with its shape; and every weight of
     the file must have a place in the model, except those under the ``drop`` parts, which are
     not built. An ``OpenCLIPModel`` is given the file as its ``pretrained`` argument, so
-    open_clip loads it (weights-only; TorchScript archives through ``torch.jit.load``) with
-    its strict key check.
+    open_clip loads it (weights-only; the weights of TorchScript archives are read without
+    running them) with its strict key check.
 
     Args:
         model_cfg (dict): A model config (``cfg.model``); not modified. A zero-shot evaluation
