@@ -127,6 +127,88 @@ def test_chain_reuses_a_stage_only_when_nothing_it_depends_on_changed(tmp_path, 
     assert [name for name, _ in run('x=2', overwrite=True)] == ['a', 'b']
 
 
+
+def test_chain_never_mixes_settings_after_an_edit_or_an_interruption(tmp_path, monkeypatch,
+                                                                     capsys):
+    """With training replaced by writing checkpoints (and, on request, dying after the first):
+    an edited stage config retrains that stage and the ones after it, saying why; an
+    interrupted stage resumes only from what its own attempt saved under the same settings; a
+    finished stage survives an attempt that failed before saving, not one that replaced its
+    checkpoint."""
+    from rils_mm.engine import chain as chain_module
+    config_a = tmp_path / 'a.py'
+    config_a.write_text(f"_base_ = ['{REPO}/configs/mae/demo_cpu.py']\n")
+    chain_file = tmp_path / 'chain.py'
+    chain_file.write_text(
+        "stages = [dict(name='a', config='./a.py'),\n"
+        f"          dict(name='b', config='{REPO}/configs/two_stage/clip_from_mim_demo.py',\n"
+        "               init_key='model.backbone.init_cfg.checkpoint')]\n")
+    calls, die = [], {}
+
+    def fake_train(argv):
+        stage_dir = argv[argv.index('--work-dir') + 1]
+        name = osp.basename(stage_dir)
+        calls.append((name, [a for a in argv[argv.index('--work-dir') + 2:]
+                             if a.startswith('--resume') or a == '--overwrite'
+                             or a.endswith('.pth') and '=' not in a]))
+        if die.get(name) == 'before saving':
+            raise chain_module.UsageError('a bad key')
+        os.makedirs(stage_dir, exist_ok=True)
+        for epoch in (1, 2):
+            checkpoint = osp.join(stage_dir, f'epoch_{epoch}.pth')
+            with open(checkpoint, 'wb') as file:
+                file.write(b'weights of call %d epoch %d' % (len(calls), epoch))
+            with open(osp.join(stage_dir, 'last_checkpoint'), 'w') as file:
+                file.write(checkpoint)
+            if die.get(name) == f'after epoch {epoch}':
+                raise KeyboardInterrupt  # killed
+
+    monkeypatch.setattr(chain_module, 'train_main', fake_train)
+    work = str(tmp_path / 'work')
+
+    def run(b_option):
+        """The chain with ``b_option`` for stage b; what trained, and the 'why' lines."""
+        calls.clear()
+        capsys.readouterr()
+        try:
+            chain_module.run_chain(str(chain_file), work, stage_options=dict(b=[b_option]))
+        except (KeyboardInterrupt, chain_module.UsageError):
+            pass
+        die.clear()
+        return calls, [line for line in capsys.readouterr().out.splitlines()
+                       if 'under other settings' in line]
+
+    assert [name for name, _ in run('y=1')[0]] == ['a', 'b']
+    # The edited config of stage a: a and b train again, and the output says why.
+    config_a.write_text(config_a.read_text() + 'optim_wrapper = dict(optimizer=dict(lr=1.0))\n')
+    ran, why = run('y=1')
+    assert ran == [('a', ['--overwrite']), ('b', ['--overwrite'])]
+    assert why == [f'chain: stage "a" was trained under other settings ({config_a} changed): '
+                   f'training it from the start',
+                   'chain: stage "b" was trained under other settings (stage "a" was trained '
+                   'again): training it from the start']
+    # Stage b killed after its first checkpoint: the same command resumes from that one.
+    die['b'] = 'after epoch 1'
+    run('y=2')
+    assert run('y=2')[0] == [('b', ['--resume', f'{work}/b/epoch_1.pth'])]
+    # Killed again, then rerun with other options: it starts over, not resumed under them.
+    die['b'] = 'after epoch 1'
+    run('y=3')
+    ran, why = run('y=4')
+    assert ran == [('b', ['--overwrite'])]
+    assert why == ['chain: stage "b" was interrupted under other settings (other --cfg-options): '
+                   'training it from the start']
+    # An attempt under other options that fails before saving, or saves only another file,
+    # leaves the finished stage b reusable; one that replaced its checkpoint does not.
+    for end in ('before saving', 'after epoch 1'):
+        die['b'] = end
+        run('y=5')
+        assert run('y=4')[0] == []
+    die['b'] = 'after epoch 2'
+    run('y=5')
+    assert run('y=4')[0] == [('b', ['--overwrite'])]
+
+
 def test_compare_quick_runs_each_kind_of_method(tmp_path):
     """The whole path for each kind of method: images only (MAE), a chain (MIM->CLIP), methods
     built on other runs (MILAN on CLIP; LiT LU on RILS and CLIP, which train first without
