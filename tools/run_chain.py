@@ -30,4 +30,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    run_cli(main, prog='tools/run_chain.py')
+    run_cli(main, prog='tools/run_chain.py',
+            rerun_hint='free some space and run the same command (finished stages are reused, '
+            'the interrupted one resumes)')

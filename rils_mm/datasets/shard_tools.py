@@ -121,7 +121,10 @@ class ShardWriter:
         """Close and delete the shards not moved into place (all of them, unless
         ``commit_each_shard``)."""
         if self._tar is not None:
-            self._tar.close()
+            try:
+                self._tar.close()
+            except OSError:  # the write that failed (a full disk) fails the close too
+                pass
             self._tar = None
         for path in self.paths:
             if osp.exists(path + self.PARTIAL):

@@ -26,7 +26,7 @@ from mmengine.runner import Runner
 
 import rils_mm  # noqa: F401  (compatibility fixes and registration before the Runner starts)
 from rils_mm.compat import CheckpointLoadError, DamagedCheckpointError
-from rils_mm.engine.errors import RunStopped
+from rils_mm.engine.errors import RunStopped, storage_full_message
 
 # Top-level keys the Runner (and the OpenMMLab tools) read; --cfg-options may set these even
 # when the config does not, any other new top-level key is most likely a typo.
@@ -294,8 +294,13 @@ def build_runner(cfg: Config) -> Runner:
 
 
 def run_cli(main: Callable[[List[str]], None], argv: Optional[List[str]] = None,
-            prog: str = 'rils_mm') -> None:
-    """Run ``main(argv)``, turning configuration mistakes into a one-line error."""
+            prog: str = 'rils_mm', rerun_hint: str = 'free some space and run it again') -> None:
+    """Run ``main(argv)``, turning configuration mistakes into a one-line error.
+
+    A write that finds the disk full is one line too, naming the file and ending with
+    ``rerun_hint`` (how this tool continues): checkpoints and records are written atomically,
+    so what was written before is intact.
+    """
     argv = sys.argv[1:] if argv is None else argv
     debug = '--debug' in argv or os.environ.get('RILS_MM_DEBUG') == '1'
     try:
@@ -311,6 +316,13 @@ def run_cli(main: Callable[[List[str]], None], argv: Optional[List[str]] = None,
         if debug:
             raise
         print(f'{prog}: error: {" ".join(str(err).split())}', file=sys.stderr)
+        sys.exit(1)
+    except OSError as err:
+        message = storage_full_message(err)
+        if debug or message is None:
+            raise
+        print(f'{prog}: error: {message}; the files written before it are intact: '
+              f'{rerun_hint}', file=sys.stderr)
         sys.exit(1)
 
 
