@@ -48,6 +48,7 @@ def main(argv=None):
         sys.exit(f'{PROG}: error: checkpoint file not found: {args.checkpoint}')
     import rils_mm  # noqa: F401  (registers the datasets, transforms and models)
     from rils_mm.compat import CheckpointLoadError
+    from rils_mm.engine.errors import storage_full_message
     from rils_mm.engine.feature_cache import FeatureCacheError, cache_from_config
 
     def log(line):
@@ -60,6 +61,13 @@ def main(argv=None):
     except (FeatureCacheError, CheckpointLoadError, FileNotFoundError) as error:
         # Refusals and missing files are the user's to fix: one line, no traceback.
         sys.exit(f'{PROG}: error: {error}')
+    except OSError as error:
+        message = storage_full_message(error, where=args.out)
+        if message is None:
+            raise
+        # Shards are committed one by one, with progress.json after each.
+        sys.exit(f'{PROG}: error: {message}; the shards written before are kept: free some '
+                 f'space and run the same command to resume')
 
 
 if __name__ == '__main__':

@@ -4,7 +4,9 @@
     python tools/run_chain.py configs/two_stage/mim_to_clip_demo.py [--work-dir DIR]
         [--cfg-options k=v ...] [--overwrite] [--launcher pytorch]
 
-Finished stages are skipped on a rerun (``--overwrite`` retrains them).
+Finished stages are skipped on a rerun and an interrupted one resumes, unless its config or
+options changed: then the rerun says so and trains it (and the stages after it) from the start.
+``--overwrite`` retrains every stage.
 """
 import argparse
 
@@ -28,4 +30,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    run_cli(main, prog='tools/run_chain.py')
+    run_cli(main, prog='tools/run_chain.py',
+            rerun_hint='free some space and run the same command (finished stages are reused, '
+            'the interrupted one resumes)')

@@ -6,4 +6,5 @@ Works for rils_mm's pretraining configs and for any mmpretrain, mmdet or mmseg c
 from rils_mm.engine.cli import run_cli, train_main
 
 if __name__ == '__main__':
-    run_cli(train_main, prog='tools/train.py')
+    run_cli(train_main, prog='tools/train.py',
+            rerun_hint='free some space and run it again with --resume')

@@ -2,11 +2,12 @@
 
 mmengine 0.10, mmcv 2.1, mmpretrain 1.2, mmdet 3.3 and mmseg 1.2 predate numpy 2.4, torch's
 ``weights_only=True`` default (torch >= 2.6) and CPU-only distributed training, and mmengine
-writes checkpoints non-atomically and some reports on the console parameter by parameter. Each
-fix is applied once, when ``rils_mm`` is imported; none edits an installed file, and each has a
-test (``tests/test_compat.py``, ``tests/test_checkpoint_safety.py``,
-``tests/test_tools/test_console.py``) that fails without it. Remove a fix when the upstream
-release that needs it is no longer supported.
+writes checkpoints non-atomically, reads pickle and YAML data files in ways that can run code
+and prints some reports on the console parameter by parameter. Each fix is applied once, when
+``rils_mm`` is imported; none edits an installed file, and each has a test
+(``tests/test_compat.py``, ``tests/test_checkpoint_safety.py``,
+``tests/test_evaluation/test_annotation_safety.py``, ``tests/test_tools/test_console.py``) that
+fails without it. Remove a fix when the upstream release that needs it is no longer supported.
 
 - :mod:`.safe_loading`: every checkpoint scheme (local, URLs, model-zoo names) loads
   weights-only; refusals and damaged files are one line naming the file.
@@ -18,6 +19,8 @@ release that needs it is no longer supported.
   one summary line each; their per-parameter lines go to the log file (or DEBUG).
 - :mod:`.config_text`: a config with a line yapf cannot fit (a long path) is not searched
   through by yapf each of the four times a starting Runner formats it.
+- :mod:`.data_files`: ``mmengine.load`` refuses to read pickles and reads YAML with the safe
+  loader, so an annotation file never runs code (configs, the user's code, read as before).
 """
 import functools
 
@@ -26,6 +29,7 @@ import torch
 
 from .atomic_saving import atomic_write_bytes, install_atomic_checkpoints
 from .config_text import install_fast_config_text
+from .data_files import DataFileError, UnsafeDataFileError, install_data_file_handlers
 from .epoch_resume import install_mid_epoch_resume
 from .parameter_reports import install_parameter_reports
 from .safe_loading import (CheckpointKeysError, CheckpointLoadError, DamagedCheckpointError,
@@ -36,7 +40,7 @@ from .torchscript_weights import is_torchscript_archive, torchscript_state_dict
 __all__ = [
     'apply_all', 'CheckpointKeysError', 'CheckpointLoadError', 'DamagedCheckpointError',
     'MissingCheckpointError', 'UnsafeCheckpointError', 'weights_only_load', 'atomic_write_bytes',
-    'is_torchscript_archive', 'torchscript_state_dict'
+    'is_torchscript_archive', 'torchscript_state_dict', 'DataFileError', 'UnsafeDataFileError'
 ]
 
 
@@ -123,6 +127,7 @@ def apply_all() -> None:
     install_mid_epoch_resume()
     install_parameter_reports()
     install_fast_config_text()
+    install_data_file_handlers()
     _support_cpu_distributed()
     _APPLIED = True
 

@@ -21,7 +21,12 @@ PARTIAL_SUFFIX = '.partial-'
 
 
 def atomic_write_bytes(data: bytes, path: Union[str, Path]) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either the old or the new file."""
+    """Write ``data`` to ``path`` so that ``path`` is either the old or the new file.
+
+    Raises:
+        OSError: The write failed (a full disk, say); ``filename`` is ``path``, and the
+            temporary file is removed.
+    """
     path = str(path)
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -32,6 +37,11 @@ def atomic_write_bytes(data: bytes, path: Union[str, Path]) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        # A full disk fails the write with no file name: name the file being written.
+        raise OSError(error.errno, error.strerror, path) from None
     finally:
         if osp.exists(partial):
             os.remove(partial)

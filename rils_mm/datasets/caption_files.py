@@ -2,17 +2,41 @@
 
 Structural problems (a missing column or key, a line that is not JSON) raise errors naming
 the file, the line and what was expected. Per-row caption problems (missing, empty, not UTF-8)
-are not errors: the row is dropped and counted, so one bad caption never stops a run.
+are not errors: the row is dropped and counted (with where the first ones were, in
+:class:`DroppedRows`), so one bad caption never stops a run.
 """
 import csv
 import json
 from collections import Counter
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from .bad_samples import CAPTION_NOT_UTF8, MISSING_CAPTION, BadSampleError, decode_caption
+from .bad_samples import (CAPTION_NOT_UTF8, MISSING_CAPTION, MISSING_IMAGE, BadSampleError,
+                          decode_caption)
 
 
-def _clean_caption(value, where: str, dropped: Counter) -> Optional[str]:
+class DroppedRows(Counter):
+    """Dropped rows per reason (a ``Counter``), and where the first of each reason were.
+
+    Attributes:
+        where (dict[str, list[str]]): Reason -> the first :attr:`MAX_LISTED` places
+            (``path:line``, or ``path: annotation #i`` in a COCO file), in file order.
+    """
+
+    MAX_LISTED = 1000
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.where: Dict[str, List[str]] = {}
+
+    def add(self, reason: str, where: str) -> None:
+        """Count one dropped row and remember where it was."""
+        self[reason] += 1
+        listed = self.where.setdefault(reason, [])
+        if len(listed) < self.MAX_LISTED:
+            listed.append(where)
+
+
+def _clean_caption(value, where: str, dropped: DroppedRows) -> Optional[str]:
     """The caption, or None (counted in ``dropped``) when it is unusable."""
     if isinstance(value, str):
         # Files are read with surrogateescape: re-encoding recovers the original bytes, so
@@ -20,12 +44,12 @@ def _clean_caption(value, where: str, dropped: Counter) -> Optional[str]:
         try:
             value = value.encode('utf-8', 'surrogateescape')
         except UnicodeEncodeError:  # a lone surrogate from a JSON escape: not valid text
-            dropped[CAPTION_NOT_UTF8] += 1
+            dropped.add(CAPTION_NOT_UTF8, where)
             return None
     try:
         return decode_caption(value, where)
     except BadSampleError as error:
-        dropped[error.reason] += 1
+        dropped.add(error.reason, where)
         return None
 
 
@@ -66,7 +90,7 @@ def read_csv_captions(path: str,
                       caption_key: str = 'title',
                       sep: str = '\t',
                       extra_keys: Tuple[str, ...] = (),
-                      quoting: str = 'minimal') -> Tuple[List[Dict], Counter]:
+                      quoting: str = 'minimal') -> Tuple[List[Dict], DroppedRows]:
     """Read an open_clip-style CSV/TSV (``--csv-img-key``, ``--csv-caption-key``,
     ``--csv-separator``).
 
@@ -83,7 +107,7 @@ def read_csv_captions(path: str,
             inside a field).
 
     Returns:
-        tuple[list[dict], Counter]: Rows as ``dict(img_path, text, key, line, **extra)``
+        tuple[list[dict], DroppedRows]: Rows as ``dict(img_path, text, key, line, **extra)``
         (``line``: the row's line in the file) and the dropped rows per reason.
 
     Raises:
@@ -92,7 +116,7 @@ def read_csv_captions(path: str,
         ValueError: A row is not one line with as many fields as the header (an
             unterminated quote, a stray separator), naming ``path:line``.
     """
-    rows, dropped = [], Counter()
+    rows, dropped = [], DroppedRows()
     with open(path, newline='', encoding='utf-8', errors='surrogateescape') as file:
         records = _csv_rows(file, path, sep, quoting)
         _, columns = next(records, (1, []))
@@ -109,7 +133,7 @@ def read_csv_captions(path: str,
             row = dict(zip(columns, fields))
             image = row[img_key]
             if not image:
-                dropped['missing_image'] += 1
+                dropped.add(MISSING_IMAGE, where)
                 continue
             text = _clean_caption(row[caption_key], where, dropped)
             if text is None:
@@ -139,25 +163,25 @@ def iter_jsonl(path: str) -> Iterator[Tuple[int, dict]]:
 def read_jsonl_captions(path: str,
                         img_key: str = 'filepath',
                         caption_key: str = 'caption',
-                        extra_keys: Tuple[str, ...] = ()) -> Tuple[List[Dict], Counter]:
+                        extra_keys: Tuple[str, ...] = ()) -> Tuple[List[Dict], DroppedRows]:
     """Read one ``{img_key: path, caption_key: text, ...}`` object per line.
 
     Returns:
-        tuple[list[dict], Counter]: Rows as ``dict(img_path, text, key, line, **extra)`` and
+        tuple[list[dict], DroppedRows]: Rows as ``dict(img_path, text, key, line, **extra)`` and
         the dropped rows per reason.
 
     Raises:
         KeyError: A line lacks ``img_key`` (names the key, file and line).
         ValueError: A line is not a JSON object.
     """
-    rows, dropped = [], Counter()
+    rows, dropped = [], DroppedRows()
     for line_number, record in iter_jsonl(path):
         where = f'{path}:{line_number}'
         if img_key not in record:
             raise KeyError(f'{where}: key {img_key!r} not found; the object has keys '
                            f'{sorted(record)}. Set img_key to match.')
         if caption_key not in record:
-            dropped[MISSING_CAPTION] += 1
+            dropped.add(MISSING_CAPTION, where)
             continue
         text = _clean_caption(record[caption_key], where, dropped)
         if text is None:
@@ -169,11 +193,11 @@ def read_jsonl_captions(path: str,
     return rows, dropped
 
 
-def read_coco_captions(path: str) -> Tuple[List[Dict], Counter]:
+def read_coco_captions(path: str) -> Tuple[List[Dict], DroppedRows]:
     """Read a COCO captions file (``captions_train2017.json`` layout).
 
     Returns:
-        tuple[list[dict], Counter]: One ``dict(img_path=file_name, captions=[...], key=id)``
+        tuple[list[dict], DroppedRows]: One ``dict(img_path=file_name, captions=[...], key=id)``
         per image with at least one usable caption, and dropped captions per reason.
 
     Raises:
@@ -187,7 +211,7 @@ def read_coco_captions(path: str) -> Tuple[List[Dict], Counter]:
             raise KeyError(f'{path}: not a COCO captions file, {section!r} is missing '
                            f'(top-level keys: {sorted(coco)})')
     captions: Dict[int, List[str]] = {image['id']: [] for image in coco['images']}
-    dropped = Counter()
+    dropped = DroppedRows()
     for index, annotation in enumerate(coco['annotations']):
         image_id = annotation.get('image_id')
         if image_id not in captions:
@@ -203,5 +227,5 @@ def read_coco_captions(path: str) -> Tuple[List[Dict], Counter]:
             rows.append(dict(img_path=image['file_name'], captions=captions[image['id']],
                              key=str(image['id'])))
         else:
-            dropped['image_without_caption'] += 1
+            dropped.add('image_without_caption', f'{path}: image id {image["id"]}')
     return rows, dropped

@@ -34,7 +34,9 @@ class KarpathyRetrieval(Flickr30kRetrieval):
         data_root (str): Dataset root, e.g. ``data/coco``.
         data_prefix (str): Image folder relative to ``data_root``; an image is found at
             ``<data_prefix>/<filepath>/<filename>``.
-        ann_file (str): The Karpathy split file, e.g. ``annotations/dataset_coco.json``.
+        ann_file (str): The Karpathy split file, e.g. ``annotations/dataset_coco.json``
+            (JSON; a YAML copy is read with the safe loader, a pickle is refused: see
+            :mod:`rils_mm.compat.data_files`).
         split (str): ``'train'``, ``'val'`` or ``'test'``; COCO's ``'restval'`` images count as
             ``'train'`` when ``restval_as_train``. Defaults to ``'test'``.
         restval_as_train (bool): Defaults to True.

@@ -5,12 +5,13 @@ import os
 import os.path as osp
 import tarfile
 from collections import Counter
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Union
 
+from ..compat import atomic_write_bytes
 from ..utils.progress import track
 from .bad_samples import (MISSING_CAPTION, MISSING_IMAGE, UNREADABLE_SHARD, BadSampleError,
                           decode_caption)
-from .caption_files import read_csv_captions, read_jsonl_captions
+from .caption_files import DroppedRows, read_csv_captions, read_jsonl_captions
 from .shards import IMAGE_EXTS, ShardReader, expand_shard_urls, image_ext_of, scan_shard
 from .transforms.loading import decode_image_rgb
 
@@ -120,7 +121,10 @@ class ShardWriter:
         """Close and delete the shards not moved into place (all of them, unless
         ``commit_each_shard``)."""
         if self._tar is not None:
-            self._tar.close()
+            try:
+                self._tar.close()
+            except OSError:  # the write that failed (a full disk) fails the close too
+                pass
             self._tar = None
         for path in self.paths:
             if osp.exists(path + self.PARTIAL):
@@ -136,6 +140,39 @@ class ShardWriter:
             self.abort()
 
 
+# Written by make_shards beside the shards: what was read, written and skipped (and where).
+MAKE_SHARDS_REPORT = 'make_shards_report.json'
+
+
+class MakeShardsResult(NamedTuple):
+    """What :func:`make_shards` wrote and skipped.
+
+    Attributes:
+        paths (list[str]): The shards written.
+        rows (int): Rows of the table (blank lines not counted).
+        written (int): Samples written.
+        skipped (DroppedRows): Rows skipped per reason, with their lines.
+        report_file (str): The JSON report beside the shards.
+    """
+    paths: List[str]
+    rows: int
+    written: int
+    skipped: DroppedRows
+    report_file: str
+
+
+def describe_skipped(skipped: DroppedRows, table: str, per_reason: int = 3) -> str:
+    """``reason count (lines a, b, ...)`` per reason, the first ``per_reason`` lines of each."""
+    parts = []
+    for reason in sorted(skipped):
+        lines = [place[len(table) + 1:] if place.startswith(f'{table}:') else place
+                 for place in skipped.where.get(reason, [])]
+        shown = ', '.join(lines[:per_reason]) + (', ...' if skipped[reason] > per_reason else '')
+        parts.append(f'{reason} {skipped[reason]} '
+                     f'({"line" if skipped[reason] == 1 else "lines"} {shown})')
+    return ', '.join(parts)
+
+
 def make_shards(image_root: str,
                 captions_file: str,
                 out_dir: str,
@@ -143,13 +180,14 @@ def make_shards(image_root: str,
                 img_key: str = 'filepath',
                 caption_key: str = 'title',
                 sep: str = '\t',
-                quoting: str = 'minimal') -> List[str]:
+                quoting: str = 'minimal') -> MakeShardsResult:
     """Pack an image folder and a caption table into img2dataset-style shards.
 
     Images are copied byte for byte (no re-encoding); keys are ``SSSSSIIII`` like
-    img2dataset's (shard number, index in shard). Rows whose caption is unusable are dropped;
-    a row whose image file is missing raises, and then nothing is left in ``out_dir`` (see
-    :class:`ShardWriter`).
+    img2dataset's (shard number, index in shard). Rows whose caption is unusable (missing,
+    empty, not UTF-8) or that name no image are skipped, and listed by reason and line in
+    ``make_shards_report.json`` beside the shards; a row whose image file is missing raises,
+    and then nothing is left in ``out_dir`` (see :class:`ShardWriter`).
 
     Args:
         image_root (str): Folder the table's image paths are relative to.
@@ -164,15 +202,22 @@ def make_shards(image_root: str,
             :func:`read_csv_captions`).
 
     Returns:
-        list[str]: Written shard paths.
+        MakeShardsResult: The shards written, the row counts and the skipped rows.
 
     Raises:
         FileNotFoundError: An image is missing (names the table, its line and the image).
+        ValueError: No row of the table can be written (nothing is written).
     """
     if captions_file.endswith('.jsonl'):
-        rows, _ = read_jsonl_captions(captions_file, img_key, caption_key)
+        rows, skipped = read_jsonl_captions(captions_file, img_key, caption_key)
     else:
-        rows, _ = read_csv_captions(captions_file, img_key, caption_key, sep, quoting=quoting)
+        rows, skipped = read_csv_captions(captions_file, img_key, caption_key, sep,
+                                          quoting=quoting)
+    num_rows = len(rows) + sum(skipped.values())
+    if not rows:
+        raise ValueError(f'none of the {num_rows} rows of {captions_file} can be written: '
+                         f'{describe_skipped(skipped, captions_file)}' if num_rows else
+                         f'{captions_file} has no rows below its header')
     with ShardWriter(out_dir, samples_per_shard) as writer:
         for index, row in enumerate(track(rows, 'make_shards', 'sample')):
             path = osp.join(image_root, row['img_path'])
@@ -188,7 +233,12 @@ def make_shards(image_root: str,
             writer.write(key, {ext: image, 'txt': row['text'],
                                'json': dict(key=key, caption=row['text'],
                                             source=row['img_path'])})
-    return writer.paths
+    report_file = osp.join(out_dir, MAKE_SHARDS_REPORT)
+    report = dict(captions=captions_file, rows=num_rows, written=len(rows),
+                  shards=len(writer.paths), skipped=dict(sorted(skipped.items())),
+                  skipped_rows={reason: skipped.where[reason] for reason in sorted(skipped)})
+    atomic_write_bytes(json.dumps(report, indent=1).encode('utf-8'), report_file)
+    return MakeShardsResult(writer.paths, num_rows, len(rows), skipped, report_file)
 
 
 def inspect_shards(shards: Union[str, Sequence[str]],

@@ -27,7 +27,7 @@ from mmengine.runner import Runner
 
 import rils_mm  # noqa: F401  (compatibility fixes and registration before the Runner starts)
 from rils_mm.compat import CheckpointLoadError, DamagedCheckpointError
-from rils_mm.engine.errors import RunStopped
+from rils_mm.engine.errors import RunStopped, storage_full_message
 
 # Top-level keys the Runner (and the OpenMMLab tools) read; --cfg-options may set these even
 # when the config does not, any other new top-level key is most likely a typo.
@@ -295,17 +295,19 @@ def build_runner(cfg: Config) -> Runner:
 
 
 def run_cli(main: Callable[[List[str]], None], argv: Optional[List[str]] = None,
-            prog: str = 'rils_mm') -> None:
+            prog: str = 'rils_mm', rerun_hint: str = 'free some space and run it again') -> None:
     """Run ``main(argv)``, turning configuration mistakes into a one-line error.
 
-    Exit status: 0 done, 2 a mistake in the command line or config, 1 a run stopped by a check
-    or a refused checkpoint (one line each), or an unexpected error (its traceback). A
-    distributed run leaves through :func:`leave_distributed_run`.
+    Exit status: 0 done, 2 a mistake in the command line or config, 1 a run stopped by a check,
+    a refused checkpoint or a full disk (one line each), or an unexpected error (its
+    traceback). A write that finds the disk full names the file and ends with ``rerun_hint``
+    (how this tool continues): checkpoints and records are written atomically, so what was
+    written before is intact. A distributed run leaves through :func:`leave_distributed_run`.
     """
     argv = sys.argv[1:] if argv is None else argv
     debug = '--debug' in argv or os.environ.get('RILS_MM_DEBUG') == '1'
     try:
-        status = _run_reporting_errors(main, argv, prog, debug)
+        status = _run_reporting_errors(main, argv, prog, debug, rerun_hint)
     except BaseException as err:
         if not _process_group_open():
             raise
@@ -322,7 +324,7 @@ def run_cli(main: Callable[[List[str]], None], argv: Optional[List[str]] = None,
 
 
 def _run_reporting_errors(main: Callable[[List[str]], None], argv: List[str], prog: str,
-                          debug: bool) -> int:
+                          debug: bool, rerun_hint: str) -> int:
     """``main(argv)``; the exit status, with expected errors printed as one line."""
     try:
         main(argv)
@@ -338,6 +340,13 @@ def _run_reporting_errors(main: Callable[[List[str]], None], argv: List[str], pr
         if debug:
             raise
         print(f'{prog}: error: {" ".join(str(err).split())}', file=sys.stderr)
+        return 1
+    except OSError as err:
+        message = storage_full_message(err)
+        if debug or message is None:
+            raise
+        print(f'{prog}: error: {message}; the files written before it are intact: '
+              f'{rerun_hint}', file=sys.stderr)
         return 1
 
 

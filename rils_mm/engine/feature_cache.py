@@ -21,7 +21,9 @@ source key with dots replaced (a dot ends a webdataset key).
 Exact resume. Model batches never cross shard boundaries, so a shard's bytes depend only on
 where in the source it starts. After each shard is moved into place ``progress.json`` is
 replaced atomically with the next shard number, the source position after the shard's last
-sample, the bad counts so far and the arguments that determine the output. Rerunning the same
+sample, the bad counts so far and the arguments that determine the output (with the size and
+modification time of the weight files the model loads, so retrained weights under the same
+path are noticed). Rerunning the same
 command after an interruption removes what the interrupted shard left and continues from
 there; the result is byte-identical to an uninterrupted run. Different determining arguments
 are refused unless ``overwrite``; a finished cache reruns as a no-op.
@@ -48,6 +50,7 @@ from rils_mm.datasets.bad_samples import (FILTERED, UNREADABLE_SHARD, UNREADABLE
 from rils_mm.datasets.caption_datasets import BaseImageTextDataset
 from rils_mm.datasets.image_text_shards import ImageTextShardDataset, _mix_seed, _ShardFailure
 from rils_mm.datasets.shard_tools import ShardWriter
+from rils_mm.engine.cli import BUILD_ERRORS, UsageError, as_usage_error, load_config
 from rils_mm.utils.progress import Progress
 
 __all__ = ['FeatureCacheError', 'cache_image_features', 'cache_from_config']
@@ -362,11 +365,12 @@ def plan_output(out_dir: str, settings: dict, overwrite: bool):
                 return 'fresh', None
             raise FeatureCacheError(f'{path} is unreadable ({error}); pass --overwrite to '
                                     f'start over') from None
-        changed = {key: (progress.get('settings', {}).get(key), value)
-                   for key, value in settings.items()
-                   if progress.get('settings', {}).get(key) != value}
+        recorded = progress.get('settings', {})
+        # A setting the cache predates (weight_files) is not compared: unknown, not changed.
+        changed = {key: (recorded.get(key), value) for key, value in settings.items()
+                   if key in recorded and recorded[key] != value}
         if changed and not overwrite:
-            described = '; '.join(f'{key} was {old!r}, now {new!r}'
+            described = '; '.join(_describe_change(key, old, new)
                                   for key, (old, new) in changed.items())
             raise FeatureCacheError(
                 f'{out_dir} holds a feature cache made with other settings ({described}); '
@@ -387,6 +391,18 @@ def plan_output(out_dir: str, settings: dict, overwrite: bool):
                                 f'(not a feature cache in progress); choose another --out or '
                                 f'pass --overwrite')
     return 'fresh', None
+
+
+def _describe_change(key: str, old, new) -> str:
+    """What a changed setting means, for the refusal."""
+    if key == 'config_sha256':
+        return "the config's model, train_dataloader.dataset or cache_pipeline changed"
+    if key == 'weight_files':
+        paths = sorted(path for path in set(old or {}) | set(new or {})
+                       if (old or {}).get(path) != (new or {}).get(path))
+        more = f' (and {len(paths) - 1} more)' if len(paths) > 1 else ''
+        return f'the weight file {paths[0]} changed (size or modification time){more}'
+    return f'{key} was {old!r}, now {new!r}'
 
 
 def _bad_total(bad: Dict[str, int]) -> int:
@@ -527,8 +543,35 @@ def output_settings(cfg: Config, config: str, checkpoint: Optional[str], samples
         checkpoint = osp.abspath(checkpoint)
     return dict(config=osp.abspath(config),
                 config_sha256=hashlib.sha256(content.encode('utf-8')).hexdigest(),
-                checkpoint=checkpoint, samples_per_shard=samples_per_shard,
-                batch_size=batch_size, dtype=dtype, device=device)
+                checkpoint=checkpoint, weight_files=weight_files(cfg.model, checkpoint),
+                samples_per_shard=samples_per_shard, batch_size=batch_size, dtype=dtype,
+                device=device)
+
+
+def weight_files(model_cfg, checkpoint: Optional[str]) -> Dict[str, dict]:
+    """Size and modification time of the local weight files the model loads: ``checkpoint``
+    and every ``checkpoint`` of the model config (``init_cfg``). Weights retrained into the
+    same path change the features, so they must change the settings too."""
+    paths = [checkpoint] if checkpoint else []
+
+    def collect(node) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == 'checkpoint' and isinstance(value, str):
+                    paths.append(value)
+                else:
+                    collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(_to_plain(model_cfg))
+    files = {}
+    for path in paths:
+        if _is_local(path) and osp.isfile(path):
+            stat = os.stat(path)
+            files[osp.abspath(path)] = dict(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    return files
 
 
 def cache_from_config(config: str,
@@ -560,9 +603,10 @@ def cache_from_config(config: str,
         raise FeatureCacheError(f'config file not found: {config}')
     if checkpoint and _is_local(checkpoint) and not osp.isfile(checkpoint):
         raise FeatureCacheError(f'checkpoint file not found: {checkpoint}')
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    try:  # unknown top-level keys and mistyped values in cfg_options are refused
+        cfg = load_config(config, cfg_options)
+    except UsageError as error:
+        raise FeatureCacheError(str(error)) from None
     device = str(torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu')))
     settings = output_settings(cfg, config, checkpoint, samples_per_shard, batch_size, dtype,
                                device)
@@ -573,8 +617,11 @@ def cache_from_config(config: str,
         return progress
 
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
-    model = build_model(cfg, checkpoint, device, log)
-    source = build_source(source_config(cfg))
+    try:
+        model = build_model(cfg, checkpoint, device, log)
+        source = build_source(source_config(cfg))
+    except BUILD_ERRORS as error:  # an unknown key or a bad value in the config
+        raise FeatureCacheError(str(as_usage_error(error, config))) from error
     if action == 'resume':
         _remove_cache_files(out_dir, keep_shards_below=progress['next_shard'])
         log(f'resuming {out_dir} at shard {SHARD_NAME.format(progress["next_shard"])}: '

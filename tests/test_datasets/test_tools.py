@@ -1,5 +1,6 @@
 """make_shards and inspect_shards, through their command-line entry points."""
 import importlib.util
+import json
 import os
 import os.path as osp
 import subprocess
@@ -60,6 +61,48 @@ def test_make_shards_missing_image_is_one_line_and_leaves_no_dataset(tmp_path):
         f'make_shards.py: error: {tmp_path}/captions.tsv:5: image {tmp_path}/nope.jpg does not '
         f'exist (image paths are relative to {tmp_path})']
     assert os.listdir(out) == []  # no shard, no sizes.json, no partial file
+
+
+
+def test_make_shards_reports_the_rows_it_skips(tmp_path):
+    """Rows with an empty or non-UTF-8 caption, or no image path, are skipped and reported by
+    reason and line, on the console and in make_shards_report.json beside the shards; a table
+    with no usable row writes nothing and fails. (Two runs of the tool, at once.)"""
+    for index in range(3):
+        (tmp_path / f'{index}.jpg').write_bytes(good_jpeg(index))
+    table = tmp_path / 'captions.tsv'
+    table.write_bytes(b'filepath\ttitle\n0.jpg\ta\n1.jpg\t  \n2.jpg\tb\xff\xfe\n\tno image\n'
+                      b'2.jpg\tc\n1.jpg\t\n')
+    hopeless = tmp_path / 'hopeless.tsv'
+    hopeless.write_bytes(b'filepath\ttitle\n0.jpg\t\n1.jpg\t\xff\n')
+    commands = [(table, tmp_path / 'out'), (hopeless, tmp_path / 'none')]
+    processes = [subprocess.Popen(
+        [sys.executable, 'tools/dataset_converters/make_shards.py', str(tmp_path), str(captions),
+         str(out), '--samples-per-shard', '1'], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for captions, out in commands]
+    (good, good_err), (bad, bad_err) = [process.communicate(timeout=120) for process in processes]
+
+    out = tmp_path / 'out'
+    assert processes[0].returncode == 0, good_err
+    assert good_err.strip().splitlines() == [
+        f'make_shards.py: warning: skipped 4 of 6 rows of {table}: caption_not_utf8 1 (line 4), '
+        f'empty_caption 2 (lines 3, 7), missing_image 1 (line 5); see '
+        f'{out}/make_shards_report.json']
+    assert good.strip().splitlines()[-1] == f'wrote 2 shard(s) (2 samples) to {out}'
+    report = json.loads((out / 'make_shards_report.json').read_text())
+    assert report == dict(
+        captions=str(table), rows=6, written=2, shards=2,
+        skipped=dict(caption_not_utf8=1, empty_caption=2, missing_image=1),
+        skipped_rows=dict(caption_not_utf8=[f'{table}:4'],
+                          empty_caption=[f'{table}:3', f'{table}:7'],
+                          missing_image=[f'{table}:5']))
+    assert len(ImageTextShardDataset(str(out), shuffle=False)) == 2
+
+    assert processes[1].returncode == 1 and 'Traceback' not in bad_err, bad_err
+    assert bad_err.strip().splitlines() == [
+        f'make_shards.py: error: none of the 2 rows of {hopeless} can be written: '
+        f'caption_not_utf8 1 (line 3), empty_caption 1 (line 2)']
+    assert not (tmp_path / 'none').exists()
 
 
 def test_inspect_shards_lists_bad_samples(tmp_path, capsys):

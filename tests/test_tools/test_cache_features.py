@@ -5,6 +5,7 @@ import json
 import os
 import os.path as osp
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,6 +240,56 @@ def test_killed_run_resumes_to_identical_shards(setup):
     assert other_dtype.returncode == 1
     last_line = other_dtype.stderr.strip().splitlines()[-1]
     assert "dtype was 'float32', now 'float16'" in last_line and '--overwrite' in last_line
+
+
+
+def test_full_disk_bad_key_and_replaced_weights_are_one_line(setup, tmp_path):
+    """Each in its own process (independent ones at once): a file size limit below a shard (a
+    full disk, as the tool sees it) stops the run in one line and the same command then
+    finishes the cache as an uninterrupted run writes it; an unknown model key is one line
+    naming it; weights retrained into the same checkpoint path are noticed, not mixed in."""
+    import resource
+
+    def limit_file_size():  # writes past it fail with EFBIG, as a full disk fails them
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+
+    checkpoint = str(tmp_path / 'retrained.pth')
+    shutil.copyfile(setup['checkpoint'], checkpoint)
+    full, own = str(tmp_path / 'full'), str(tmp_path / 'own')
+    command = [setup['config'], '--out', full, '--checkpoint', setup['checkpoint'],
+               '--samples-per-shard', '8', '--batch-size', '3']
+    processes = [
+        start_tool(*command, preexec_fn=limit_file_size, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, text=True),
+        start_tool(setup['config'], '--out', str(tmp_path / 'bad'), '--cfg-options',
+                   'model.backbone.bogus_key=1', stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, text=True),
+        start_tool(setup['config'], '--out', own, '--checkpoint', checkpoint,
+                   '--samples-per-shard', '8', stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   text=True)]
+    (_, full_err), (_, bad_err), (_, own_err) = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [1, 1, 0], full_err + bad_err + own_err
+    assert full_err.strip().splitlines() == [
+        f'cache_image_features.py: error: writing in {full}: File too large; the shards '
+        f'written before are kept: free some space and run the same command to resume']
+    assert not [name for name in os.listdir(full) if '.partial' in name]
+    assert bad_err.strip().splitlines()[-1] == (
+        f"cache_image_features.py: error: {setup['config']}: TypeError: RILSViT.__init__() got "
+        f"an unexpected keyword argument 'bogus_key'")
+
+    model = torch.load(checkpoint, weights_only=True)
+    model['state_dict'] = {k: v + 1 for k, v in model['state_dict'].items()}
+    torch.save(model, checkpoint)  # retrained, same path
+    resumed, replaced = run_tools(command, [setup['config'], '--out', own, '--checkpoint',
+                                            checkpoint, '--samples-per-shard', '8'])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert shard_files(full) == shard_files(setup['reference'])
+    assert replaced.returncode == 1
+    assert replaced.stderr.strip().splitlines() == [
+        f'cache_image_features.py: error: {own} holds a feature cache made with other '
+        f'settings (the weight file {checkpoint} changed (size or modification time)); rerun '
+        f'with the same arguments to resume it, or pass --overwrite to start over']
 
 
 def test_csv_captions_are_a_source_too(setup, tmp_path):

@@ -127,6 +127,174 @@ def test_chain_reuses_a_stage_only_when_nothing_it_depends_on_changed(tmp_path, 
     assert [name for name, _ in run('x=2', overwrite=True)] == ['a', 'b']
 
 
+
+def test_chain_never_mixes_settings_after_an_edit_or_an_interruption(tmp_path, monkeypatch,
+                                                                     capsys):
+    """With training replaced by writing checkpoints (and, on request, dying after the first):
+    an edited stage config retrains that stage and the ones after it, saying why; an
+    interrupted stage resumes only from what its own attempt saved under the same settings; a
+    finished stage survives an attempt that failed before saving, not one that replaced its
+    checkpoint."""
+    from rils_mm.engine import chain as chain_module
+    config_a = tmp_path / 'a.py'
+    config_a.write_text(f"_base_ = ['{REPO}/configs/mae/demo_cpu.py']\n")
+    chain_file = tmp_path / 'chain.py'
+    chain_file.write_text(
+        "stages = [dict(name='a', config='./a.py'),\n"
+        f"          dict(name='b', config='{REPO}/configs/two_stage/clip_from_mim_demo.py',\n"
+        "               init_key='model.backbone.init_cfg.checkpoint')]\n")
+    calls, die = [], {}
+
+    def fake_train(argv):
+        stage_dir = argv[argv.index('--work-dir') + 1]
+        name = osp.basename(stage_dir)
+        calls.append((name, [a for a in argv[argv.index('--work-dir') + 2:]
+                             if a.startswith('--resume') or a == '--overwrite'
+                             or a.endswith('.pth') and '=' not in a]))
+        if die.get(name) == 'before saving':
+            raise chain_module.UsageError('a bad key')
+        os.makedirs(stage_dir, exist_ok=True)
+        for epoch in (1, 2):
+            checkpoint = osp.join(stage_dir, f'epoch_{epoch}.pth')
+            with open(checkpoint, 'wb') as file:
+                file.write(b'weights of call %d epoch %d' % (len(calls), epoch))
+            with open(osp.join(stage_dir, 'last_checkpoint'), 'w') as file:
+                file.write(checkpoint)
+            if die.get(name) == f'after epoch {epoch}':
+                raise KeyboardInterrupt  # killed
+
+    monkeypatch.setattr(chain_module, 'train_main', fake_train)
+    work = str(tmp_path / 'work')
+
+    def run(b_option):
+        """The chain with ``b_option`` for stage b; what trained, and the 'why' lines."""
+        calls.clear()
+        capsys.readouterr()
+        try:
+            chain_module.run_chain(str(chain_file), work, stage_options=dict(b=[b_option]))
+        except (KeyboardInterrupt, chain_module.UsageError):
+            pass
+        die.clear()
+        return calls, [line for line in capsys.readouterr().out.splitlines()
+                       if 'under other settings' in line]
+
+    assert [name for name, _ in run('y=1')[0]] == ['a', 'b']
+    # The edited config of stage a: a and b train again, and the output says why.
+    config_a.write_text(config_a.read_text() + 'optim_wrapper = dict(optimizer=dict(lr=1.0))\n')
+    ran, why = run('y=1')
+    assert ran == [('a', ['--overwrite']), ('b', ['--overwrite'])]
+    assert why == [f'chain: stage "a" was trained under other settings ({config_a} changed): '
+                   f'training it from the start',
+                   'chain: stage "b" was trained under other settings (stage "a" was trained '
+                   'again): training it from the start']
+    # Stage b killed after its first checkpoint: the same command resumes from that one.
+    die['b'] = 'after epoch 1'
+    run('y=2')
+    assert run('y=2')[0] == [('b', ['--resume', f'{work}/b/epoch_1.pth'])]
+    # Killed again, then rerun with other options: it starts over, not resumed under them.
+    die['b'] = 'after epoch 1'
+    run('y=3')
+    ran, why = run('y=4')
+    assert ran == [('b', ['--overwrite'])]
+    assert why == ['chain: stage "b" was interrupted under other settings (other --cfg-options): '
+                   'training it from the start']
+    # An attempt under other options that fails before saving, or saves only another file,
+    # leaves the finished stage b reusable; one that replaced its checkpoint does not.
+    for end in ('before saving', 'after epoch 1'):
+        die['b'] = end
+        run('y=5')
+        assert run('y=4')[0] == []
+    die['b'] = 'after epoch 2'
+    run('y=5')
+    assert run('y=4')[0] == [('b', ['--overwrite'])]
+
+
+# A toy model and data for chains that train in a second: what is tested is the chain.
+TOY_STAGE_MODULE = """
+import torch
+from mmengine.model import BaseModel
+from mmengine.registry import DATASETS, MODELS
+
+
+@MODELS.register_module()
+class ToyStageModel(BaseModel):
+    def __init__(self, size):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(size))
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        out = (torch.stack(inputs) * self.weight[:4]).sum(1)
+        return dict(loss=out.pow(2).mean()) if mode == 'loss' else out
+
+
+@DATASETS.register_module()
+class ToyStageData(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return dict(inputs=torch.full((4, ), float(index)))
+"""
+TOY_STAGE_CONFIG = """
+custom_imports = dict(imports=['toy_stage'], allow_failed_imports=False)
+default_scope = 'mmengine'
+model = dict(type='ToyStageModel', size=100000)  # a 400 kB checkpoint
+train_dataloader = dict(dataset=dict(type='ToyStageData'), batch_size=2, num_workers=0,
+                        sampler=dict(type='DefaultSampler', shuffle=False))
+train_cfg = dict(by_epoch=True, max_epochs=1)
+optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.1))
+"""
+
+
+def test_chain_tool_notices_an_edited_config_and_a_full_disk(tmp_path):
+    """tools/run_chain.py on a toy chain, each run its own process: after a stage's config is
+    edited the rerun says so and trains it and the next stage again; with the file size limit
+    below a checkpoint (a full disk, as the tool sees it) the run ends in one line naming the
+    file, and the next run continues."""
+    import resource
+    import signal
+    (tmp_path / 'toy_stage.py').write_text(TOY_STAGE_MODULE)
+    for name in ('a', 'b'):
+        (tmp_path / f'{name}.py').write_text(TOY_STAGE_CONFIG)
+    chain = tmp_path / 'chain.py'
+    chain.write_text("stages = [dict(name='a', config='a.py'),\n"
+                     "          dict(name='b', config='b.py', init_key='load_from')]\n")
+    work = tmp_path / 'work'
+    env = dict(os.environ, PYTHONPATH=f'{REPO}{os.pathsep}{tmp_path}')
+
+    def run(limit=None):
+        def limit_file_size():  # writes past it fail with EFBIG, as a full disk fails them
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        return subprocess.run([sys.executable, 'tools/run_chain.py', str(chain), '--work-dir',
+                               str(work)], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300, preexec_fn=limit_file_size if limit else None)
+
+    first = run()
+    assert first.returncode == 0, first.stderr[-3000:]
+    (tmp_path / 'a.py').write_text(TOY_STAGE_CONFIG.replace('lr=0.1', 'lr=0.2'))
+    edited = run(limit=200_000)
+    assert edited.returncode == 1
+    lines = [line for line in edited.stdout.splitlines() if 'under other settings' in line]
+    assert lines == [f'chain: stage "a" was trained under other settings ({tmp_path}/a.py '
+                     f'changed): training it from the start']
+    assert 'Traceback' not in edited.stderr, edited.stderr[-3000:]
+    assert edited.stderr.strip().splitlines()[-1] == (
+        f'tools/run_chain.py: error: writing {work}/a/epoch_1.pth: File too large; the files '
+        f'written before it are intact: free some space and run the same command (finished '
+        f'stages are reused, the interrupted one resumes)')
+    assert not [name for name in os.listdir(work / 'a') if '.partial' in name]
+
+    again = run()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [line for line in again.stdout.splitlines() if line.startswith('chain: stage')] == [
+        f'chain: stage "a": {tmp_path}/a.py --work-dir {work}/a --launcher none --overwrite',
+        'chain: stage "b" was trained under other settings (stage "a" was trained again): '
+        'training it from the start',
+        f'chain: stage "b": {tmp_path}/b.py --work-dir {work}/b --launcher none --overwrite '
+        f'--cfg-options load_from={work}/a/epoch_1.pth']
+
+
 def test_compare_quick_runs_each_kind_of_method(tmp_path):
     """The whole path for each kind of method: images only (MAE), a chain (MIM->CLIP), methods
     built on other runs (MILAN on CLIP; LiT LU on RILS and CLIP, which train first without

@@ -1,5 +1,9 @@
 """Pack an image folder and a caption table into img2dataset-style webdataset shards.
 
+Rows with an unusable caption (missing, empty, not UTF-8) or no image path are skipped: the
+console says how many per reason and on which lines, and ``make_shards_report.json`` beside
+the shards lists them. A missing image file, or a table with no usable row, is an error.
+
 Example::
 
     python tools/dataset_converters/make_shards.py data/cc_images data/cc.tsv data/cc_shards \
@@ -8,7 +12,7 @@ Example::
 import argparse
 import sys
 
-from rils_mm.datasets.shard_tools import make_shards
+from rils_mm.datasets.shard_tools import describe_skipped, make_shards
 
 
 def parse_args(argv=None):
@@ -30,14 +34,19 @@ def main(argv=None):
     args = parse_args(argv)
     sep = args.sep.encode().decode('unicode_escape')  # allow a literal '\t' on the command line
     try:
-        paths = make_shards(args.image_root, args.captions, args.out_dir,
-                            args.samples_per_shard, args.img_key, args.caption_key, sep,
-                            args.quoting)
+        result = make_shards(args.image_root, args.captions, args.out_dir,
+                             args.samples_per_shard, args.img_key, args.caption_key, sep,
+                             args.quoting)
     except (OSError, KeyError, ValueError) as error:
         # Data problems are the user's to fix: one line naming the file, no traceback.
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         sys.exit(f'make_shards.py: error: {message}')
-    print(f'wrote {len(paths)} shard(s) to {args.out_dir}')
+    if result.skipped:
+        print(f'make_shards.py: warning: skipped {result.rows - result.written} of '
+              f'{result.rows} rows of {args.captions}: '
+              f'{describe_skipped(result.skipped, args.captions)}; see '
+              f'{result.report_file}', file=sys.stderr)
+    print(f'wrote {len(result.paths)} shard(s) ({result.written} samples) to {args.out_dir}')
 
 
 if __name__ == '__main__':
