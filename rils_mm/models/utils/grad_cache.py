@@ -229,8 +229,11 @@ def accumulated_train_step(model: nn.Module, data: dict, optim_wrapper, micro_ba
     # 2. The batch-wide losses on leaves, and their gradients.
     leaves = {name: tensor.detach().requires_grad_(tensor.is_floating_point())
               for name, tensor in joined.items()}
+    # The losses read views of the leaves: torch's module backward hooks (ModuleTracker, as
+    # in FlopCounterMode) refuse a leaf module input under autograd.grad.
     with optim_wrapper.optim_context(outer):
-        losses = model.batch_losses(leaves)
+        losses = model.batch_losses({name: leaf.view_as(leaf) if leaf.requires_grad else leaf
+                                     for name, leaf in leaves.items()})
     losses.update(local_totals)
     loss, log_vars = model.parse_losses(losses)
     leaf_names = [name for name, leaf in leaves.items() if leaf.requires_grad]
