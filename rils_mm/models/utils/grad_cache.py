@@ -26,7 +26,7 @@ concatenated representations) and ``forward(..., mode='surrogate', **surrogate_k
 which returns :func:`surrogate_loss` of its ``embed`` (so DDP's forward sees the recompute).
 """
 from contextlib import nullcontext
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
@@ -180,6 +180,64 @@ def _local_totals(parts: List[Embedded]) -> Tuple[Dict[str, torch.Tensor],
     return totals, shares
 
 
+class _Cache(NamedTuple):
+    """What the first pass over the micro-batches keeps."""
+    rng_states: List[tuple]  # before each micro-batch
+    final_rng_state: tuple  # after the last one
+    recompute_inputs: List[dict]  # what each micro-batch's second pass reads
+    representations: Dict[str, torch.Tensor]  # concatenated over the micro-batches
+    sizes: Dict[str, List[int]]  # each micro-batch's rows of them
+    local_totals: Dict[str, torch.Tensor]  # each local loss over the whole batch
+    shares: List[Dict[str, float]]  # each micro-batch's share of each local loss's items
+
+
+def _embed_without_gradient(model: nn.Module, chunks: list, context: Callable,
+                            device: torch.device) -> _Cache:
+    """Phase 1: every micro-batch's :class:`Embedded`, without gradient, and the random
+    generators' states that reproduce its draws."""
+    states, parts, recompute_inputs = [], [], []
+    with torch.no_grad(), context():
+        for inputs, _ in chunks:
+            states.append(_rng_state(device))
+            parts.append(model.embed(inputs))
+            recompute_inputs.append(model.recompute_inputs(inputs, parts[-1].representations))
+    final_state = _rng_state(device)
+    local_totals, shares = _local_totals(parts)
+    representations, sizes = _concatenate([part.representations for part in parts])
+    return _Cache(states, final_state, recompute_inputs, representations, sizes, local_totals,
+                  shares)
+
+
+def _batch_loss_gradients(model: nn.Module, cache: _Cache, context: Callable,
+                          multiplier: Union[float, torch.Tensor]):
+    """Phase 2: the batch-wide losses on the cached representations as leaves, and the
+    gradients of the (scaled) total loss w.r.t. those leaves and the parameters it reads.
+
+    Returns:
+        tuple: the total loss, ``parse_losses``' logged values, the leaves' gradients split
+        per micro-batch (by name) and the parameters' gradients (by name).
+    """
+    leaves = {name: tensor.detach().requires_grad_(tensor.is_floating_point())
+              for name, tensor in cache.representations.items()}
+    # The losses read views of the leaves: torch's module backward hooks (ModuleTracker, as
+    # in FlopCounterMode) refuse a leaf module input under autograd.grad.
+    with context():
+        losses = model.batch_losses({name: leaf.view_as(leaf) if leaf.requires_grad else leaf
+                                     for name, leaf in leaves.items()})
+    losses.update(cache.local_totals)
+    loss, log_vars = model.parse_losses(losses)
+    leaf_names = [name for name, leaf in leaves.items() if leaf.requires_grad]
+    parameters = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    wrt = [leaves[name] for name in leaf_names] + [p for _, p in parameters]
+    grads = (torch.autograd.grad(loss * multiplier, wrt, allow_unused=True)
+             if loss.requires_grad else [None] * len(wrt))
+    leaf_grads = {name: torch.split(grad, cache.sizes[name])
+                  for name, grad in zip(leaf_names, grads) if grad is not None}
+    parameter_grads = {name: grad for (name, _), grad in zip(parameters, grads[len(leaf_names):])
+                       if grad is not None}
+    return loss, log_vars, leaf_grads, parameter_grads
+
+
 def accumulated_train_step(model: nn.Module, data: dict, optim_wrapper, micro_batches: int,
                            ddp: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
     """One optimizer step on a batch, computed in ``micro_batches`` slices, with the loss and
@@ -187,12 +245,12 @@ def accumulated_train_step(model: nn.Module, data: dict, optim_wrapper, micro_ba
 
     The batch (what the dataloader gave: K x B samples per device) goes through the data
     preprocessor whole and is then split (:func:`split_batch`). The step then runs the three
-    phases of the module docstring, and hands the step's loss to
-    ``optim_wrapper.update_params`` as a detached leaf: its backward adds nothing (the
-    gradients are already in ``.grad``, scaled as the wrapper's backward would scale them),
-    and what ``update_params`` does around it (the ``NonFiniteCheckHook``'s loss and gradient
-    checks, AMP's unscaling and step, clipping, ``zero_grad``) sees the same step as without
-    accumulation.
+    phases of the module docstring (all under ``optim_wrapper.optim_context``: autocast with
+    AMP), and hands the step's loss to ``optim_wrapper.update_params`` as a detached leaf: its
+    backward adds nothing (the gradients are already in ``.grad``, scaled as the wrapper's
+    backward would scale them), and what ``update_params`` does around it (the
+    ``NonFiniteCheckHook``'s loss and gradient checks, AMP's unscaling and step, clipping,
+    ``zero_grad``) sees the same step as without accumulation.
 
     Args:
         model (nn.Module): The model (unwrapped), with ``embed``, ``batch_losses``,
@@ -201,65 +259,41 @@ def accumulated_train_step(model: nn.Module, data: dict, optim_wrapper, micro_ba
         optim_wrapper (OptimWrapper): mmengine's ``OptimWrapper`` or ``AmpOptimWrapper``,
             ``accumulative_counts=1``.
         micro_batches (int): K.
-        ddp (nn.Module, optional): The DDP wrapper of ``model``: the recompute passes run
+        ddp (nn.Module, optional): The DDP wrapper of ``model``: the second passes run
             through it, all but the last under ``no_sync()``.
 
     Returns:
         dict: The logged values of ``parse_losses``.
     """
     outer = ddp if ddp is not None else model
-    with optim_wrapper.optim_context(outer):
+
+    def context():
+        return optim_wrapper.optim_context(outer)
+
+    with context():
         data = model.data_preprocessor(data, training=True)
     chunks = split_batch(data['inputs'], data.get('data_samples'), micro_batches)
     device = _device_of(data['inputs'])
     multiplier = loss_multiplier(optim_wrapper, device)
-
-    # 1. Representations of every micro-batch, without gradient.
-    states, parts, recompute_inputs = [], [], []
-    with torch.no_grad(), optim_wrapper.optim_context(outer):
-        for inputs, _ in chunks:
-            states.append(_rng_state(device))
-            parts.append(model.embed(inputs))
-            recompute_inputs.append(model.recompute_inputs(inputs, parts[-1].representations))
-    final_state = _rng_state(device)
-    local_totals, shares = _local_totals(parts)
-    joined, sizes = _concatenate([part.representations for part in parts])
-    del parts
-
-    # 2. The batch-wide losses on leaves, and their gradients.
-    leaves = {name: tensor.detach().requires_grad_(tensor.is_floating_point())
-              for name, tensor in joined.items()}
-    # The losses read views of the leaves: torch's module backward hooks (ModuleTracker, as
-    # in FlopCounterMode) refuse a leaf module input under autograd.grad.
-    with optim_wrapper.optim_context(outer):
-        losses = model.batch_losses({name: leaf.view_as(leaf) if leaf.requires_grad else leaf
-                                     for name, leaf in leaves.items()})
-    losses.update(local_totals)
-    loss, log_vars = model.parse_losses(losses)
-    leaf_names = [name for name, leaf in leaves.items() if leaf.requires_grad]
-    parameters = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    wrt = [leaves[name] for name in leaf_names] + [p for _, p in parameters]
-    grads = (torch.autograd.grad(loss * multiplier, wrt, allow_unused=True)
-             if loss.requires_grad else [None] * len(wrt))
-    leaf_grads = {name: torch.split(grad, sizes[name])
-                  for name, grad in zip(leaf_names, grads) if grad is not None}
-    parameter_grads = {name: grad for (name, _), grad in zip(parameters, grads[len(leaf_names):])
-                       if grad is not None}
-    del leaves, joined, losses, grads
+    cache = _embed_without_gradient(model, chunks, context, device)
+    loss, log_vars, leaf_grads, parameter_grads = _batch_loss_gradients(
+        model, cache, context, multiplier)
+    cache = cache._replace(representations={})  # the gradients are what phase 3 needs
 
     # 3. Each micro-batch again, with gradient, back-propagating the kept gradients.
-    for index, (inputs, (_, data_samples)) in enumerate(zip(recompute_inputs, chunks)):
+    for index, (_, data_samples) in enumerate(chunks):
         last = index == len(chunks) - 1
-        _set_rng_state(states[index], device)
+        _set_rng_state(cache.rng_states[index], device)
         kwargs = dict(representation_grads={n: g[index] for n, g in leaf_grads.items()},
-                      local_weights={n: multiplier * share for n, share in
-                                     shares[index].items()},
+                      local_weights={n: multiplier * share
+                                     for n, share in cache.shares[index].items()},
                       parameter_grads=parameter_grads if last else {})
         with (ddp.no_sync() if ddp is not None and not last else nullcontext()):
-            with optim_wrapper.optim_context(outer):
-                surrogate = outer(inputs, data_samples, mode='surrogate', **kwargs)
+            with context():
+                surrogate = outer(cache.recompute_inputs[index], data_samples,
+                                  mode='surrogate', **kwargs)
             surrogate.backward()
-    _set_rng_state(final_state, device)
+    _set_rng_state(cache.final_rng_state, device)
 
     optim_wrapper.update_params(loss.detach().requires_grad_())
     return log_vars
