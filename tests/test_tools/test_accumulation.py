@@ -93,3 +93,41 @@ def test_bad_accumulation_settings_are_one_line(tmp_path, extra, expected):
              if line.startswith('tools/train.py: error:')]
     assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
     assert expected in lines[0]
+
+
+def accumulating_config(**top_level):
+    from mmengine.config import Config
+    cfg = Config(dict(model=dict(type='RILS', accumulation=dict(micro_batches=2)),
+                      train_dataloader=dict(batch_size=16),
+                      optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='AdamW'))))
+    cfg.merge_from_dict(top_level)
+    return cfg
+
+
+@pytest.mark.parametrize('settings,expected', [
+    (dict(launcher='pytorch', strategy=dict(type='RILSFSDPStrategy')),
+     'model.accumulation runs with the Runner and DDP; it is not available with '
+     'strategy/runner_type (FSDP)'),
+    (dict(launcher='pytorch', model_wrapper_cfg=dict(type='MMDistributedDataParallel')),
+     "model_wrapper_cfg.type='MMDistributedDataParallel' with model.accumulation: the "
+     'accumulated step needs GradCacheDistributedDataParallel'),
+    ({'optim_wrapper.type': 'ApexOptimWrapper'},
+     'model.accumulation needs optim_wrapper of type OptimWrapper or AmpOptimWrapper with one '
+     'optimizer, got ApexOptimWrapper'),
+])
+def test_settings_accumulation_cannot_go_with(settings, expected):
+    from rils_mm.engine.cli import UsageError, check_train_config
+    with pytest.raises(UsageError) as error:
+        check_train_config(accumulating_config(**settings))
+    assert str(error.value) == expected
+
+
+def test_a_distributed_run_gets_the_accumulating_wrapper():
+    from rils_mm.engine.cli import check_train_config
+    cfg = accumulating_config(launcher='pytorch', find_unused_parameters=True)
+    check_train_config(cfg)
+    assert cfg.model_wrapper_cfg == dict(type='GradCacheDistributedDataParallel',
+                                         broadcast_buffers=False, find_unused_parameters=True)
+    single = accumulating_config()
+    check_train_config(single)  # one process: the model's own train_step, no wrapper
+    assert 'model_wrapper_cfg' not in single
