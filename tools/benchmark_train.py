@@ -4,6 +4,7 @@ project beside open_clip's CLIP, measured in one run, interleaved.
 
     python tools/benchmark_train.py [--batch-size N] [--rounds 5] [--warmup 2]
         [--amp {none,bf16,fp16}] [--methods clip,rils,...] [--small | --tiny] [--device cuda]
+        [--accumulate K]
 
     python tools/benchmark_train.py --small --batch-size 8 --rounds 3   # a quick CPU look
     python tools/benchmark_train.py --amp bf16                           # ViT-B/16 on a GPU
@@ -53,6 +54,15 @@ large square matmul in the run's dtype, measured at the start and again in every
 machine slows some of them down; one measurement at the start made MFU exceed 100 %). It prints
 a header line (device, threads, dtype, batch, rounds, matmul peak) and the table in markdown;
 progress goes to stderr. A missing config or an unknown method exits with status 2 and one line.
+
+``--accumulate K`` also times, for each method of this project, the accumulated step
+(``model.accumulation=dict(micro_batches=K)``: K micro-batches of the batch size, one optimizer
+step with the loss of all K x B pairs; mmengine's ``OptimWrapper`` or, with ``--amp``,
+``AmpOptimWrapper`` around the same AdamW) in the same interleaved rounds, and prints a second
+table: its step time, time per pair, the ratio of its time per pair to the plain step's at the
+same micro-batch (median of the per-round ratios, min-max), peak memory and FLOPs per pair
+(the first pass without gradient included). The ratio is what K-fold accumulation costs per
+sample; 1 would be free.
 """
 import argparse
 import logging
@@ -123,6 +133,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     size.add_argument('--small', action='store_true', help='ViT-S-sized towers')
     size.add_argument('--tiny', action='store_true', help='tiny towers, 64 px (tests)')
     parser.add_argument('--device', help='cuda or cpu (default: cuda when available)')
+    parser.add_argument('--accumulate', type=int, default=1, metavar='K',
+                        help='also time steps of K micro-batches of --batch-size with the '
+                        'whole batch\'s loss (model.accumulation), against K = 1')
     return parser.parse_args(argv)
 
 
@@ -162,6 +175,10 @@ class Entry:
     flops: float = 0.0  # forward + backward per image
     times: List[float] = field(default_factory=list)
     peak: Optional[float] = None
+    micro_batches: int = 1  # > 1: the accumulated step (model.accumulation) of ``plain``
+    make_data: Optional[Callable] = None  # make_data(n) -> the dataloader's batch of n pairs
+    optim_wrapper: object = None
+    plain: Optional['Entry'] = None
 
 
 def shrink(cfg, size: Optional[dict]) -> None:
@@ -266,17 +283,20 @@ def build_ours(name: str, size: Optional[dict], files: RandomFiles, inputs: dict
         features = torch.randn(len(inputs['texts']), model.backbone.embed_dims,
                                generator=generator).to(inputs['texts'].device)
 
-    def step(batch_size: int):
+    def make_data(batch_size: int) -> dict:
         if name in FEATURE_INPUTS:
             data = dict(image_features=features[:batch_size], texts=inputs['texts'][:batch_size])
         else:
             data = dict(images=inputs['images'][:batch_size],
                         texts=inputs['texts'][:batch_size])
-        batch = model.data_preprocessor(dict(inputs=data), True)
+        return dict(inputs=data)
+
+    def step(batch_size: int):
+        batch = model.data_preprocessor(make_data(batch_size), True)
         loss, _ = model.parse_losses(model(**batch, mode='loss'))
         return loss
 
-    return model, step, f'configs/{METHODS[name]}'
+    return model, step, f'configs/{METHODS[name]}', make_data
 
 
 def build_open_clip(size: Optional[dict], inputs: dict):
@@ -362,6 +382,9 @@ def resident_bytes(entry: Entry) -> int:
 def train_step(entry: Entry, batch_size: int, autocast) -> None:
     """Forward, backward and optimizer step; the gradients are dropped afterwards so that they
     do not stay resident while the other models run."""
+    if entry.micro_batches > 1:
+        accumulated_step(entry, batch_size)
+        return
     with autocast():
         loss = entry.step(batch_size)
     if entry.scaler is not None:
@@ -374,19 +397,52 @@ def train_step(entry: Entry, batch_size: int, autocast) -> None:
     entry.optimizer.zero_grad(set_to_none=True)
 
 
+def accumulated_step(entry: Entry, batch_size: int) -> None:
+    """The model's accumulated train step on ``micro_batches`` x ``batch_size`` pairs (its
+    optimizer wrapper steps and zeroes the gradients). The model, shared with the plain entry,
+    accumulates for this step only."""
+    model = entry.model
+    model.micro_batches = entry.micro_batches
+    try:
+        model.train_step(entry.make_data(entry.micro_batches * batch_size), entry.optim_wrapper)
+    finally:
+        model.micro_batches = 1
+
+
+def accumulating_entry(plain: Entry, micro_batches: int, amp_dtype) -> Entry:
+    """The accumulated step of ``plain``'s model and AdamW, in an mmengine optimizer wrapper
+    (AMP's when autocasting: float16 with dynamic loss scaling)."""
+    import torch
+    from mmengine.optim import AmpOptimWrapper, OptimWrapper
+    if amp_dtype is None:
+        wrapper = OptimWrapper(plain.optimizer)
+    else:
+        wrapper = AmpOptimWrapper(
+            optimizer=plain.optimizer, dtype=amp_dtype,
+            loss_scale='dynamic' if amp_dtype == torch.float16 else 1.0)
+    return Entry(plain.name, plain.source, plain.model, step=None, optimizer=plain.optimizer,
+                 params=plain.params,
+                 trained=plain.trained, micro_batches=micro_batches,
+                 make_data=plain.make_data, optim_wrapper=wrapper, plain=plain)
+
+
 def count_flops(entry: Entry, batch_size: int, autocast) -> float:
-    """Forward + backward FLOPs per image, from one step of ``batch_size`` images."""
+    """Forward + backward FLOPs per image, from one step of ``batch_size`` images (K x
+    ``batch_size`` for an accumulated step, whose two passes are both counted)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     # The counter has no formula for the CPU's fused attention kernels; the math kernel's
     # matrix products it counts.
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        with autocast():
-            loss = entry.step(batch_size)
-        loss.backward()
+        if entry.micro_batches > 1:
+            accumulated_step(entry, batch_size)
+        else:
+            with autocast():
+                loss = entry.step(batch_size)
+            loss.backward()
     entry.model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / batch_size
+    return counter.get_total_flops() / (batch_size * entry.micro_batches)
 
 
 def device_name(device) -> str:
@@ -415,12 +471,16 @@ def main(argv=None) -> List[Entry]:
     methods, notes = select_methods(args)
     if args.rounds < 1 or args.warmup < 0:
         fail('--rounds must be at least 1 and --warmup at least 0')
+    if args.accumulate < 1:
+        fail(f'--accumulate must be at least 1, got {args.accumulate}')
 
     # Imported only now, so that a wrong argument is answered at once and in one line.
     import torch
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if args.amp == 'fp16' and device.type != 'cuda':
         fail('--amp fp16 needs CUDA (use --amp bf16 on the CPU)')
+    if args.accumulate > 1 and args.amp != 'none' and device.type != 'cuda':
+        fail('--accumulate with --amp needs CUDA (mmengine\'s AmpOptimWrapper)')
     batch_size = args.batch_size or (128 if device.type == 'cuda' else 8)
     if batch_size < 2:
         fail('--batch-size must be at least 2 (RILS filters on in-batch retrieval)')
@@ -447,12 +507,13 @@ def main(argv=None) -> List[Entry]:
     matmul = MatmulPeak(device, amp_dtype or torch.float32)
     matmul.measure(5)
     generator = torch.Generator().manual_seed(0)
-    texts = torch.randint(1, 49000, (batch_size, 77), generator=generator)
+    pairs = batch_size * args.accumulate  # the accumulated step's batch; the others take part
+    texts = torch.randint(1, 49000, (pairs, 77), generator=generator)
     # Start, 19 word ids, end of text (the highest id), then padding: 21-token captions
     # (MaMMUT's decoder runs only up to the batch's longest caption).
     texts[:, 0], texts[:, 20], texts[:, 21:] = 49406, 49407, 0
     inputs = dict(
-        images=torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8,
+        images=torch.randint(0, 256, (pairs, 3, img_size, img_size), dtype=torch.uint8,
                              generator=generator).to(device),
         texts=texts.to(device))
 
@@ -465,6 +526,7 @@ def main(argv=None) -> List[Entry]:
             built = (build_open_clip(size, inputs) if name == 'open_clip' else
                      build_ours(name, size, files, inputs))
             entry = Entry(name, built[2], *built[:2])
+            entry.make_data = built[3] if len(built) > 3 else None
             entry.model.to(device).train()
             trainable = [p for p in entry.model.parameters() if p.requires_grad]
             entry.params = sum(p.numel() for p in entry.model.parameters()) / 1e6
@@ -473,9 +535,15 @@ def main(argv=None) -> List[Entry]:
             if amp_dtype == torch.float16:
                 entry.scaler = torch.amp.GradScaler('cuda')
             entries.append(entry)
+    if args.accumulate > 1:  # the same models and optimizers, in the same rounds
+        entries += [accumulating_entry(entry, args.accumulate, amp_dtype) for entry in entries
+                    if hasattr(entry.model, 'accumulated_train_step')]
+
+    def label(entry):
+        return entry.name + (f' x{entry.micro_batches}' if entry.micro_batches > 1 else '')
 
     for entry in entries:
-        log(f'counting FLOPs and warming up {entry.name}')
+        log(f'counting FLOPs and warming up {label(entry)}')
         torch.manual_seed(0)
         entry.flops = count_flops(entry, batch_size, autocast)  # also a warm-up step
         for _ in range(args.warmup - 1):
@@ -498,8 +566,10 @@ def main(argv=None) -> List[Entry]:
                 entry.peak = max(entry.peak or 0.0, used)
         matmul.measure()
         log(f'round {round_index + 1}/{args.rounds}: ' + ', '.join(
-            f'{e.name} {e.times[-1] * 1e3:.0f} ms' for e in entries))
+            f'{label(e)} {e.times[-1] * 1e3:.0f} ms' for e in entries))
 
+    accumulated = [entry for entry in entries if entry.micro_batches > 1]
+    entries = [entry for entry in entries if entry.micro_batches == 1]
     by_name = {entry.name: entry for entry in entries}
     peak, side = matmul.rate, matmul.side
     dtype = {None: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}[amp_dtype]
@@ -532,7 +602,31 @@ def main(argv=None) -> List[Entry]:
     print('ms/step: median over rounds. time / X: median of the per-round ratios of step '
           'times, (min-max over rounds). GFLOPs: forward + backward per image '
           '(FlopCounterMode, at this batch size). MFU: GFLOPs/image x images/s / matmul peak.')
-    return entries
+    if accumulated:
+        print_accumulation(accumulated, batch_size)
+    return entries + accumulated
+
+
+def print_accumulation(entries: List[Entry], batch_size: int) -> None:
+    """The second table: accumulated steps against the plain step at the same micro-batch."""
+    print()
+    print(f'Accumulated steps (model.accumulation): K micro-batches of {batch_size}, one '
+          f'optimizer step with the loss of all K x {batch_size} pairs.')
+    print()
+    print('| method | K | pairs/step | ms/step | ms/pair | time per pair / K=1 | peak GiB | '
+          'GFLOPs/pair |')
+    print('|---|---|---|---|---|---|---|---|')
+    for entry in entries:
+        pairs = entry.micro_batches * batch_size
+        seconds = statistics.median(entry.times)
+        ratio = spread([t / (entry.micro_batches * p)
+                        for t, p in zip(entry.times, entry.plain.times)])
+        memory = f'{entry.peak:.2f}' if entry.peak is not None else '-'
+        print(f'| {entry.name} | {entry.micro_batches} | {pairs} | {seconds * 1e3:.1f} | '
+              f'{seconds * 1e3 / pairs:.3g} | {ratio} | {memory} | {entry.flops / 1e9:.3g} |')
+    print()
+    print('time per pair / K=1: median over rounds of (accumulated step time / K) / (plain '
+          'step time at the same micro-batch), (min-max). GFLOPs/pair: both passes counted.')
 
 
 if __name__ == '__main__':

@@ -141,6 +141,52 @@ def check_train_config(cfg: Config) -> None:
     if 'FSDP' in strategy and cfg.get('launcher', 'none') == 'none':
         raise UsageError(f'strategy {strategy} shards the model over processes: start it with '
                          f'tools/dist_train.sh CONFIG GPUS (GPUS may be 1)')
+    check_accumulation(cfg)
+
+
+ACCUMULATION_WRAPPER = 'GradCacheDistributedDataParallel'
+
+
+def check_accumulation(cfg: Config) -> None:
+    """``model.accumulation=dict(micro_batches=K)`` (one step on K micro-batches with the whole
+    batch's loss): the settings it cannot go with, and the model wrapper of a distributed run.
+
+    ``train_dataloader.batch_size`` is the per-device batch of the whole step, K x B.
+    """
+    accumulation = (cfg.get('model') or {}).get('accumulation')
+    micro_batches = accumulation.get('micro_batches') if isinstance(accumulation, dict) else None
+    if not isinstance(micro_batches, int) or isinstance(micro_batches, bool) or micro_batches < 2:
+        return  # K = 1, or a malformed value the model itself reports
+    batch_size = (cfg.get('train_dataloader') or {}).get('batch_size')
+    if isinstance(batch_size, int) and batch_size % micro_batches:
+        raise UsageError(f'train_dataloader.batch_size={batch_size} is the per-device batch of '
+                         f'one step (K x B micro-batches): it must be a multiple of '
+                         f'model.accumulation.micro_batches={micro_batches}')
+    optim_wrapper = cfg.get('optim_wrapper') or {}
+    counts = optim_wrapper.get('accumulative_counts', 1)
+    if counts != 1:
+        raise UsageError(f'optim_wrapper.accumulative_counts={counts} with model.accumulation: '
+                         f'the former averages the losses of separate small batches (another '
+                         f'objective for a contrastive loss); use one of them')
+    wrapper_type = str(optim_wrapper.get('type', 'OptimWrapper'))
+    if 'optimizer' not in optim_wrapper or wrapper_type.split('.')[-1] not in (
+            'OptimWrapper', 'AmpOptimWrapper'):
+        raise UsageError(f'model.accumulation needs optim_wrapper of type OptimWrapper or '
+                         f'AmpOptimWrapper with one optimizer, got {wrapper_type}')
+    if cfg.get('strategy') or cfg.get('runner_type', 'Runner') != 'Runner':
+        raise UsageError('model.accumulation runs with the Runner and DDP; it is not available '
+                         'with strategy/runner_type (FSDP)')
+    if cfg.get('launcher', 'none') == 'none':
+        return
+    wrapper = cfg.get('model_wrapper_cfg')
+    if wrapper is None:
+        cfg.model_wrapper_cfg = dict(type=ACCUMULATION_WRAPPER, broadcast_buffers=False,
+                                     find_unused_parameters=cfg.get('find_unused_parameters',
+                                                                    False))
+    elif str(wrapper.get('type', '')).split('.')[-1] != ACCUMULATION_WRAPPER:
+        raise UsageError(f'model_wrapper_cfg.type={wrapper.get("type")!r} with '
+                         f'model.accumulation: the accumulated step needs '
+                         f'{ACCUMULATION_WRAPPER}')
 
 
 def check_learning_rates(cfg: Config) -> None:

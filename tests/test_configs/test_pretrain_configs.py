@@ -1,4 +1,5 @@
 """The paper configs build the full-size towers and train one iteration on CPU."""
+import copy
 import io
 import os.path as osp
 
@@ -294,3 +295,31 @@ def test_mammut_b16_config_has_a_clip_text_tower_sized_decoder():
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys['logit_bias'] == dict(decay_mult=0.0)
     large = Config.fromfile(osp.join(REPO, 'configs', 'mammut', 'pretrain_l16.py')).model
     assert (large.backbone.arch, large.text_encoder.width, large.embed_dims) == ('l', 768, 768)
+
+
+@pytest.mark.parametrize('method', ['rils', 'clip'])
+def test_accumulated_8_gpu_configs_keep_the_paper_batch_and_lr(method):
+    """configs/<method>/pretrain_b16_8xb128-accum4.py: 8 GPUs x 4 micro-batches of 128 are the
+    paper's 4096 pairs in one optimizer step, at the paper's lr (no rescaling); otherwise
+    pretrain_b16.py. The full-size model is built on the meta device."""
+    from rils_mm.engine.cli import check_train_config
+    cfg = Config.fromfile(osp.join(REPO, 'configs', method, 'pretrain_b16_8xb128-accum4.py'))
+    base = Config.fromfile(osp.join(REPO, 'configs', method, 'pretrain_b16.py'))
+    loader = cfg.train_dataloader
+    micro_batches = cfg.model.accumulation.micro_batches
+    assert micro_batches == 4 and loader.batch_size == loader.dataset.batch_size == 4 * 128
+    # mmengine's auto_scale_lr multiplies the lr by world size x batch_size / base batch.
+    assert cfg.auto_scale_lr.enable and 8 * loader.batch_size == cfg.auto_scale_lr.base_batch_size
+    assert cfg.optim_wrapper.optimizer.lr == 5e-4
+    for key in ('optim_wrapper', 'param_scheduler', 'train_cfg'):
+        assert cfg[key] == base[key], key
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.pop('accumulation')
+    assert model_cfg == base.model
+    with torch.device('meta'):
+        model, reference = MODELS.build(cfg.model), MODELS.build(base.model)
+    assert model.micro_batches == 4 and count(model) == count(reference)
+    # A distributed run gets the accumulating DDP wrapper from tools/train.py.
+    cfg.launcher = 'pytorch'
+    check_train_config(cfg)
+    assert cfg.model_wrapper_cfg.type == 'GradCacheDistributedDataParallel'

@@ -114,3 +114,34 @@ def test_fp16_needs_cuda(tool, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         'benchmark_train.py: error: --amp fp16 needs CUDA (use --amp bf16 on the CPU)']
+
+
+def test_accumulate_adds_a_table_of_accumulated_steps_against_k1():
+    """--accumulate 2: each of our methods also takes steps of 2 micro-batches of the batch
+    size; the second table gives their time per pair against the plain step's, and their
+    FLOPs per pair count the pass without gradient too (more than the plain step's)."""
+    result = run_tool('--tiny', '--rounds', '2', '--warmup', '1', '--batch-size', '4',
+                      '--device', 'cpu', '--methods', 'open_clip,clip,rils',
+                      '--accumulate', '2')
+    assert result.returncode == 0, result.stderr[-3000:]
+    main, _, accumulated = result.stdout.partition('Accumulated steps (model.accumulation)')
+    assert list(table(main)) == ['open_clip', 'clip', 'rils']
+    rows = table(accumulated)
+    assert list(rows) == ['clip', 'rils'], result.stdout  # open_clip has no accumulation
+    plain = table(main)
+    for name, row in rows.items():
+        assert row['K'] == '2' and row['pairs/step'] == '8'
+        for column in ('ms/step', 'ms/pair'):
+            positive(row[column])
+        median, low, high = map(positive, RATIO.fullmatch(row['time per pair / K=1']).groups())
+        assert low <= median <= high
+        # A second forward pass: more than the plain step's FLOPs, less than twice.
+        ratio = positive(row['GFLOPs/pair']) / positive(plain[name]['GFLOPs/image'])
+        assert 1.1 < ratio < 2, (name, ratio)
+
+
+def test_accumulate_below_one_is_one_line():
+    result = run_tool('--accumulate', '0', '--methods', 'clip')
+    assert result.returncode == 2
+    assert result.stderr.strip() == 'benchmark_train.py: error: --accumulate must be at ' \
+        'least 1, got 0', result.stderr

@@ -1,11 +1,16 @@
 """Contrastive image-text pretraining (CLIP) on mmpretrain's self-supervised base class.
 
-The other image-text methods of this package (RILS, MAE+CLIP) subclass it and add their
-objective through ``BaseSelfSupervisor``'s ``neck`` (a decoder) and ``head`` slots; alone it is
-the CLIP baseline (Radford et al., ICML 2021).
+The other image-text methods of this package (RILS, MAE+CLIP, LiT, MaMMUT) subclass it and add
+their objective through ``BaseSelfSupervisor``'s ``neck`` (a decoder) and ``head`` slots;
+alone it is the CLIP baseline (Radford et al., ICML 2021).
+
+A training step is written as two methods, so that it can also run in micro-batches with the
+loss of the whole batch (``accumulation``, GradCache): :meth:`ImageTextPretrainer.embed` (the
+passes over the samples) and :meth:`ImageTextPretrainer.batch_losses` (the losses that couple
+the samples, from what ``embed`` returned).
 """
 import math
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +21,8 @@ from torch import nn
 
 from ...datasets.transforms.tokenize import get_clip_tokenizer
 from ..utils.checkpoint_loading import checked_init_cfg
+from ..utils.grad_cache import (Embedded, accumulated_train_step, parse_accumulation,
+                                surrogate_loss)
 from ..utils.locking import lock_module, set_locked_eval
 
 TOWERS = ('backbone', 'text_encoder', 'image_head')
@@ -48,6 +55,19 @@ class ImageTextPretrainer(BaseSelfSupervisor):
             (norm statistics, dropout and stochastic depth fixed) and never gets a gradient, so
             the optimizer keeps no state for it. LiT (Zhai et al., CVPR 2022) locks the image
             tower.
+        accumulation (dict, optional): ``dict(micro_batches=K)``: each training step takes
+            the dataloader's batch (K x B samples per device: ``train_dataloader.batch_size``
+            is K x B, so samplers, epochs and resuming are unchanged), splits it into K
+            micro-batches of B, and makes ONE optimizer step whose loss and gradients are
+            those of the whole batch (K x B x world size for the losses that gather across
+            devices), exactly, holding the activations of one micro-batch at a time (GradCache,
+            Gao et al., 2021; ``rils_mm.models.utils.grad_cache``). It costs a second
+            forward pass of every micro-batch. mmengine's ``accumulative_counts``, which
+            averages the losses of K small batches, is another objective for these losses
+            and cannot be combined with it. Distributed runs use the model wrapper
+            ``GradCacheDistributedDataParallel`` (``tools/train.py`` selects it). Random draws
+            (masks, dropout, stochastic depth) repeat in the second pass from the saved
+            generator states. Defaults to None (K = 1: one pass on the batch).
         data_preprocessor (dict, optional): Defaults to ``ImageTextDataPreprocessor``.
         init_cfg (dict | list, optional): Initialisation config.
     """
@@ -64,15 +84,21 @@ class ImageTextPretrainer(BaseSelfSupervisor):
                  head: Optional[dict] = None,
                  target_generator: Optional[dict] = None,
                  lock_cfg: Optional[dict] = None,
+                 accumulation: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+        name = type(self).__name__
+        micro_batches = parse_accumulation(accumulation, name)
+        if micro_batches > 1 and type(self).loss is not ImageTextPretrainer.loss:
+            raise ValueError(f'{name}: accumulation needs the step as embed() and '
+                             f'batch_losses(); {name} overrides loss()')
         data_preprocessor = dict(data_preprocessor or {})
         data_preprocessor.setdefault('type', 'ImageTextDataPreprocessor')
         super().__init__(backbone=backbone, neck=neck, head=head,
                          target_generator=target_generator,
                          data_preprocessor=data_preprocessor,
                          init_cfg=checked_init_cfg(init_cfg))
-        name = type(self).__name__
+        self.micro_batches = micro_batches
         if getattr(self.backbone, 'out_type', 'raw') != 'raw':
             raise ValueError(f'{name}: backbone.out_type must be "raw" (the class and patch '
                              f'tokens), got "{self.backbone.out_type}"')
@@ -163,21 +189,98 @@ class ImageTextPretrainer(BaseSelfSupervisor):
             tuple: the ``ContrastiveOutput``, the local image->text top-1 hits (B bools) and
             the dict of losses and metrics to log.
         """
-        return self.contrastive_step_from_embeddings(self.embed_image_tokens(tokens), texts)
+        return self.contrastive_losses(self.embed_image_tokens(tokens), self.encode_text(texts))
 
-    def contrastive_step_from_embeddings(self, image_embeddings: torch.Tensor,
-                                         texts: torch.Tensor):
-        """:meth:`contrastive_step` from normalised B x D image embeddings."""
+    def contrastive_losses(self, image_embeddings: torch.Tensor,
+                           text_embeddings: torch.Tensor):
+        """:meth:`contrastive_step` from normalised B x D image and text embeddings."""
         logit_scale = self.get_logit_scale()
-        out = self.loss_contrastive(image_embeddings, self.encode_text(texts), logit_scale)
+        out = self.loss_contrastive(image_embeddings, text_embeddings, logit_scale)
         correct = out.logits_per_image.argmax(dim=-1) == out.labels
         log = dict(loss_contrastive=out.loss,
                    i2t_acc=correct.float().mean().detach(),
                    logit_scale=logit_scale.detach())
         return out, correct, log
 
+    def embed(self, inputs: dict) -> Embedded:
+        """The passes over a batch's samples: everything but the losses that couple them.
+
+        Args:
+            inputs (dict): ``images`` B x 3 x H x W (normalised), ``texts`` B x 77 ids.
+
+        Returns:
+            Embedded: ``image_embeddings`` and ``text_embeddings`` (B x D, normalised); no
+            local losses.
+        """
+        return Embedded(dict(image_embeddings=self.encode_image(inputs['images']),
+                             text_embeddings=self.encode_text(inputs['texts'])), {})
+
+    def batch_losses(self, representations: Dict[str, torch.Tensor]
+                     ) -> Dict[str, torch.Tensor]:
+        """The losses over the whole (per-device) batch, from :meth:`embed`'s
+        representations (concatenated over micro-batches when accumulating).
+
+        Returns:
+            dict: ``loss_contrastive`` and the logged ``i2t_acc`` and ``logit_scale``.
+        """
+        return self.contrastive_losses(representations['image_embeddings'],
+                                       representations['text_embeddings'])[2]
+
     def loss(self, inputs: dict, data_samples: Optional[List[DataSample]] = None
              ) -> Dict[str, torch.Tensor]:
-        """Contrastive loss on a batch. inputs: dict(images=B x 3 x H x W, texts=B x 77)."""
-        _, _, log = self.contrastive_step(self.image_tokens(inputs['images']), inputs['texts'])
+        """The losses of a batch in one pass: :meth:`batch_losses` of :meth:`embed`, then
+        the local losses (each a mean over the batch's items).
+
+        Args:
+            inputs (dict): See :meth:`embed` (of the subclass).
+            data_samples (list, optional): Unused.
+
+        Returns:
+            dict: The losses and logged metrics.
+        """
+        if self.micro_batches > 1 and self.training and torch.is_grad_enabled():
+            raise RuntimeError(
+                f'{type(self).__name__} has accumulation=dict(micro_batches='
+                f'{self.micro_batches}) but a training loss was asked of the whole batch in '
+                f'one pass: train it through its train_step (under DDP: the model wrapper '
+                f'GradCacheDistributedDataParallel)')
+        embedded = self.embed(inputs)
+        log = self.batch_losses(embedded.representations)
+        log.update({name: mean for name, (mean, _) in embedded.local_losses.items()})
         return log
+
+    def recompute_inputs(self, inputs: dict, representations: Dict[str, torch.Tensor]
+                         ) -> dict:
+        """What the accumulated step's second pass over a micro-batch reads: ``inputs``
+        (a subclass may substitute what the first pass computed and cannot change)."""
+        return inputs
+
+    def forward(self, inputs, data_samples: Optional[List[DataSample]] = None,
+                mode: str = 'tensor', **kwargs: Any):
+        """mmpretrain's modes, and ``'surrogate'``: the accumulated step's second pass over a
+        micro-batch (through ``forward`` so that DDP sees it), returning
+        :func:`~rils_mm.models.utils.grad_cache.surrogate_loss` of :meth:`embed` with
+        ``kwargs``."""
+        if mode == 'surrogate':
+            return surrogate_loss(self.embed(inputs), module=self, **kwargs)
+        return super().forward(inputs, data_samples, mode)
+
+    def train_step(self, data: Union[dict, tuple, list], optim_wrapper) -> Dict[str, Any]:
+        """mmengine's step, or with ``accumulation`` the accumulated one."""
+        if self.micro_batches == 1:
+            return super().train_step(data, optim_wrapper)
+        return self.accumulated_train_step(data, optim_wrapper)
+
+    def accumulated_train_step(self, data: dict, optim_wrapper, ddp=None) -> Dict[str, Any]:
+        """One optimizer step on the batch in ``micro_batches`` micro-batches, with the whole
+        batch's loss (:func:`~rils_mm.models.utils.grad_cache.accumulated_train_step`).
+
+        Args:
+            data (dict): The dataloader's batch (K x B samples).
+            optim_wrapper (OptimWrapper): The run's optimizer wrapper.
+            ddp (nn.Module, optional): The DDP wrapper holding this model.
+
+        Returns:
+            dict: The logged values.
+        """
+        return accumulated_train_step(self, data, optim_wrapper, self.micro_batches, ddp)

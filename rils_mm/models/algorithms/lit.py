@@ -1,12 +1,12 @@
 """LiT: contrastive tuning of a text tower against a locked, pretrained image tower (Zhai et
 al., "LiT: Zero-Shot Transfer with Locked-image text Tuning", CVPR 2022)."""
-from typing import Dict, List, Optional
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
 from mmpretrain.registry import MODELS
-from mmpretrain.structures import DataSample
 
+from ..utils.grad_cache import Embedded
 from .image_text_pretrainer import ImageTextPretrainer
 
 
@@ -26,6 +26,9 @@ class LiT(ImageTextPretrainer):
     ``image_features`` skips the image tower, and gives the same loss and gradients as the
     images would. The pooling must then have no parameters (``'mean'`` or ``'cls_token'``); the
     head's norm and projection after it still train unless the head is locked too.
+
+    With ``accumulation`` and a locked image tower, the second pass over a micro-batch reads
+    the pooled features of the first instead of running the tower again.
 
     Args:
         **kwargs: ``ImageTextPretrainer`` arguments.
@@ -55,18 +58,18 @@ class LiT(ImageTextPretrainer):
                              "(image_head.pooling='mean' or 'cls_token'); attention pooling "
                              'trains on the tokens themselves')
 
-    def loss(self, inputs: dict, data_samples: Optional[List[DataSample]] = None
-             ) -> Dict[str, torch.Tensor]:
-        """Contrastive loss on a batch.
+    def embed(self, inputs: dict) -> Embedded:
+        """The towers' passes over a batch.
 
         Args:
             inputs (dict): ``texts`` B x 77 ids and either ``images`` B x 3 x H x W
                 (normalised) or ``image_features`` B x C (from the cache; needs a locked image
                 tower).
-            data_samples (list, optional): Unused.
 
         Returns:
-            dict: ``loss_contrastive`` and the logged ``i2t_acc`` and ``logit_scale``.
+            Embedded: ``image_embeddings`` and ``text_embeddings`` (B x D, normalised) and,
+            when the image tower is locked (or its features cached), the pooled
+            ``image_features`` (B x C) they came from.
         """
         if 'image_features' in inputs:
             if not self.image_tower_locked:
@@ -75,12 +78,21 @@ class LiT(ImageTextPretrainer):
                                  'features would change during training')
             self._check_cacheable_pooling()
             features = inputs['image_features']
+        elif self.image_tower_locked and self.image_head.pooling != 'attention':
+            with torch.no_grad():  # nothing to train before the pooling
+                features = self.image_features(inputs['images'])
         else:
-            images = inputs['images']
-            if self.image_tower_locked and self.image_head.pooling != 'attention':
-                with torch.no_grad():  # nothing to train before the pooling
-                    features = self.image_features(images)
-            else:
-                return super().loss(inputs, data_samples)
+            return super().embed(inputs)
         image_embeddings = F.normalize(self.image_head.project(features), dim=-1)
-        return self.contrastive_step_from_embeddings(image_embeddings, inputs['texts'])[2]
+        return Embedded(dict(image_embeddings=image_embeddings,
+                             text_embeddings=self.encode_text(inputs['texts']),
+                             image_features=features), {})
+
+    def recompute_inputs(self, inputs: dict, representations: Dict[str, torch.Tensor]
+                         ) -> dict:
+        """The first pass's pooled features instead of the images, when the tower that
+        made them is locked (the cached-features path gives the same loss and gradients)."""
+        if 'images' in inputs and 'image_features' in representations:
+            return dict(image_features=representations['image_features'],
+                        texts=inputs['texts'])
+        return inputs

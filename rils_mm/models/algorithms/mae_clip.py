@@ -1,11 +1,8 @@
 """MAE+CLIP: the RILS paper's baseline that adds pixel reconstruction to CLIP (Yang et al.,
 2023, arXiv:2301.06958, section 4; MAE: He et al., CVPR 2022)."""
-from typing import Dict, List, Optional
-
-import torch
 from mmpretrain.registry import MODELS
-from mmpretrain.structures import DataSample
 
+from ..utils.grad_cache import Embedded
 from .image_text_pretrainer import ImageTextPretrainer
 
 
@@ -30,21 +27,21 @@ class MAECLIP(ImageTextPretrainer):
         super().__init__(neck=neck, head=head, **kwargs)
         self.pixel_loss_weight = pixel_loss_weight
 
-    def loss(self, inputs: dict, data_samples: Optional[List[DataSample]] = None
-             ) -> Dict[str, torch.Tensor]:
-        """One step.
+    def embed(self, inputs: dict) -> Embedded:
+        """The intact pass, the masked pass with the pixel decoder, the text tower.
 
         Args:
             inputs (dict): ``images`` B x 3 x H x W (normalised), ``texts`` B x 77 ids.
-            data_samples (list, optional): Unused.
 
         Returns:
-            dict: ``loss_contrastive``, ``loss_pixel`` and logged metrics.
+            Embedded: the contrastive embeddings (B x D) and the local ``loss_pixel`` (times
+            ``pixel_loss_weight``): the mean over the masked patches, with their count.
         """
         images = inputs['images']
         tokens = self.image_tokens(images)  # B x (1 + L) x C, intact pass
         latent, mask, ids_restore = self.backbone(images, mask=True)
         predictions = self.neck(latent, ids_restore)  # B x L x (p * p * 3)
-        _, _, log = self.contrastive_step(tokens, inputs['texts'])
-        log['loss_pixel'] = self.pixel_loss_weight * self.head.loss(predictions, images, mask)
-        return log
+        representations = dict(image_embeddings=self.embed_image_tokens(tokens),
+                               text_embeddings=self.encode_text(inputs['texts']))
+        loss_pixel = self.pixel_loss_weight * self.head.loss(predictions, images, mask)
+        return Embedded(representations, dict(loss_pixel=(loss_pixel, mask.sum())))

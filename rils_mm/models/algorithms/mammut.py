@@ -1,6 +1,6 @@
 """MaMMUT: contrastive and captioning learning with one text decoder (Kuo et al., "MaMMUT: A
 Simple Architecture for Joint Learning for MultiModal Tasks", TMLR 2023, arXiv:2303.16839)."""
-from typing import Dict, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -8,6 +8,8 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from torch import nn
 
+from ..utils.grad_cache import Embedded
+from ..utils.precision import at_least_float32
 from .image_text_pretrainer import ImageTextPretrainer
 
 
@@ -71,6 +73,11 @@ class MaMMUT(ImageTextPretrainer):
         Returns:
             torch.Tensor: The mean over the target tokens that are not padding.
         """
+        return self._caption_loss_and_count(tokens, texts)[0]
+
+    def _caption_loss_and_count(self, tokens: torch.Tensor,
+                                texts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`caption_loss` and the number of target tokens it averages over."""
         # Positions after every row's end only predict padding: drop them, and project to the
         # vocabulary only where the target is a real token.
         length = max(int((texts != self.pad_id).sum(1).max()), 2)
@@ -78,17 +85,25 @@ class MaMMUT(ImageTextPretrainer):
         features = self.text_encoder.caption_features(inputs, self.decoder_image_tokens(tokens))
         scored = targets != self.pad_id
         logits = self.text_encoder.lm_head(features[scored])
-        return F.cross_entropy(logits.float(), targets[scored])
+        return F.cross_entropy(at_least_float32(logits), targets[scored]), scored.sum()
 
-    def loss(self, inputs: dict, data_samples: Optional[List[DataSample]] = None
-             ) -> Dict[str, torch.Tensor]:
-        """inputs: dict(images=B x 3 x H x W, texts=B x 77). Returns ``loss_contrastive``,
-        ``loss_caption`` and the logged metrics."""
+    def embed(self, inputs: dict) -> Embedded:
+        """The image tower, the decoder's contrastive pass, and its captioning pass.
+
+        Args:
+            inputs (dict): ``images`` B x 3 x H x W (normalised), ``texts`` B x 77 ids.
+
+        Returns:
+            Embedded: the contrastive embeddings (B x D) and the local ``loss_caption``
+            (times ``caption_loss_weight``): the mean over the batch's target tokens, with
+            their count.
+        """
         tokens = self.image_tokens(inputs['images'])
-        _, _, log = self.contrastive_step(tokens, inputs['texts'])
-        log['loss_caption'] = self.caption_loss_weight * self.caption_loss(tokens,
-                                                                           inputs['texts'])
-        return log
+        representations = dict(image_embeddings=self.embed_image_tokens(tokens),
+                               text_embeddings=self.encode_text(inputs['texts']))
+        caption, count = self._caption_loss_and_count(tokens, inputs['texts'])
+        return Embedded(representations,
+                        dict(loss_caption=(self.caption_loss_weight * caption, count)))
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor, max_length: Optional[int] = None,
@@ -161,11 +176,12 @@ class MaMMUT(ImageTextPretrainer):
         return tokens[:tokens.index(self.eot_id)] if self.eot_id in tokens else tokens
 
     def forward(self, inputs, data_samples: Optional[List[DataSample]] = None,
-                mode: str = 'tensor'):
-        """mmpretrain's ``tensor`` and ``loss`` modes, and ``predict`` (captions)."""
+                mode: str = 'tensor', **kwargs: Any):
+        """mmpretrain's ``tensor`` and ``loss`` modes, ``predict`` (captions), and the
+        accumulated step's ``surrogate``."""
         if mode == 'predict':
             return self.predict(inputs, data_samples)
-        return super().forward(inputs, data_samples, mode)
+        return super().forward(inputs, data_samples, mode, **kwargs)
 
     def predict(self, inputs, data_samples: Optional[List[DataSample]] = None,
                 **kwargs) -> List[DataSample]:

@@ -1,11 +1,11 @@
 """RILS: masked visual Reconstruction In Language semantic Space (Yang et al., 2023,
 arXiv:2301.06958); the method is described in docs/methods/rils.md."""
-from typing import Dict, List, Optional
+from typing import Dict
 
 import torch
 from mmpretrain.registry import MODELS
-from mmpretrain.structures import DataSample
 
+from ..utils.grad_cache import Embedded
 from .image_text_pretrainer import ImageTextPretrainer
 
 
@@ -19,6 +19,10 @@ class RILS(ImageTextPretrainer):
     scored against the prototypes (the batch's captions; fixed random vectors in the
     vision-space ablation) and g is trained to match f on the masked patches
     (``LanguageReconstructionHead``).
+
+    With ``accumulation`` the prototypes are the captions of the whole accumulated batch (all
+    micro-batches, all devices) and the correct-retrieval filter decides over them, as on one
+    step of that batch.
 
     Args:
         neck (dict): The decoder (``RILSDecoder``); its ``embed_dim`` must equal the encoder
@@ -52,24 +56,21 @@ class RILS(ImageTextPretrainer):
             raise ValueError(f'RILS: neck.embed_dim={decoder_out} must equal the encoder '
                              f'width {self.backbone.embed_dims}')
 
-    def loss(self, inputs: dict, data_samples: Optional[List[DataSample]] = None
-             ) -> Dict[str, torch.Tensor]:
-        """One RILS step.
+    def embed(self, inputs: dict) -> Embedded:
+        """The passes of a RILS step over the samples: intact and masked encoder passes, the
+        decoder on the scored patches, the text tower, the projections.
 
         Args:
             inputs (dict): ``images`` B x 3 x H x W (normalised), ``texts`` B x 77 ids.
-            data_samples (list, optional): Unused.
 
         Returns:
-            dict: ``loss_contrastive``, ``loss_reconstruction`` and logged metrics
-            (``i2t_acc``, ``recon_kept``: fraction of samples the filter kept,
-            ``logit_scale``).
+            Embedded: ``image_embeddings`` and ``text_embeddings`` (B x D, normalised),
+            ``predictions`` and ``targets`` (B x M x D, projected into the joint space, M
+            scored patches per sample) and ``scored_mask`` (B x M, 1 where the patch is
+            scored: seen by the intact pass, hidden from the masked pass).
         """
-        images = inputs['images']
-        if self.head.filter_correct and images.shape[0] < 2:
-            raise ValueError('RILS: the correct-retrieval filter needs at least 2 pairs per '
-                             'device (train_dataloader.batch_size); got 1')
-        intact_tokens, targets, latent, has_target, ids_restore = self.encoder_passes(images)
+        intact_tokens, targets, latent, has_target, ids_restore = self.encoder_passes(
+            inputs['images'])
         # Only the scored patches are decoded and projected: the intact pass saw them and
         # the masked pass did not, as many per sample as the two passes' token counts differ.
         num_scored = intact_tokens.shape[1] - latent.shape[1]
@@ -77,11 +78,34 @@ class RILS(ImageTextPretrainer):
         predictions = self.neck(latent, ids_restore, scored)  # B x M x C
         targets = torch.gather(targets, 1, scored.unsqueeze(-1).expand(-1, -1,
                                                                         targets.shape[-1]))
+        return Embedded(
+            dict(image_embeddings=self.embed_image_tokens(intact_tokens),
+                 text_embeddings=self.encode_text(inputs['texts']),
+                 predictions=self.image_head.project(predictions),
+                 targets=self.image_head.project(targets),
+                 scored_mask=torch.gather(has_target, 1, scored)), {})
 
-        contrast, correct, log = self.contrastive_step(intact_tokens, inputs['texts'])
+    def batch_losses(self, representations: Dict[str, torch.Tensor]
+                     ) -> Dict[str, torch.Tensor]:
+        """The contrastive loss and the reconstruction scored against the batch's captions.
+
+        Args:
+            representations (dict): :meth:`embed`'s, for the whole (per-device) batch.
+
+        Returns:
+            dict: ``loss_contrastive``, ``loss_reconstruction`` and logged metrics
+            (``i2t_acc``, ``recon_kept``: fraction of samples the filter kept,
+            ``logit_scale``).
+        """
+        image_embeddings = representations['image_embeddings']
+        if self.head.filter_correct and image_embeddings.shape[0] < 2:
+            raise ValueError('RILS: the correct-retrieval filter needs at least 2 pairs per '
+                             'device (train_dataloader.batch_size); got 1')
+        contrast, correct, log = self.contrastive_losses(image_embeddings,
+                                                         representations['text_embeddings'])
         loss_rec, weights = self.head.loss(
-            self.image_head.project(predictions), self.image_head.project(targets),
-            contrast.text_features_all, torch.gather(has_target, 1, scored), correct)
+            representations['predictions'], representations['targets'],
+            contrast.text_features_all, representations['scored_mask'], correct)
         log['loss_reconstruction'] = loss_rec
         log['recon_kept'] = (weights.sum(dim=1) > 0).float().mean()
         return log

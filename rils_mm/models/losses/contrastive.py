@@ -9,6 +9,8 @@ from mmengine.dist import get_rank, get_world_size
 from mmpretrain.registry import MODELS
 from torch import nn
 
+from ..utils.precision import at_least_float32
+
 
 def gather_features(features: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
     """Concatenate every process's rows, in rank order.
@@ -111,7 +113,8 @@ class ContrastiveLoss(nn.Module):
         Returns:
             ContrastiveOutput: the loss and what it was computed from.
         """
-        image_features, text_features = image_features.float(), text_features.float()
+        image_features = at_least_float32(image_features)
+        text_features = at_least_float32(text_features)
         logits_per_image, logits_per_text, text_features_all = self.get_logits(
             image_features, text_features, logit_scale)
         labels = self.get_ground_truth(image_features.device, image_features.shape[0])

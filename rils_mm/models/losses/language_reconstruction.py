@@ -8,6 +8,8 @@ from mmengine.dist import get_world_size
 from mmpretrain.registry import MODELS
 from torch import nn
 
+from ..utils.precision import at_least_float32
+
 
 def _tiles(total: int, size: int):
     """Slices of ``range(total)`` of at most ``size`` elements."""
@@ -85,8 +87,9 @@ def tiled_language_kl(student: torch.Tensor, teacher: torch.Tensor, prototypes: 
                       tile: int = 2048) -> torch.Tensor:
     """KL(teacher || student) per row between softmaxes over prototypes, in bounded memory.
 
-    Computed in float32 with autocast off (the teacher temperature of 0.04 puts logits at up
-    to 25, where half precision loses the small probabilities the KL weighs).
+    Computed in float32 (float64 inputs stay float64) with autocast off (the teacher
+    temperature of 0.04 puts logits at up to 25, where half precision loses the small
+    probabilities the KL weighs).
 
     Args:
         student (torch.Tensor): L2-normalised student features, N x D (gradient flows).
@@ -101,8 +104,9 @@ def tiled_language_kl(student: torch.Tensor, teacher: torch.Tensor, prototypes: 
         torch.Tensor: N per-row KL divergences.
     """
     with torch.autocast(student.device.type, enabled=False):
-        return _TiledLanguageKL.apply(student.float(), teacher.detach().float(),
-                                      prototypes.float(), student_temperature,
+        return _TiledLanguageKL.apply(at_least_float32(student),
+                                      at_least_float32(teacher.detach()),
+                                      at_least_float32(prototypes), student_temperature,
                                       teacher_temperature, tile)
 
 
@@ -175,11 +179,12 @@ class LanguageSpaceReconstructionLoss(nn.Module):
     def dense_kl(self, pred_features: torch.Tensor, target_features: torch.Tensor,
                  prototypes: torch.Tensor) -> torch.Tensor:
         """KL(p || q) of every patch at once: B x L x D features, P x D -> B x L."""
-        prototypes = prototypes.float()
-        student_logits = F.normalize(pred_features.float(), dim=-1) @ prototypes.t()
+        prototypes = at_least_float32(prototypes)
+        student_logits = F.normalize(at_least_float32(pred_features), dim=-1) @ prototypes.t()
         student_logits = student_logits / self.student_temperature
         with torch.no_grad():
-            teacher_logits = F.normalize(target_features.float(), dim=-1) @ prototypes.t()
+            teacher_logits = F.normalize(at_least_float32(target_features),
+                                         dim=-1) @ prototypes.t()
             teacher_logits = teacher_logits / self.teacher_temperature
         return F.kl_div(F.log_softmax(student_logits, dim=-1),
                         F.log_softmax(teacher_logits, -1),
@@ -214,9 +219,11 @@ class LanguageSpaceReconstructionLoss(nn.Module):
             # Score only what contributes: the weights are 0 or 1.
             rows = weights.flatten().nonzero().squeeze(1)
             dims = pred_features.shape[-1]
-            student = F.normalize(pred_features.reshape(-1, dims)[rows].float(), dim=-1)
+            student = F.normalize(at_least_float32(pred_features.reshape(-1, dims)[rows]),
+                                  dim=-1)
             with torch.no_grad():
-                teacher = F.normalize(target_features.reshape(-1, dims)[rows].float(), dim=-1)
+                teacher = F.normalize(
+                    at_least_float32(target_features.reshape(-1, dims)[rows]), dim=-1)
             total = tiled_language_kl(student, teacher, prototypes,
                                       self.student_temperature, self.teacher_temperature,
                                       self.chunk_size).sum()
