@@ -22,7 +22,7 @@ import functools
 import numpy as np
 import torch
 
-from .atomic_saving import atomic_write_bytes, install_atomic_checkpoints
+from .atomic_saving import CheckpointSaveError, atomic_write_bytes, install_atomic_checkpoints
 from .config_text import install_fast_config_text
 from .epoch_resume import install_mid_epoch_resume
 from .parameter_reports import install_parameter_reports
@@ -32,7 +32,8 @@ from .safe_loading import (CheckpointKeysError, CheckpointLoadError, DamagedChec
 
 __all__ = [
     'apply_all', 'CheckpointKeysError', 'CheckpointLoadError', 'DamagedCheckpointError',
-    'MissingCheckpointError', 'UnsafeCheckpointError', 'weights_only_load', 'atomic_write_bytes'
+    'MissingCheckpointError', 'UnsafeCheckpointError', 'weights_only_load', 'atomic_write_bytes',
+    'CheckpointSaveError'
 ]
 
 
