@@ -123,12 +123,13 @@ def test_two_runs_into_one_work_dir(tmp_path):
             assert first.poll() is None, first.stderr.read()[-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        holder = json.loads((work_dir / LOCK_NAME).read_text())
-        assert holder['pid'] == first.pid
-
-        second = subprocess.run(train_command(work_dir, data_root, 1), cwd=REPO, env=env,
-                                capture_output=True, text=True, timeout=300)
+        # A job resubmitted while it still runs: before, the second run resumed from the
+        # first one's checkpoints and both wrote the same files, each ending with status 0
+        # (without --resume the checkpoints alone refuse it, once there are some).
+        second = subprocess.run(train_command(work_dir, data_root, 1, '--resume'), cwd=REPO,
+                                env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 2, second.stderr[-3000:]
+        assert json.loads((work_dir / LOCK_NAME).read_text())['pid'] == first.pid
         lines = [line for line in second.stderr.splitlines() if 'error:' in line]
         assert len(lines) == 1 and 'Traceback' not in second.stderr
         assert lines[0].startswith(f'tools/train.py: error: work dir {work_dir} is in use by '
