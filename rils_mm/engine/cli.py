@@ -110,9 +110,11 @@ def check_config_syntax(config: str, _seen: Optional[set] = None) -> None:
                 and getattr(node.targets[0], 'id', None) == '_base_'):
             try:
                 bases = ast.literal_eval(node.value)
-            except ValueError:
+            except ValueError:  # not a literal: left to mmengine
                 return
-            for base in [bases] if isinstance(bases, str) else list(bases):
+            if not isinstance(bases, (str, list, tuple)):
+                return
+            for base in [bases] if isinstance(bases, str) else bases:
                 if isinstance(base, str) and '::' not in base:
                     check_config_syntax(osp.join(osp.dirname(config), base), seen)
 
