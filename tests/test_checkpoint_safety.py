@@ -391,3 +391,55 @@ def test_crafted_checkpoint_is_refused_by_the_training_tool(crafted, tmp_path, h
              if line.startswith('tools/train.py: error:')]
     assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
     assert f'refused to load {path}: it holds the Python object posix.system' in lines[0]
+
+
+def no_space_after(limit):
+    """A stand-in for atomic_saving._write_durably that writes ``limit`` bytes of a file
+    and then fails as a full disk does."""
+    import errno
+
+    def write(path, data):
+        with open(path, 'wb') as file:
+            file.write(data[:limit])
+        if len(data) > limit:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    return write
+
+
+def test_a_full_disk_during_an_atomic_write_leaves_the_old_file(tmp_path, monkeypatch):
+    from rils_mm.compat import atomic_saving
+    target = tmp_path / 'last_checkpoint'
+    atomic_saving.atomic_write_bytes(b'old contents', target)
+    monkeypatch.setattr(atomic_saving, '_write_durably', no_space_after(4))
+    with pytest.raises(OSError, match='No space left on device'):
+        atomic_saving.atomic_write_bytes(b'new, longer contents', target)
+    assert target.read_bytes() == b'old contents'
+    assert os.listdir(tmp_path) == ['last_checkpoint']  # no partial file
+
+
+def test_a_full_disk_during_a_checkpoint_save_stops_the_run_in_one_line(tmp_path,
+                                                                        monkeypatch):
+    """In this process: the Runner's second save (iter_4) meets a full disk."""
+    from rils_mm.compat import CheckpointSaveError, atomic_saving
+    namespace = {}
+    exec(TOY_RUNNER, namespace)
+    runner = namespace['runner'](str(tmp_path), 6, keep=1)
+    write = atomic_saving._write_durably
+
+    def disk_fills_at_iter_4(path, data):
+        if '/iter_4.pth' in path:
+            return no_space_after(100)(path, data)
+        return write(path, data)
+
+    monkeypatch.setattr(atomic_saving, '_write_durably', disk_fills_at_iter_4)
+    with pytest.raises(CheckpointSaveError) as error:
+        runner.train()
+    assert str(error.value) == (
+        f'cannot save checkpoint {tmp_path}/iter_4.pth: No space left on device (ENOSPC); '
+        f'nothing was replaced and no partial file was left; the previous checkpoint '
+        f'{tmp_path}/iter_2.pth is intact: free space (or fix the cause) and continue the run '
+        f'with --resume')
+    assert [p.name for p in tmp_path.glob('*.pth*')] == ['iter_2.pth']  # and no .partial-
+    assert (tmp_path / 'last_checkpoint').read_text() == f'{tmp_path}/iter_2.pth'
+    assert torch.load(tmp_path / 'iter_2.pth', weights_only=True)['meta']['iter'] == 2

@@ -27,7 +27,7 @@ import functools
 import numpy as np
 import torch
 
-from .atomic_saving import atomic_write_bytes, install_atomic_checkpoints
+from .atomic_saving import CheckpointSaveError, atomic_write_bytes, install_atomic_checkpoints
 from .config_text import install_fast_config_text
 from .data_files import DataFileError, UnsafeDataFileError, install_data_file_handlers
 from .epoch_resume import install_mid_epoch_resume
@@ -40,7 +40,8 @@ from .torchscript_weights import is_torchscript_archive, torchscript_state_dict
 __all__ = [
     'apply_all', 'CheckpointKeysError', 'CheckpointLoadError', 'DamagedCheckpointError',
     'MissingCheckpointError', 'UnsafeCheckpointError', 'weights_only_load', 'atomic_write_bytes',
-    'is_torchscript_archive', 'torchscript_state_dict', 'DataFileError', 'UnsafeDataFileError'
+    'is_torchscript_archive', 'torchscript_state_dict', 'DataFileError', 'UnsafeDataFileError',
+    'CheckpointSaveError'
 ]
 
 

@@ -7,13 +7,25 @@ writes the new one. A kill during a save therefore leaves a truncated ``epoch_N.
 same folder that is flushed to disk and renamed over the target (a rename within a file system
 is atomic), ``last_checkpoint`` is written the same way, and the oldest checkpoint is removed
 only after the new one is in place.
+
+A save that fails (a full disk, a quota, an I/O error) therefore loses nothing: the temporary
+file is removed, the previous checkpoint and ``last_checkpoint`` are as they were, and the run
+stops with a :class:`CheckpointSaveError` whose one-line message says so and names the
+checkpoint to ``--resume`` from.
 """
+import errno
 import os
 import os.path as osp
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
-__all__ = ['atomic_write_bytes', 'PARTIAL_SUFFIX', 'install_atomic_checkpoints']
+__all__ = ['atomic_write_bytes', 'PARTIAL_SUFFIX', 'install_atomic_checkpoints',
+           'CheckpointSaveError']
+
+
+class CheckpointSaveError(RuntimeError):
+    """Saving a checkpoint failed; nothing already saved was changed (the message says what
+    the previous checkpoint is and how to go on)."""
 
 # Temporary files end in ``<PARTIAL_SUFFIX><pid>``; a kill can leave one behind, never a
 # truncated file under the real name.
@@ -32,10 +44,7 @@ def atomic_write_bytes(data: bytes, path: Union[str, Path]) -> None:
     os.makedirs(folder, exist_ok=True)
     partial = f'{path}{PARTIAL_SUFFIX}{os.getpid()}'
     try:
-        with open(partial, 'wb') as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+        _write_durably(partial, data)
         os.replace(partial, path)
     except OSError as error:
         if error.filename is not None or error.errno is None:
@@ -55,6 +64,26 @@ def atomic_write_bytes(data: bytes, path: Union[str, Path]) -> None:
         pass
 
 
+def _write_durably(path: str, data: bytes) -> None:
+    """Write ``data`` to a new file ``path`` and flush it to the disk."""
+    with open(path, 'wb') as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _save_failed(error: OSError, path: str, previous: Optional[str]) -> CheckpointSaveError:
+    """The one-line error of a checkpoint save that raised ``error``."""
+    code = f' ({errno.errorcode[error.errno]})' if error.errno in errno.errorcode else ''
+    reason = f'{error.strerror or error}{code}'
+    kept = (f'the previous checkpoint {previous} is intact: free space (or fix the cause) and '
+            f'continue the run with --resume' if previous and osp.isfile(previous) else
+            'no checkpoint of this run had been saved yet')
+    return CheckpointSaveError(
+        f'cannot save checkpoint {path}: {reason}; nothing was replaced and no partial file '
+        f'was left; {kept}')
+
+
 def _save_checkpoint_with_step(self, runner, step, meta):
     """``CheckpointHook._save_checkpoint_with_step`` that removes old files after saving."""
     from mmengine.dist import is_main_process
@@ -66,21 +95,26 @@ def _save_checkpoint_with_step(self, runner, step, meta):
         runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
 
     ckpt_filename = self.filename_tmpl.format(step)
+    previous = runner.message_hub.get_info('last_ckpt')  # also after a resume
     self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
     runner.message_hub.update_info('last_ckpt', self.last_ckpt)
-    runner.save_checkpoint(
-        self.out_dir,
-        ckpt_filename,
-        self.file_client_args,
-        save_optimizer=self.save_optimizer,
-        save_param_scheduler=self.save_param_scheduler,
-        meta=meta,
-        by_epoch=self.by_epoch,
-        backend_args=self.backend_args,
-        **self.args)
-    if not is_main_process():
-        return
-    atomic_write_bytes(str(self.last_ckpt).encode(), osp.join(runner.work_dir, 'last_checkpoint'))
+    try:
+        runner.save_checkpoint(
+            self.out_dir,
+            ckpt_filename,
+            self.file_client_args,
+            save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler,
+            meta=meta,
+            by_epoch=self.by_epoch,
+            backend_args=self.backend_args,
+            **self.args)
+        if not is_main_process():
+            return
+        atomic_write_bytes(str(self.last_ckpt).encode(),
+                           osp.join(runner.work_dir, 'last_checkpoint'))
+    except OSError as error:
+        raise _save_failed(error, self.last_ckpt, previous) from error
     if expired is not None and expired != step:
         expired_path = self.file_backend.join_path(self.out_dir,
                                                    self.filename_tmpl.format(expired))

@@ -13,7 +13,7 @@ from .caption_datasets import (BaseImageTextDataset, CocoCaptionDataset, CsvImag
                                JsonlImageTextDataset)
 from .demo_shapes import DemoShapesShardDataset, ensure_demo_shapes, generate_demo_shapes
 from .few_shot import FewShotDataset, few_shot_indices
-from .image_text_shards import ImageTextShardDataset
+from .image_text_shards import DataStreamError, ImageTextShardDataset
 from .resources import (DATA_DIR, load_class_subset, load_classnames, load_templates,
                         read_lines, resolve_data_file)
 from .shard_tools import ShardWriter, inspect_shards, make_shards
@@ -22,8 +22,8 @@ from .shards import expand_shard_urls, scan_shard
 __all__ = [
     'BadSampleError', 'counts_from_batch', 'BaseImageTextDataset', 'CocoCaptionDataset',
     'CsvImageTextDataset', 'JsonlImageTextDataset', 'DemoShapesShardDataset',
-    'ensure_demo_shapes', 'generate_demo_shapes', 'ImageTextShardDataset', 'ShardWriter',
-    'inspect_shards', 'make_shards', 'expand_shard_urls', 'scan_shard', 'FewShotDataset',
-    'few_shot_indices', 'DATA_DIR', 'load_class_subset', 'load_classnames', 'load_templates',
-    'read_lines', 'resolve_data_file'
+    'ensure_demo_shapes', 'generate_demo_shapes', 'ImageTextShardDataset', 'DataStreamError',
+    'ShardWriter', 'inspect_shards', 'make_shards', 'expand_shard_urls', 'scan_shard',
+    'FewShotDataset', 'few_shot_indices', 'DATA_DIR', 'load_class_subset', 'load_classnames',
+    'load_templates', 'read_lines', 'resolve_data_file'
 ]

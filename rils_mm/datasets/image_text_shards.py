@@ -71,6 +71,12 @@ from .shards import (CAPTION_EXT, IMAGE_EXTS, REMOTE_BACKOFF, REMOTE_RETRIES, Sa
 STREAM_STATE_KEY = 'stream_state'
 
 
+class DataStreamError(RuntimeError):
+    """The stream has nothing left to yield (every shard unreadable, say a server that went
+    away or ignores range requests); the message names the shards and the last shard error.
+    ``tools/train.py`` prints it as one line."""
+
+
 class _ShardFailure:
     """Stream entry standing for a shard (or its tail) that could not be read.
 
@@ -485,7 +491,7 @@ class ImageTextShardDataset(IterableDataset):
             # An endless stream with nothing to yield would hang the trainer: fail loudly.
             idle_epochs = idle_epochs + 1 if (skip == 0 and good_in_epoch == 0) else 0
             if idle_epochs >= 3:
-                raise RuntimeError(
+                raise DataStreamError(
                     f'Rank {self.rank} dataloader worker {worker_id} (role {global_role} of '
                     f'{num_roles}) found no usable sample in {idle_epochs} epochs of '
                     f'{len(self.shards)} shard(s) (skipped: {dict(skipped) or "none"}). '

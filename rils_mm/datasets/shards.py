@@ -242,7 +242,13 @@ def call_with_retries(fn: Callable[[], _T], what: str, retries: int, backoff: fl
 
 def describe_error(error: BaseException) -> str:
     """``Type: message`` (many network errors have an empty message), with the error it was
-    raised from (fsspec's HTTP file system reports a 500 as ``FileNotFoundError``)."""
+    raised from (fsspec's HTTP file system reports a 500 as ``FileNotFoundError``). fsspec's
+    advice for a server without range requests (open the file as a stream) does not apply to
+    shards, which are read by ranges; that case is said in our words."""
+    if isinstance(error, ValueError) and 'support range requests' in str(error):
+        return ('the HTTP server does not answer range requests (the Range header), which '
+                'reading shards needs; serve them with one that does (nginx, Apache, S3, GCS; '
+                'not Python\'s http.server)')
     text = f'{type(error).__name__}: {error}' if str(error) else type(error).__name__
     if error.__cause__ is not None:
         text += f' (from {describe_error(error.__cause__)})'

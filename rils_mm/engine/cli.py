@@ -6,8 +6,32 @@ any mmpretrain, mmdet or mmseg config. What they add: the config is checked and 
 model, dataloaders and evaluators are built before anything runs, and a mistake found there
 (missing file, unknown key, unknown type, bad value) is reported in one line that names it,
 with exit status 2, instead of a traceback from inside the Runner (``--debug`` shows it).
+
+Also one line, exit status 1: a checkpoint that cannot be loaded or saved, a run stopped by a
+check, a data stream with nothing left to read. In detail:
+
+- Work dir lock: a training run holds ``<work dir>/train.lock`` while it runs; a second run
+  into the same work dir is refused with one line naming the holder's host, pid and start
+  (:mod:`rils_mm.tools.work_dir_lock`, which also says when a lock left by a dead run is taken
+  over). ``tools/test.py`` takes no lock: it writes no checkpoint.
+- Strict loading: ``load_from`` (evaluation, fine-tuning) and ``--resume`` load every key of
+  the checkpoint into the model and refuse a checkpoint whose keys are missing, unexpected or
+  of another shape, listing them (:mod:`rils_mm.tools.checked_loading`). The opt-out for
+  checkpoints meant to differ, such as a fine-tuning run whose classifier head is new, is in
+  the config (or ``--cfg-options``):
+
+  - ``load_from_ignore_keys = ['head.*']``: fnmatch patterns of keys allowed to be missing,
+    unexpected or of another shape (those weights keep the model's initialisation);
+  - ``load_from_strict = False``: load what fits and only log the rest (mmengine's default).
+
+  ``--resume`` ignores both: the model and the optimizer's parameter groups (count and sizes)
+  must be those of the checkpoint, checked before the first step. Backbones that load
+  pretrained weights through ``init_cfg`` (``Pretrained``/``CheckedPretrained`` with a
+  ``prefix``, as in the detection and segmentation configs) are partial by design and checked
+  by :func:`rils_mm.models.utils.load_checked` instead.
 """
 import argparse
+import ast
 import glob
 import inspect
 import math
@@ -26,14 +50,20 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import rils_mm  # noqa: F401  (compatibility fixes and registration before the Runner starts)
-from rils_mm.compat import CheckpointLoadError, DamagedCheckpointError
+from rils_mm.compat import (CheckpointKeysError, CheckpointLoadError, CheckpointSaveError,
+                            DamagedCheckpointError)
+from rils_mm.datasets import DataStreamError
 from rils_mm.engine.errors import RunStopped, storage_full_message
+from rils_mm.models.utils.checkpoint_loading import describe_torch_load_error
+from rils_mm.tools.checked_loading import LOAD_OPTION_KEYS, install_checked_loading
+from rils_mm.tools.work_dir_lock import WorkDirLocked, hold_work_dir
 
 # Top-level keys the Runner (and the OpenMMLab tools) read; --cfg-options may set these even
 # when the config does not, any other new top-level key is most likely a typo.
 RUNNER_KEYS = set(inspect.signature(Runner.__init__).parameters) - {'self'} | {
     'runner_type', 'auto_scale_lr', 'custom_imports', 'default_scope', 'find_unused_parameters',
-    'model_wrapper_cfg', 'launcher', 'work_dir', 'resume', 'load_from', 'randomness'}
+    'model_wrapper_cfg', 'launcher', 'work_dir', 'resume', 'load_from', 'randomness',
+    *LOAD_OPTION_KEYS}
 
 BUILD_ERRORS = (FileNotFoundError, KeyError, TypeError, ValueError, ImportError,
                 AttributeError, AssertionError, NotImplementedError)
@@ -61,11 +91,45 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help='show full tracebacks for configuration errors')
 
 
+def check_config_syntax(config: str, _seen: Optional[set] = None) -> None:
+    """Refuse a Python config that does not parse, or inherits (``_base_``) from one that does
+    not, naming the file, line and problem."""
+    seen = set() if _seen is None else _seen
+    if not config.endswith('.py') or config in seen or not osp.isfile(config):
+        return
+    seen.add(config)
+    with open(config, encoding='utf-8') as file:
+        source = file.read()
+    try:
+        tree = ast.parse(source, filename=config)
+    except SyntaxError as err:
+        where = f'{config}, line {err.lineno}' if err.lineno else config
+        code = f': {err.text.strip()}' if err.text and err.text.strip() else ''
+        raise UsageError(f'syntax error in config {where}: {err.msg}{code}') from None
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and getattr(node.targets[0], 'id', None) == '_base_'):
+            try:
+                bases = ast.literal_eval(node.value)
+            except ValueError:  # not a literal: left to mmengine
+                return
+            if not isinstance(bases, (str, list, tuple)):
+                return
+            for base in [bases] if isinstance(bases, str) else bases:
+                if isinstance(base, str) and '::' not in base:
+                    check_config_syntax(osp.join(osp.dirname(config), base), seen)
+
+
 def load_config(config: str, cfg_options: Optional[dict]) -> Config:
     """Load a config and merge overrides, rejecting unknown top-level override keys."""
     if not osp.isfile(config):
         raise UsageError(f'config file not found: {config}')
-    cfg = Config.fromfile(config)
+    check_config_syntax(config)
+    try:
+        cfg = Config.fromfile(config)
+    except SyntaxError as err:  # in a file found otherwise (mmengine may name it)
+        raise UsageError(f'syntax error in config {config} or a file it reads: '
+                         f'{" ".join(str(err).split())}') from None
     if cfg_options:
         unknown = sorted({key.split('.')[0] for key in cfg_options} - set(cfg) - RUNNER_KEYS)
         if unknown:
@@ -334,10 +398,52 @@ def check_load_from(cfg: Config) -> None:
         raise UsageError(f'load_from: checkpoint not found: {load_from}')
 
 
-def build_runner(cfg: Config) -> Runner:
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+def _checkpoint_files(node) -> List[str]:
+    """The ``pretrained``/``checkpoint`` file names in a model config."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ('pretrained', 'checkpoint') and isinstance(value, str):
+                found.append(value)
+            else:
+                found += _checkpoint_files(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            found += _checkpoint_files(value)
+    return found
+
+
+def build_runner(cfg: Config, config: str = 'the config') -> Runner:
+    """Build the Runner (and with it the model) of ``cfg``, loading ``load_from`` and
+    ``--resume`` checkpoints strictly (:mod:`rils_mm.tools.checked_loading`).
+
+    A model that loads weights itself while it is built (``OpenCLIPModel``'s ``pretrained``,
+    which open_clip loads strictly) and finds them not fitting raises torch's multi-line load
+    error; it becomes a one-line :class:`CheckpointKeysError` naming the file.
+    """
+    try:
+        runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    except RuntimeError as err:
+        summary = describe_torch_load_error(err)
+        if summary is None:
+            raise
+        files = _checkpoint_files(cfg.get('model'))
+        source = files[0] if len(files) == 1 else 'a checkpoint named in the model config'
+        raise CheckpointKeysError(f'{source} does not fit the model of {config}: '
+                                  f'{summary}') from None
+    install_checked_loading(runner, config, bool(cfg.get('load_from_strict', True)),
+                            cfg.get('load_from_ignore_keys') or ())
+    return runner
+
+
+def one_line_message(err: BaseException) -> str:
+    """``str(err)`` on one line; for an error a DataLoader worker raised, the worker's own
+    message without the traceback torch adds."""
+    text = str(err)
+    if 'Original Traceback' in text:
+        marker = f'{type(err).__name__}: '
+        text = text.rsplit(marker, 1)[-1] if marker in text else text.splitlines()[-1]
+    return ' '.join(text.split())
 
 
 def run_cli(main: Callable[[List[str]], None], argv: Optional[List[str]] = None,
@@ -380,12 +486,12 @@ def _run_reporting_errors(main: Callable[[List[str]], None], argv: List[str], pr
             raise
         print(f'{prog}: error: {err}', file=sys.stderr)
         return 2
-    except (RunStopped, CheckpointLoadError) as err:
-        # A check stopped the run, or a checkpoint was refused: the message says it all, and
-        # the files already written are untouched.
+    except (RunStopped, CheckpointLoadError, CheckpointSaveError, DataStreamError) as err:
+        # A check stopped the run, a checkpoint was refused or could not be saved, the data
+        # ran dry: the message says it all, and the files already written are untouched.
         if debug:
             raise
-        print(f'{prog}: error: {" ".join(str(err).split())}', file=sys.stderr)
+        print(f'{prog}: error: {one_line_message(err)}', file=sys.stderr)
         return 1
     except OSError as err:
         message = storage_full_message(err)
@@ -484,6 +590,25 @@ def train_main(argv: List[str]) -> Runner:
         cfg = load_config(args.config, args.cfg_options)
         cfg.launcher = args.launcher
         set_work_dir(cfg, args.config, args.work_dir)
+        check_writable(cfg.work_dir)
+    except UsageError:
+        raise
+    except BUILD_ERRORS as err:
+        raise as_usage_error(err, args.config) from err
+    try:
+        # Held from before the work dir's checkpoints are looked at until the run ends.
+        with hold_work_dir(cfg.work_dir):
+            runner = build_train_runner(cfg, args)
+            runner.train()
+    except WorkDirLocked as err:
+        raise UsageError(str(err)) from None
+    return runner
+
+
+def build_train_runner(cfg: Config, args: argparse.Namespace) -> Runner:
+    """The training Runner of ``cfg`` and the parsed ``tools/train.py`` arguments, with its
+    loops built, so that config mistakes surface before anything runs."""
+    try:
         if args.no_validate:
             cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
         if args.amp:
@@ -492,7 +617,6 @@ def train_main(argv: List[str]) -> Runner:
                                  'train in mixed precision on the CPU')
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-        check_writable(cfg.work_dir)
         configure_resume(cfg, args.resume, args.overwrite)
         check_load_from(cfg)
         check_learning_rates(cfg)
@@ -502,7 +626,7 @@ def train_main(argv: List[str]) -> Runner:
             cfg.auto_scale_lr.enable = True
         check_train_config(cfg)
         prepare_dataloader_defaults(cfg)
-        runner = build_runner(cfg)
+        runner = build_runner(cfg, args.config)
         # Build the lazily built parts now, so that config mistakes surface here.
         runner.train_loop  # noqa: B018
         if cfg.get('val_cfg'):
@@ -511,7 +635,6 @@ def train_main(argv: List[str]) -> Runner:
         raise
     except BUILD_ERRORS as err:
         raise as_usage_error(err, args.config) from err
-    runner.train()
     return runner
 
 
@@ -541,7 +664,7 @@ def test_main(argv: List[str]) -> dict:
             cfg.load_from = args.checkpoint
         check_load_from(cfg)
         prepare_dataloader_defaults(cfg)
-        runner = build_runner(cfg)
+        runner = build_runner(cfg, args.config)
         runner.test_loop  # noqa: B018
     except UsageError:
         raise

@@ -1,7 +1,11 @@
-"""Library side of the command-line tools in ``tools/model_converters/``.
+"""Library side of the command-line tools.
 
-- :mod:`.converters`: checked conversions between checkpoint key layouts.
-- :mod:`.model_converters`: argument parsing, saving, verification and reports.
+- :mod:`.converters`: checked conversions between checkpoint key layouts
+  (``tools/model_converters/``).
+- :mod:`.model_converters`: argument parsing, saving, verification and reports (the same).
+- :mod:`.work_dir_lock`: one ``tools/train.py`` run per work dir.
+- :mod:`.checked_loading`: strict ``load_from`` and ``--resume`` loads for the Runner of
+  ``tools/train.py`` and ``tools/test.py`` (driven by :mod:`rils_mm.engine.cli`).
 
 Tools sit on top of the package: they may import every other subpackage.
 """

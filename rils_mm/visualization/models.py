@@ -13,6 +13,7 @@ A config whose model is a zero-shot wrapper (``ZeroShotClassifier``/``ZeroShotRe
 read as the model it wraps.
 """
 import os.path as osp
+import re
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -121,12 +122,24 @@ def load_image(path: str, model: nn.Module) -> Tuple[np.ndarray, torch.Tensor]:
         tuple: the cropped image (H x W x 3 uint8, RGB, for drawing) and the model input
         (1 x 3 x H x W float, normalised, on the model's device).
     """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
     if not osp.isfile(path):
         raise VisualizationInputError(f'image not found: {path}')
     try:
-        with Image.open(path) as file:
-            image = file.convert('RGB')
+        # PIL warns above Image.MAX_IMAGE_PIXELS and refuses above twice that; both are
+        # refused here, from the header, before any pixel is decoded.
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', Image.DecompressionBombWarning)
+            with Image.open(path) as file:
+                image = file.convert('RGB')
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        size = re.search(r'\((\d+) pixels\)', str(error))
+        raise VisualizationInputError(
+            f'image {path} has {size.group(1) if size else "too many"} pixels, more than the '
+            f'{Image.MAX_IMAGE_PIXELS} PIL decodes without a decompression-bomb warning; '
+            f'refused without decoding it (downscale it first if it is genuine)') from None
     except (UnidentifiedImageError, OSError) as error:
         raise VisualizationInputError(f'cannot read image {path}: {error}') from None
     height, width = input_size(model)

@@ -3,6 +3,7 @@ scans by range reads, exact resume, and retries then skipping of a shard whose s
 import os
 import os.path as osp
 import re
+import subprocess
 import sys
 import threading
 import uuid
@@ -351,7 +352,7 @@ def test_a_server_without_range_requests_is_named_in_the_stopping_error(server):
     # Python's http.server ignores Range: no shard can be scanned, and the error that stops
     # the stream says why, not only that nothing was usable.
     server.ranges = False
-    with pytest.raises(RuntimeError, match='no usable sample.*support range requests'):
+    with pytest.raises(RuntimeError, match='no usable sample.*answer range requests'):
         take(make_loader(f'{server.url}/shards/{PATTERN}'), 1)
 
 
@@ -389,3 +390,66 @@ def test_local_shards_still_use_plain_files(www, monkeypatch):
     reader = ShardReader()
     assert reader.read(refs[0], 'txt') == b'caption 0'
     reader.close()
+
+
+# --- tools/train.py on HTTP shards, in its own process -----------------------------------------
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+TRAIN_ON_URL = '''_base_ = [{demo!r}]
+model = dict(
+    backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=1, num_heads=2,
+                            feedforward_channels=64), img_size=32),
+    neck=dict(num_patches=16, embed_dim=32, decoder_embed_dim=32, decoder_num_heads=2),
+    text_encoder=dict(width=32, layers=1, heads=2, output_dim=16), embed_dims=16)
+train_cfg = dict(max_epochs=3)
+train_dataloader = dict(batch_size=8, num_workers={workers}, persistent_workers={persistent},
+                        dataset=dict(
+    _delete_=True, type='ImageTextShardDataset', shards={shards!r}, remote_retries=0,
+    samples_per_epoch=16, batch_size=8, shuffle_buffer=4,
+    pipeline=[dict(type='LoadImageRGB', min_size=4),
+              dict(type='RandomResizedCrop', scale=32, crop_ratio_range=(0.5, 1.0),
+                   interpolation='bicubic', backend='pillow'),
+              dict(type='CLIPTokenize', context_length=77), dict(type='PackImageText')]))
+'''
+
+
+def train_on_url(tmp_path, server, workers):
+    config = tmp_path / 'train_on_url.py'
+    config.write_text(TRAIN_ON_URL.format(
+        demo=osp.join(REPO, 'configs', 'rils', 'demo_cpu.py'), workers=workers,
+        persistent=workers > 0, shards=f'{server.url}/shards/{PATTERN}'))
+    return subprocess.run([sys.executable, 'tools/train.py', str(config), '--work-dir',
+                           str(tmp_path / 'work')], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+
+
+def stopping_line(result):
+    lines = [line for line in result.stderr.splitlines() if 'error:' in line]
+    assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 1
+    return lines[0]
+
+
+def test_train_tool_on_a_server_without_range_requests_stops_in_one_line(tmp_path, server):
+    server.ranges = False
+    line = stopping_line(train_on_url(tmp_path, server, workers=0))
+    assert line.startswith('tools/train.py: error: Rank 0 dataloader worker 0 (role 0 of 1) '
+                           'found no usable sample in 3 epochs of 5 shard(s)')
+    assert 'the HTTP server does not answer range requests (the Range header)' in line
+
+
+def test_train_tool_whose_server_dies_mid_epoch_stops_in_one_line(tmp_path, server):
+    """After a few reads every request is answered with a closed connection; the run (two
+    dataloader workers) stops with the workers' message, not the traceback torch wraps it in."""
+    answer = server.answer
+
+    def dies_after_some_reads(handler, body):
+        if len(server.requests('shards/00000.tar', 'GET')) >= 3:
+            for index in range(5):
+                server.fail[f'shards/{index:05d}.tar'] = 'close'
+        answer(handler, body)
+
+    server.answer = dies_after_some_reads
+    line = stopping_line(train_on_url(tmp_path, server, workers=2))
+    assert re.match(r'tools/train\.py: error: Rank 0 dataloader worker \d \(role \d of 2\) '
+                    r'found no usable sample in 3 epochs of 5 shard\(s\)', line), line
+    assert 'Last shard error: Cannot read shard ' in line

@@ -119,3 +119,17 @@ def test_inspect_shards_lists_bad_samples(tmp_path, capsys):
     assert dict(report['reasons']) == {'undecodable_image': 1, 'empty_caption': 1}
     assert dict(report['converted']) == {'L': 1}
     assert '9 samples, 7 good, 2 bad' in out and 'bad1\tundecodable_image' in out
+
+
+def test_inspect_shards_names_a_missing_shard_in_one_line(tmp_path):
+    with ShardWriter(str(tmp_path), 4) as writer:
+        for index in range(6):  # 00000.tar and 00001.tar; 00002.tar does not exist
+            writer.write(f'{index:03d}', dict(jpg=good_jpeg(index), txt=f'c {index}'))
+    pattern = str(tmp_path / '{00000..00002}.tar')
+    result = subprocess.run([sys.executable, osp.join(TOOLS, 'inspect_shards.py'), pattern],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert 'Traceback' not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"tools/dataset_converters/inspect_shards.py: error: 1 of 3 shard(s) from pattern "
+        f"'{pattern}' do not exist: {tmp_path}/00002.tar"]

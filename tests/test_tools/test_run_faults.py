@@ -7,6 +7,7 @@ newest checkpoint to the last good one.
 """
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 
@@ -170,3 +171,82 @@ def test_resume_names_a_damaged_checkpoint_given_explicitly(finished_run, tmp_pa
     result = train(tmp_path / 'work', tiny, '--resume', str(path))
     assert result.returncode == 1
     assert f'checkpoint {path} is damaged' in one_error_line(result)
+
+
+@pytest.mark.parametrize('change,expected', [
+    (['model.embed_dims=8', 'model.text_encoder.output_dim=8'],
+     ['2 weights differ in shape (', 'image_head.projection.weight: [16, 32] in the checkpoint, '
+      '[8, 32] in the model']),
+    (['model.backbone.arch.num_layers=2'],
+     ['13 weights of the model are missing from the checkpoint (backbone.layers.1.',
+      'the optimizer has 57 parameter groups (57 parameters) in the checkpoint, 70 (70 '
+      'parameters) with this config']),
+])
+def test_resume_refuses_a_checkpoint_of_another_configuration(finished_run, tiny, tmp_path,
+                                                             change, expected):
+    # Before: another embed_dims trained on with random projections; another depth failed
+    # with an optimizer traceback.
+    work_dir = tmp_path / 'copy'
+    work_dir.mkdir()
+    for path in finished_run.glob('iter_*.pth'):
+        shutil.copy2(path, work_dir / path.name)  # with its time: iter_4 is the newest
+    before = {p.name: p.stat().st_mtime_ns for p in work_dir.glob('*.pth')}
+    result = train(work_dir, tiny, '--resume', cfg=['train_cfg.max_epochs=2', *change])
+    assert result.returncode == 1, (result.stdout + result.stderr)[-3000:]
+    line = one_error_line(result)
+    assert line.startswith(f'tools/train.py: error: --resume: checkpoint {work_dir}/iter_4.pth '
+                           f'was saved by another configuration than {DEMO}: ')
+    for text in expected:
+        assert text in line
+    assert 'or start a new run in another --work-dir' in line
+    assert {p.name: p.stat().st_mtime_ns for p in work_dir.glob('*.pth')} == before
+
+
+@pytest.fixture
+def small_disk(tmp_path, finished_run):
+    """A tmpfs with room for one checkpoint of the tiny run and not two (root only)."""
+    mount_point = tmp_path / 'disk'
+    mount_point.mkdir()
+    size = (finished_run / 'iter_4.pth').stat().st_size * 3 // 2
+    if os.geteuid() != 0 or subprocess.run(
+            ['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(mount_point)],
+            capture_output=True).returncode != 0:
+        pytest.skip('mounting a small tmpfs needs root')
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(['umount', str(mount_point)], check=True)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_the_run_resumes(small_disk, tiny):
+    work_dir = small_disk / 'work'
+    result = train(work_dir, tiny)
+    assert result.returncode == 1, (result.stdout + result.stderr)[-3000:]
+    assert one_error_line(result) == (
+        f'tools/train.py: error: cannot save checkpoint {work_dir}/iter_2.pth: No space left on '
+        f'device (ENOSPC); nothing was replaced and no partial file was left; the previous '
+        f'checkpoint {work_dir}/iter_1.pth is intact: free space (or fix the cause) and '
+        f'continue the run with --resume')
+    assert [p.name for p in work_dir.glob('*.pth*')] == ['iter_1.pth']
+    assert (work_dir / 'last_checkpoint').read_text().strip() == f'{work_dir}/iter_1.pth'
+    assert not (work_dir / 'train.lock').exists()
+
+    # Room again: the run continues from iter_1.
+    subprocess.run(['mount', '-o', 'remount,size=200m', str(small_disk)], check=True)
+    resumed = train(work_dir, tiny, '--resume')
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-3000:]
+    assert 'resumed epoch: 0, iter: 1' in log
+    assert torch.load(work_dir / 'iter_4.pth', weights_only=True)['meta']['iter'] == 4
+
+
+def test_a_config_with_a_syntax_error_is_one_line(tmp_path):
+    base = tmp_path / 'base.py'
+    base.write_text("model = dict(type='RILS',\n    embed_dims=16\nwork_dir = 'x'\n")
+    config = tmp_path / 'config.py'
+    config.write_text(f"_base_ = [{str(base)!r}]\n")
+    result = run('tools/train.py', str(config), '--work-dir', str(tmp_path / 'work'))
+    assert result.returncode == 2
+    assert one_error_line(result) == (
+        f"tools/train.py: error: syntax error in config {base}, line 1: '(' was never closed: "
+        f"model = dict(type='RILS',")

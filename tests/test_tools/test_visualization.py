@@ -331,3 +331,36 @@ def test_wrong_model_or_checkpoint_is_one_line_with_status_2(tiny, monkeypatch, 
         assert exit_info.value.code == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f'{tool.PROG}: error: {expected}')
+
+
+def png_header_only(path, width, height):
+    """A PNG whose header announces ``width`` x ``height`` grey pixels (the data is cut short:
+    a decompression bomb is refused from its header, before any pixel is decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack('>I', len(data)) + kind + data
+                + struct.pack('>I', zlib.crc32(kind + data)))
+
+    header = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
+    with open(path, 'wb') as file:
+        file.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header)
+                   + chunk(b'IDAT', zlib.compress(b'\0' * (width + 1) * 4)) + chunk(b'IEND', b''))
+
+
+@pytest.mark.parametrize('side', [10000, 20000])  # PIL: a warning past 89 M pixels, an error
+def test_decompression_bomb_image_is_refused_in_one_line(tiny, tmp_path, side):  # past 179 M
+    image = tmp_path / 'bomb.png'
+    png_header_only(image, side, side)
+    result = run_tool('patch_sentence_map', tiny['rils_config'], tiny['rils_checkpoint'], image,
+                      '--captions', 'a red circle', '--out', tmp_path / 'map.png')
+    assert result.returncode == 2
+    assert 'Traceback' not in result.stderr and 'DecompressionBomb' not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if 'error:' in line]
+    assert lines == [
+        f'tools/visualization/patch_sentence_map.py: error: image {image} has {side * side} '
+        f'pixels, more than the {Image.MAX_IMAGE_PIXELS} PIL decodes without a '
+        f'decompression-bomb warning; refused without decoding it (downscale it first if it is '
+        f'genuine)']
+    assert not (tmp_path / 'map.png').exists()

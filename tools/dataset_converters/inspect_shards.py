@@ -8,10 +8,13 @@ import argparse
 import json
 
 from rils_mm.datasets.shard_tools import inspect_shards
+from rils_mm.engine.cli import UsageError, run_cli
+
+PROG = 'tools/dataset_converters/inspect_shards.py'
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument('shards', nargs='+', help='shard paths, brace patterns or folders')
     parser.add_argument('--no-decode', action='store_true',
                         help='check headers and captions only (fast); skip image decoding')
@@ -25,8 +28,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    report = inspect_shards(args.shards, decode=not args.no_decode, max_pixels=args.max_pixels,
-                            max_aspect_ratio=args.max_aspect_ratio, min_size=args.min_size)
+    try:
+        report = inspect_shards(args.shards, decode=not args.no_decode,
+                                max_pixels=args.max_pixels,
+                                max_aspect_ratio=args.max_aspect_ratio, min_size=args.min_size)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        # Shards that do not exist, a pattern that names none, a protocol without its package.
+        raise UsageError(' '.join(str(error).split())) from None
     if args.json:
         print(json.dumps(report, indent=1, default=dict))
         return report
@@ -45,4 +53,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main, prog=PROG)

@@ -21,6 +21,7 @@ from mmengine.structures import BaseDataElement
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
+from ...compat import CheckpointKeysError
 from ...datasets.resources import (load_class_subset, load_classnames, load_templates,
                                    resolve_data_file)
 from ..utils.zero_shot_weights import build_text_classifier, group_logits
@@ -71,7 +72,7 @@ class _ImageTextEvalWrapper(BaseModel):
         missing = [k for k in incompatible_keys.missing_keys
                    if 'num_batches_tracked' not in k and '.model.' in f'.{k}']
         if missing and self.strict_load:
-            raise RuntimeError(
+            raise CheckpointKeysError(
                 f'{type(self).__name__}: the checkpoint leaves {len(missing)} weights of the '
                 f'{type(self.model).__name__} model missing (first: {missing[:10]}); it was '
                 'not saved from this model config. Set strict_load=False to evaluate anyway.')

@@ -11,11 +11,19 @@ initializer ``CheckedPretrained`` does the same from a config::
         init_cfg=dict(type='CheckedPretrained', checkpoint='work_dirs/rils/epoch_25.pth',
                       prefix='backbone.'))
 
+Whole-model loads (``tools/train.py``/``test.py``'s ``load_from`` and ``--resume``) go through
+:func:`load_state_dict_report`, which loads as torch does and returns every missing, unexpected
+and differently shaped key; :meth:`LoadReport.problems` and :meth:`LoadReport.describe` turn
+that into one line. :func:`describe_torch_load_error` does the same for torch's multi-line
+``Error(s) in loading state_dict`` (open_clip's strict load raises it).
+
 Nothing here depends on mmpretrain, so mmdet and mmseg backbones use it the same way.
 """
 import fnmatch
+import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.logging import print_log
@@ -27,7 +35,14 @@ from torch import nn
 from ...compat import CheckpointKeysError
 
 __all__ = ['LoadReport', 'load_checked', 'extract_state_dict', 'CheckedPretrainedInit',
-           'checked_init_cfg', 'loads_pretrained']
+           'checked_init_cfg', 'loads_pretrained', 'load_state_dict_report',
+           'describe_torch_load_error', 'TORCH_LOAD_ERROR']
+
+# The first line of torch's ``load_state_dict`` error (shape mismatches, strict key checks).
+TORCH_LOAD_ERROR = 'Error(s) in loading state_dict'
+_SIZE_MISMATCH = re.compile(r'size mismatch for (\S+): copying a param with shape '
+                            r'torch\.Size\(\[([^\]]*)\]\) from checkpoint, the shape in current '
+                            r'model is torch\.Size\(\[([^\]]*)\]\)')
 
 
 @dataclass
@@ -42,6 +57,10 @@ class LoadReport:
         unexpected (list[str]): Checkpoint keys (after stripping ``prefix``) the module has no
             place for.
         ignored_missing (list[str]): The subset of ``missing`` allowed by ``ignore_missing``.
+        mismatched (list[tuple[str, str, str]]): ``(key, shape in the checkpoint, shape in the
+            module)`` of the weights that were not loaded because their shapes differ (filled by
+            :func:`load_state_dict_report`).
+        errors (list[str]): Other errors torch reported for the load, one line each.
     """
     checkpoint: str
     prefix: str
@@ -49,6 +68,54 @@ class LoadReport:
     missing: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
     ignored_missing: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, str, str]] = field(default_factory=list)
+    errors: List[str] = field(default_factory=list)
+
+    def problems(self, allowed: Sequence[str] = ()) -> 'LoadReport':
+        """The missing, unexpected and mismatched keys not matched by an ``allowed`` fnmatch
+        pattern (e.g. ``'head.*'``), as a report of their own."""
+
+        def kept(key):
+            return not any(fnmatch.fnmatchcase(key, pattern) for pattern in allowed)
+
+        return LoadReport(
+            checkpoint=self.checkpoint, prefix=self.prefix, matched=self.matched,
+            missing=[k for k in self.missing if kept(k)],
+            unexpected=[k for k in self.unexpected if kept(k)],
+            mismatched=[m for m in self.mismatched if kept(m[0])], errors=list(self.errors))
+
+    @property
+    def has_differences(self) -> bool:
+        """Whether anything did not load (missing, unexpected, mismatched, other errors)."""
+        return bool(self.missing or self.unexpected or self.mismatched or self.errors)
+
+    def describe(self, max_names: int = 4) -> str:
+        """One line: each kind of difference with its count and its first ``max_names`` keys,
+        e.g. ``2 weights differ in shape (a.weight: [16, 32] in the checkpoint, [8, 32] in the
+        model; ...)``."""
+
+        def names(items):
+            more = f'; ... {len(items) - max_names} more' if len(items) > max_names else ''
+            return '; '.join(items[:max_names]) + more
+
+        def count(items, one, many):
+            return f'{len(items)} {one if len(items) == 1 else many}'
+
+        parts = []
+        if self.mismatched:
+            parts.append(count(self.mismatched, 'weight differs', 'weights differ')
+                         + ' in shape ('
+                         + names([f'{key}: [{ckpt}] in the checkpoint, [{model}] in the model'
+                                  for key, ckpt, model in self.mismatched]) + ')')
+        if self.missing:
+            parts.append(count(self.missing, 'weight of the model is', 'weights of the model are')
+                         + f' missing from the checkpoint ({names(self.missing)})')
+        if self.unexpected:
+            parts.append(count(self.unexpected, 'weight of the checkpoint has',
+                               'weights of the checkpoint have')
+                         + f' no place in the model ({names(self.unexpected)})')
+        parts += self.errors[:max_names]
+        return ', '.join(parts) if parts else f'all {len(self.matched)} weights match'
 
     def summary(self, max_names: int = 20) -> str:
         """One readable paragraph: counts, then the names (up to ``max_names`` of each)."""
@@ -157,6 +224,85 @@ def load_checked(module: nn.Module,
             f'(prefix "{prefix}"); pass allow_missing=True or ignore_missing patterns if this is '
             f'intended. Missing: {fatal}')
     return report
+
+
+def load_state_dict_report(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                           checkpoint: str = '') -> LoadReport:
+    """Load ``state_dict`` into ``module`` as ``module.load_state_dict(strict=False)`` does,
+    and report every key that did not load instead of logging or raising.
+
+    The walk is torch's own (``_load_from_state_dict`` per module, then the load post-hooks),
+    so load-time hooks (mmpretrain's ViT ``pos_embed`` resizing, our wrappers' key renaming)
+    act as in any load; weights whose shapes differ are left as they were. A post-hook that
+    raises :class:`CheckpointKeysError` (the zero-shot wrappers' own check) is raised only
+    when the report itself finds nothing wrong: the report lists more.
+
+    Args:
+        module (nn.Module): The model to fill.
+        state_dict (Mapping[str, Tensor]): Keys as in ``module.state_dict()`` (before the
+            module's own load-time renaming).
+        checkpoint (str): How to name the source in the report.
+
+    Returns:
+        LoadReport: ``matched``, ``missing``, ``unexpected``, ``mismatched`` (key, shape in the
+        checkpoint, shape in the module) and other ``errors``.
+    """
+    metadata = getattr(state_dict, '_metadata', None)
+    state_dict = OrderedDict(state_dict)
+    if metadata is not None:
+        state_dict._metadata = metadata
+    missing, unexpected, errors, hook_errors = [], [], [], []
+
+    def load(sub: nn.Module, local: dict, prefix: str = '') -> None:
+        local_metadata = {} if metadata is None else metadata.get(prefix[:-1], {})
+        sub._load_from_state_dict(local, prefix, local_metadata, True, missing, unexpected,
+                                  errors)
+        for name, child in sub._modules.items():
+            if child is not None:
+                child_prefix = f'{prefix}{name}.'
+                load(child, {k: v for k, v in local.items() if k.startswith(child_prefix)},
+                     child_prefix)
+        keys = nn.modules.module._IncompatibleKeys(missing, unexpected)
+        for hook in sub._load_state_dict_post_hooks.values():
+            try:
+                hook(sub, keys)
+            except CheckpointKeysError as error:
+                hook_errors.append(error)
+
+    load(module, state_dict)
+    report = LoadReport(checkpoint=str(checkpoint), prefix='',
+                        missing=[k for k in missing if not k.endswith('num_batches_tracked')],
+                        unexpected=list(unexpected))
+    for message in errors:
+        mismatch = _SIZE_MISMATCH.search(message)
+        if mismatch:
+            report.mismatched.append(mismatch.groups())
+        else:
+            report.errors.append(' '.join(message.split()))
+    not_loaded = set(report.missing) | {key for key, _, _ in report.mismatched}
+    report.matched = [k for k in module.state_dict() if k not in not_loaded]
+    if hook_errors and not report.has_differences:
+        raise hook_errors[0]
+    return report
+
+
+def describe_torch_load_error(error: BaseException, max_names: int = 4) -> Optional[str]:
+    """torch's multi-line ``Error(s) in loading state_dict for X`` as one line (counts and the
+    first ``max_names`` keys of each kind), or None when ``error`` is another error."""
+    text = str(error)
+    if TORCH_LOAD_ERROR not in text:
+        return None
+    report = LoadReport(checkpoint='', prefix='')
+    for kind, target in (('Missing key(s)', report.missing),
+                         ('Unexpected key(s)', report.unexpected)):
+        found = re.search(re.escape(kind) + r' in state_dict: (.*?)\.\s*(?:\n|$)', text)
+        if found:
+            target.extend(re.findall(r'"([^"]+)"', found.group(1)))
+    report.mismatched = [m.groups() for m in _SIZE_MISMATCH.finditer(text)]
+    if not report.has_differences:
+        lines = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+        report.errors = [' '.join(lines)[:300] or text.splitlines()[0]]
+    return report.describe(max_names)
 
 
 @WEIGHT_INITIALIZERS.register_module(name='CheckedPretrained')
