@@ -7,4 +7,4 @@ from rils_mm.engine.cli import run_cli, train_main
 
 if __name__ == '__main__':
     run_cli(train_main, prog='tools/train.py',
-            rerun_hint='free some space and run it again with --resume')
+            rerun_hint='free space (or fix the cause) and continue the run with --resume')

@@ -11,7 +11,7 @@ only after the new one is in place.
 A save that fails (a full disk, a quota, an I/O error) therefore loses nothing: the temporary
 file is removed, the previous checkpoint and ``last_checkpoint`` are as they were, and the run
 stops with a :class:`CheckpointSaveError` whose one-line message says so and names the
-checkpoint to ``--resume`` from.
+previous checkpoint (the tools add how they continue from it).
 """
 import errno
 import os
@@ -76,9 +76,8 @@ def _save_failed(error: OSError, path: str, previous: Optional[str]) -> Checkpoi
     """The one-line error of a checkpoint save that raised ``error``."""
     code = f' ({errno.errorcode[error.errno]})' if error.errno in errno.errorcode else ''
     reason = f'{error.strerror or error}{code}'
-    kept = (f'the previous checkpoint {previous} is intact: free space (or fix the cause) and '
-            f'continue the run with --resume' if previous and osp.isfile(previous) else
-            'no checkpoint of this run had been saved yet')
+    kept = (f'the previous checkpoint {previous} is intact' if previous and osp.isfile(previous)
+            else 'no checkpoint of this run had been saved yet')
     return CheckpointSaveError(
         f'cannot save checkpoint {path}: {reason}; nothing was replaced and no partial file '
         f'was left; {kept}')

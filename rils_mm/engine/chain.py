@@ -151,10 +151,18 @@ def run_chain(path: str,
     return checkpoints
 
 
+def _plain(value) -> object:
+    """A JSON form of a config value JSON has none for: a set sorted (its iteration order
+    changes with PYTHONHASHSEED between processes), anything else as its repr."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(map(repr, value))
+    return repr(value)
+
+
 def config_digest(path: str) -> str:
     """SHA-256 of a config as mmengine resolves it (``_base_`` files and variables included;
     comments and layout do not count)."""
-    text = json.dumps(Config.fromfile(path).to_dict(), sort_keys=True, default=repr)
+    text = json.dumps(Config.fromfile(path).to_dict(), sort_keys=True, default=_plain)
     # Objects without a plain form print their address, which differs between processes.
     text = re.sub(r' at 0x[0-9a-fA-F]+', '', text)
     return hashlib.sha256(text.encode('utf-8')).hexdigest()

@@ -42,6 +42,7 @@ import sys
 import traceback
 import zipfile
 from copy import deepcopy
+from datetime import timedelta
 from typing import Callable, List, Optional
 
 import torch
@@ -465,6 +466,8 @@ def run_cli(main: Callable[[List[str]], None], argv: Optional[List[str]] = None,
             raise
         if isinstance(err, SystemExit):
             status = err.code if isinstance(err.code, int) else int(err.code is not None)
+            if isinstance(err.code, str):  # what the interpreter would have printed
+                print(err.code, file=sys.stderr)
         else:
             traceback.print_exc()
             status = 1
@@ -486,12 +489,17 @@ def _run_reporting_errors(main: Callable[[List[str]], None], argv: List[str], pr
             raise
         print(f'{prog}: error: {err}', file=sys.stderr)
         return 2
-    except (RunStopped, CheckpointLoadError, CheckpointSaveError, DataStreamError) as err:
-        # A check stopped the run, a checkpoint was refused or could not be saved, the data
-        # ran dry: the message says it all, and the files already written are untouched.
+    except (RunStopped, CheckpointLoadError, DataStreamError) as err:
+        # A check stopped the run, a checkpoint was refused, the data ran dry: the message
+        # says it all, and the files already written are untouched.
         if debug:
             raise
         print(f'{prog}: error: {one_line_message(err)}', file=sys.stderr)
+        return 1
+    except CheckpointSaveError as err:  # the message says what is intact, the tool how to go on
+        if debug:
+            raise
+        print(f'{prog}: error: {one_line_message(err)}: {rerun_hint}', file=sys.stderr)
         return 1
     except OSError as err:
         message = storage_full_message(err)
@@ -519,8 +527,9 @@ def leave_distributed_run(status: int) -> None:
     the job failed. ``destroy_process_group`` alone does not stop those threads: the DDP
     wrapper keeps the group alive until finalization.
 
-    So: a successful rank waits at a barrier for the others (rank 0 may still be writing the
-    last checkpoint; after an error no barrier, another rank may never reach it), the group
+    So: a successful rank waits at a barrier (at most 5 minutes) for the others (rank 0 may
+    still be writing the last checkpoint; after an error no barrier, another rank may never
+    reach it), the group
     is destroyed, the ``atexit`` handlers run (logging, temporary files, experiment
     trackers), the standard streams are flushed, and the process exits with ``os._exit``.
     """
@@ -529,7 +538,8 @@ def leave_distributed_run(status: int) -> None:
     import torch.distributed as dist
     if status == 0:
         try:
-            dist.barrier()
+            # Bounded: NCCL would wait for its watchdog (10-30 min) if another rank left.
+            dist.barrier(async_op=True).wait(timeout=timedelta(minutes=5))
         except RuntimeError:  # another rank left with an error: nothing left to wait for
             pass
     dist.destroy_process_group()

@@ -31,4 +31,6 @@ def storage_full_message(error: BaseException, where: Optional[str] = None) -> O
         return None
     reason = error.strerror or os.strerror(error.errno)
     target = error.filename or (f'in {where}' if where else None)
-    return f'writing {target}: {reason}' if target else f'writing: {reason}'
+    # Without a file the error may come from anywhere (a full /dev/shm, say): its traceback
+    # says more than a line would.
+    return f'writing {target}: {reason}' if target else None

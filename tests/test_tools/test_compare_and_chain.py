@@ -280,9 +280,10 @@ def test_chain_tool_notices_an_edited_config_and_a_full_disk(tmp_path):
                      f'changed): training it from the start']
     assert 'Traceback' not in edited.stderr, edited.stderr[-3000:]
     assert edited.stderr.strip().splitlines()[-1] == (
-        f'tools/run_chain.py: error: writing {work}/a/epoch_1.pth: File too large; the files '
-        f'written before it are intact: free some space and run the same command (finished '
-        f'stages are reused, the interrupted one resumes)')
+        f'tools/run_chain.py: error: cannot save checkpoint {work}/a/epoch_1.pth: File too large '
+        f'(EFBIG); nothing was replaced and no partial file was left; no checkpoint of this run '
+        f'had been saved yet: free some space and run the same command (finished stages are '
+        f'reused, the interrupted one resumes)')
     assert not [name for name in os.listdir(work / 'a') if '.partial' in name]
 
     again = run()
