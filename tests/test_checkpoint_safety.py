@@ -442,3 +442,19 @@ def test_a_full_disk_during_a_checkpoint_save_stops_the_run_in_one_line(tmp_path
     assert [p.name for p in tmp_path.glob('*.pth*')] == ['iter_2.pth']  # and no .partial-
     assert (tmp_path / 'last_checkpoint').read_text() == f'{tmp_path}/iter_2.pth'
     assert torch.load(tmp_path / 'iter_2.pth', weights_only=True)['meta']['iter'] == 2
+
+
+def test_random_bytes_are_one_refusal_never_a_traceback(tmp_path):
+    """Files that are no checkpoint at all (random bytes, some behind a pickle header, as
+    torch's legacy format starts) are a CheckpointLoadError naming the file, whatever the
+    weights-only unpickler trips on (IndexError, KeyError, struct.error, ... before)."""
+    import random
+
+    from rils_mm.compat import CheckpointLoadError, weights_only_load
+    rng = random.Random(0)
+    for index in range(300):
+        data = bytes(rng.getrandbits(8) for _ in range(rng.choice([1, 2, 10, 100, 3000])))
+        path = tmp_path / f'random{index}.pth'
+        path.write_bytes(b'\x80\x02' + data if index % 2 else data)
+        with pytest.raises(CheckpointLoadError, match=str(path)):
+            weights_only_load(str(path))

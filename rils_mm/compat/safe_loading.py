@@ -18,6 +18,7 @@ import os
 import os.path as osp
 import pickle
 import re
+import struct
 import zipfile
 from typing import IO, Optional, Union
 from urllib.parse import urlparse
@@ -132,7 +133,12 @@ def weights_only_load(source: Union[str, IO[bytes]],
             f'refused to load {name}: {_refusal_reason(err)}, which weights-only loading does '
             f'not build (only tensors, numbers, strings, containers and the types of mmengine '
             f'checkpoints are); nothing from the file was run') from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError,
+            KeyError, TypeError, AttributeError, struct.error, OverflowError,
+            RecursionError) as err:
+        # A file in torch's legacy (non-zip) format that is not a pickle makes torch's
+        # weights-only unpickler fail with whatever its stack or memo gives (IndexError,
+        # KeyError, struct.error, ...).
         reason = ' '.join(str(err).split())[:200] or type(err).__name__
         raise DamagedCheckpointError(
             f'checkpoint {name} is damaged or not a PyTorch checkpoint '
