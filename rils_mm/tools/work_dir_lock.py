@@ -6,7 +6,9 @@ exit status 0. :class:`WorkDirLock` prevents that with ``<work dir>/train.lock``
 
 - The lock is an OS advisory lock (``fcntl.flock``) on that file, held while the run lives.
   The kernel drops it when the process ends in any way, ``kill -9`` included, so a killed run
-  never blocks its own ``--resume``.
+  never blocks its own ``--resume``. A flock belongs to the open file, which forked children
+  (DataLoader workers) would share and keep locked for a while after their parent was killed:
+  the file is opened close-on-exec and a forked child closes its copy at once.
 - The file's text says who holds it (host, pid, the process's start time, the start of the
   run, the command) for the message a second run prints: ``work dir W is in use by the
   training run of pid P on host H since T``. A run that ends normally, by an exception or by
@@ -71,13 +73,35 @@ def _process_start(pid: int) -> Optional[int]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f'/proc/{pid}/stat') as file:
+            return file.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError):
+        return True
+
+
+# Descriptors of the locks this process holds; a forked child closes its copies at once.
+_HELD_FDS = set()
+
+
+def _close_held_locks_in_child() -> None:
+    for fd in _HELD_FDS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_FDS.clear()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_close_held_locks_in_child)
 
 
 class WorkDirLock:
@@ -113,7 +137,7 @@ class WorkDirLock:
         """Open the lock file and flock it; retry if it was replaced meanwhile."""
         os.makedirs(self.work_dir, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -151,6 +175,7 @@ class WorkDirLock:
             os.close(fd)
             raise
         self._fd = fd
+        _HELD_FDS.add(fd)
         return self
 
     def _check_previous(self, holder: dict) -> None:
@@ -185,6 +210,7 @@ class WorkDirLock:
         except FileNotFoundError:
             pass
         finally:
+            _HELD_FDS.discard(self._fd)
             os.close(self._fd)
             self._fd = None
 

@@ -160,3 +160,40 @@ def test_two_runs_into_one_work_dir(tmp_path):
     assert 'resumed epoch' in log
     assert (work_dir / f'iter_{4 * (epoch + 1)}.pth').is_file()
     assert not (work_dir / LOCK_NAME).exists()
+
+
+def test_a_forked_child_does_not_keep_the_lock_of_a_killed_run(tmp_path):
+    """DataLoader workers are forked: a flock shared with them outlived a SIGKILLed run and
+    refused its --resume. The holder here forks a child that lives on, then is killed."""
+    holder = subprocess.Popen([sys.executable, '-c', f"""
+import os, sys, time
+from rils_mm.tools.work_dir_lock import WorkDirLock
+WorkDirLock({str(tmp_path)!r}).acquire()
+if os.fork() == 0:
+    time.sleep(60)
+    os._exit(0)
+print('locked', flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        holder.kill()
+        holder.wait()
+        lock = WorkDirLock(str(tmp_path)).acquire()  # its child still runs
+        lock.release()
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+
+
+def test_a_zombie_holder_is_not_running(tmp_path):
+    """A killed holder that its parent has not reaped yet is no longer running."""
+    from rils_mm.tools.work_dir_lock import _process_start
+    process = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        start = _process_start(process.pid)
+        process.kill()
+        time.sleep(0.5)  # not waited for: a zombie
+        write_record(str(tmp_path), pid=process.pid, pid_start=start)
+        WorkDirLock(str(tmp_path)).acquire().release()
+    finally:
+        process.wait()
