@@ -72,8 +72,24 @@ def test_validation_equals_test_tool_and_leaves_training_unchanged(tmp_path):
     assert test_line, out[-3000:]
     assert re.search(METRIC, test_line[-1]).groups() == val_figures
 
-    # The best zero-shot top-1 checkpoint is kept beside the latest.
+    # The best zero-shot top-1 checkpoint is kept beside the latest, and a resumed run
+    # (one more epoch) keeps the best-so-far record: one best file, of the best epoch.
     assert list(val_dir.glob('best_accuracy_top1_epoch_*.pth')), sorted(os.listdir(val_dir))
+    run_tool('tools/train.py', 'configs/rils/demo_cpu_val.py', '--work-dir', str(val_dir),
+             '--resume', str(val_dir / 'epoch_2.pth'), '--cfg-options', *train,
+             'train_cfg.max_epochs=3', *eval_options('val_dataloader', root),
+             f'model.zero_shot.classnames={root}/classnames.txt',
+             f'model.zero_shot.templates={root}/templates.txt')
+    top1 = [float(re.search(METRIC, line).group(1))
+            for path in sorted(val_dir.glob('*/*.log')) for line in path.read_text().splitlines()
+            if 'Epoch(val)' in line and 'top1' in line]
+    assert len(top1) == 3, top1
+    best_epoch = top1.index(max(top1)) + 1
+    assert [p.name for p in val_dir.glob('best_*.pth')] == [
+        f'best_accuracy_top1_epoch_{best_epoch}.pth'], (top1, sorted(os.listdir(val_dir)))
+    record = torch.load(val_dir / 'epoch_3.pth', map_location='cpu', weights_only=False)
+    # (epoch_3.pth predates epoch 3's validation; the log rounds to 4 decimals)
+    assert abs(record['message_hub']['runtime_info']['best_score'] - max(top1[:2])) < 1e-3
 
     # Validating every epoch does not change training: bitwise equal weights.
     run_tool('tools/train.py', 'configs/rils/demo_cpu.py', '--work-dir', str(plain_dir),
@@ -82,3 +98,34 @@ def test_validation_equals_test_tool_and_leaves_training_unchanged(tmp_path):
     assert validated.keys() == plain.keys()
     for key in plain:
         assert torch.equal(validated[key], plain[key]), key
+
+
+def test_resume_takes_the_best_record_from_the_best_checkpoint(tmp_path):
+    """epoch_N.pth is saved before epoch N's validation: its best_score lags; the best file's
+    record (here epoch 2's 50.0 against the resumed 20.0) is the one resuming keeps."""
+    from mmengine.hooks import CheckpointHook
+    from mmengine.logging import MessageHub, MMLogger
+
+    import rils_mm.compat  # noqa: F401  (installs the patches)
+    best = tmp_path / 'best_accuracy_top1_epoch_2.pth'
+    torch.save(dict(message_hub=dict(runtime_info=dict(best_score=50.0))), best)
+    hub = MessageHub.get_instance('test_best_record')
+    hub.update_info('best_score', 20.0)
+    hub.update_info('best_ckpt', str(tmp_path / 'best_accuracy_top1_epoch_1.pth'))
+
+    class Runner:
+        _resume = True
+        work_dir = str(tmp_path)
+        message_hub = hub
+        logger = MMLogger.get_current_instance()
+
+    hook = CheckpointHook(interval=1, save_best='accuracy/top1', rule='greater')
+    hook.after_load_checkpoint(Runner(), {})
+    assert hub.get_info('best_score') == 50.0
+    assert hub.get_info('best_ckpt') == str(best)
+    hook.before_train(Runner())  # mmengine's hook reads the record here
+    assert hook.best_ckpt_path == str(best)
+    # A worse best file (or a load_from, not a resume) leaves the record alone.
+    hub.update_info('best_score', 60.0)
+    hook.after_load_checkpoint(Runner(), {})
+    assert hub.get_info('best_score') == 60.0
