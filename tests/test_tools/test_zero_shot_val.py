@@ -129,3 +129,49 @@ def test_resume_takes_the_best_record_from_the_best_checkpoint(tmp_path):
     hub.update_info('best_score', 60.0)
     hook.after_load_checkpoint(Runner(), {})
     assert hub.get_info('best_score') == 60.0
+
+
+def val_options(root):
+    return [*eval_options('val_dataloader', root),
+            f'model.zero_shot.classnames={root}/classnames.txt',
+            f'model.zero_shot.templates={root}/templates.txt']
+
+
+def test_two_process_validation_equals_the_test_tool(tmp_path):
+    """Under DDP each rank scores a share of the 45 held-out images (the default sampler pads
+    the last share); the gathered figures are those of one test.py process."""
+    root, work = str(tmp_path / 'shapes'), tmp_path / 'ddp'
+    options = tiny_run(64) + data_options(root) + val_options(root)
+    options = [o.replace('num_heldout=48', 'num_heldout=45') for o in options]
+    env = dict(os.environ, PORT=str(29600 + os.getpid() % 1000), PYTHON=sys.executable)
+    result = subprocess.run(
+        ['bash', 'tools/dist_train.sh', 'configs/rils/demo_cpu_val.py', '2', '--work-dir',
+         str(work), '--cfg-options', *options],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    log = next(work.glob('*/*.log')).read_text()
+    val = [line for line in log.splitlines() if 'Epoch(val)' in line and 'top1' in line]
+    assert len(val) == 1, log[-3000:]
+    out = run_tool('tools/test.py', 'configs/rils/demo_cpu_zeroshot.py',
+                   str(work / 'epoch_1.pth'), '--work-dir', str(tmp_path / 'test'),
+                   '--cfg-options', *['model.' + o for o in TINY_MODEL],
+                   *eval_options('test_dataloader', root),
+                   f'model.classnames={root}/classnames.txt',
+                   f'model.templates={root}/templates.txt')
+    test = [line for line in out.splitlines() if 'Epoch(test)' in line and 'top1' in line]
+    assert re.search(METRIC, test[-1]).groups() == re.search(METRIC, val[-1]).groups()
+
+
+def test_missing_validation_data_is_one_line_before_training(tmp_path):
+    root = str(tmp_path / 'shapes')
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    result = subprocess.run(
+        [sys.executable, 'tools/train.py', 'configs/rils/demo_cpu_val.py', '--work-dir',
+         str(tmp_path / 'work'), '--cfg-options', *tiny_run(64), *data_options(root),
+         *val_options(str(tmp_path / 'no_such_folder'))],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if 'error:' in line]
+    assert len(errors) == 1 and 'no_such_folder/heldout.jsonl does not exist' in errors[0]
+    assert 'Traceback' not in result.stderr
+    assert 'Epoch(train)' not in result.stdout + result.stderr  # at start, not after an epoch
