@@ -12,8 +12,14 @@ A save that fails (a full disk, a quota, an I/O error) therefore loses nothing: 
 file is removed, the previous checkpoint and ``last_checkpoint`` are as they were, and the run
 stops with a :class:`CheckpointSaveError` whose one-line message says so and names the
 previous checkpoint (the tools add how they continue from it).
+
+With ``save_best``, the best-so-far record (``best_score``/``best_ckpt`` in the message hub)
+survives a resume: mmengine saves ``epoch_N.pth`` *before* epoch N's validation, so the record
+resumed from it lags one validation behind; the best checkpoint file itself holds the up-to-date
+record, and resuming takes the record from it (:func:`_restore_best_record`).
 """
 import errno
+import glob
 import os
 import os.path as osp
 from pathlib import Path
@@ -123,6 +129,35 @@ def _save_checkpoint_with_step(self, runner, step, meta):
             self.file_backend.rmtree(expired_path)
 
 
+def _restore_best_record(self, runner, checkpoint: dict) -> None:
+    """``CheckpointHook.after_load_checkpoint``: on resume, take the best-so-far score and
+    file of each ``save_best`` metric from the ``best_<metric>_*.pth`` file in the work dir
+    when it is better than the resumed checkpoint's record (which predates the validation of
+    the checkpoint's own epoch)."""
+    import torch
+    if not getattr(runner, '_resume', False) or not getattr(self, 'key_indicators', None):
+        return
+    hub = runner.message_hub
+    out_dir = self.out_dir or runner.work_dir
+    single = len(self.key_indicators) == 1
+    for indicator in self.key_indicators:
+        better = getattr(self, 'is_better_than', {}).get(indicator)
+        if better is None:  # save_best='auto': the rule is set at the first validation
+            continue
+        score_key = 'best_score' if single else f'best_score_{indicator}'
+        ckpt_key = 'best_ckpt' if single else f'best_ckpt_{indicator}'
+        pattern = f'best_{indicator}_'.replace('/', '_') + '*.pth'
+        for path in sorted(glob.glob(osp.join(glob.escape(str(out_dir)), pattern))):
+            saved = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
+            score = saved.get('message_hub', {}).get('runtime_info', {}).get(score_key)
+            if score is None:
+                continue
+            current = hub.runtime_info.get(score_key)
+            if current is None or better(score, current):
+                hub.update_info(score_key, score)
+                hub.update_info(ckpt_key, path)
+
+
 def install_atomic_checkpoints() -> None:
     """Make mmengine's local file writes atomic and its checkpoint rotation save-first."""
     from mmengine.fileio.backends import LocalBackend
@@ -134,3 +169,4 @@ def install_atomic_checkpoints() -> None:
     put.__doc__ = LocalBackend.put.__doc__
     LocalBackend.put = put
     CheckpointHook._save_checkpoint_with_step = _save_checkpoint_with_step
+    CheckpointHook.after_load_checkpoint = _restore_best_record

@@ -124,3 +124,25 @@ def test_caption_loss_is_the_cross_entropy_of_the_non_padding_targets():
     targets = texts[:, 1:]
     expected = torch.nn.functional.cross_entropy(logits[targets != 0], targets[targets != 0])
     torch.testing.assert_close(model.caption_loss(image_tokens, texts), expected)
+
+
+def test_zero_shot_config_makes_val_step_score_classes_as_the_zero_shot_classifier(tmp_path):
+    """With ``zero_shot``, validation during training scores classes (not captions), exactly
+    as a ``ZeroShotClassifier`` around the same model."""
+    from rils_mm.models.algorithms.zero_shot import ZeroShotClassifier
+    (tmp_path / 'names.txt').write_text('red circle\nblue square\ngreen star\n')
+    (tmp_path / 'templates.txt').write_text('a photo of a {}.\n{}\n')
+    zero_shot = dict(classnames=str(tmp_path / 'names.txt'),
+                     templates=str(tmp_path / 'templates.txt'))
+    torch.manual_seed(0)
+    model = MODELS.build(dict(TINY_MAMMUT, zero_shot=zero_shot))
+    model.init_weights()
+    model.eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    data = dict(inputs=dict(images=list(images)), data_samples=None)
+    scores = torch.stack([s.pred_score for s in model.val_step(data)])
+    assert scores.shape == (4, 3) and not scores.isnan().any()
+    reference = ZeroShotClassifier(model=model, **zero_shot)
+    expected = torch.stack([s.pred_score for s in reference.predict(
+        model.data_preprocessor(data, False)['inputs'])])
+    assert torch.equal(scores, expected)

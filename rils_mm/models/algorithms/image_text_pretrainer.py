@@ -68,6 +68,15 @@ class ImageTextPretrainer(BaseSelfSupervisor):
             ``GradCacheDistributedDataParallel`` (``tools/train.py`` selects it). Random draws
             (masks, dropout, stochastic depth) repeat in the second pass from the saved
             generator states. Defaults to None (K = 1: one pass on the batch).
+        zero_shot (dict, optional): Zero-shot classification for validation during
+            training (mmengine's ``ValLoop`` with ``val_dataloader`` of labelled images and
+            ``val_evaluator=dict(type='ZeroShotAccuracy', topk=(1, 5))``): the arguments of
+            :class:`~rils_mm.models.algorithms.zero_shot.ZeroShotClassifier` but ``model``
+            (``classnames``, ``templates``, ...). ``predict`` (hence ``val_step``) then scores
+            images as that classifier does on this model, with the class embeddings built
+            once per validation from the current weights, so the figures are those of
+            ``tools/test.py`` with the zero-shot config on the checkpoint of that epoch.
+            Defaults to None (no ``predict``).
         data_preprocessor (dict, optional): Defaults to ``ImageTextDataPreprocessor``.
         init_cfg (dict | list, optional): Initialisation config.
     """
@@ -85,9 +94,13 @@ class ImageTextPretrainer(BaseSelfSupervisor):
                  target_generator: Optional[dict] = None,
                  lock_cfg: Optional[dict] = None,
                  accumulation: Optional[dict] = None,
+                 zero_shot: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
         name = type(self).__name__
+        if zero_shot is not None and (not isinstance(zero_shot, dict) or 'model' in zero_shot):
+            raise ValueError(f'{name}: zero_shot must be a dict of ZeroShotClassifier '
+                             f'arguments other than model, got {zero_shot!r}')
         micro_batches = parse_accumulation(accumulation, name)
         if micro_batches > 1 and type(self).loss is not ImageTextPretrainer.loss:
             raise ValueError(f'{name}: accumulation needs the step as embed() and '
@@ -119,6 +132,10 @@ class ImageTextPretrainer(BaseSelfSupervisor):
         self.loss_contrastive = MODELS.build(loss_contrastive)
         self._register_load_state_dict_pre_hook(self._rename_legacy_keys)
         self.locked_parameters = self._lock(lock_cfg or {})
+        self.zero_shot_cfg = zero_shot
+        # Built at the first prediction (the class-name file may be written by the training
+        # dataset, built after the model). Kept out of the module tree: it wraps this model.
+        object.__setattr__(self, '_zero_shot', None)
 
     @staticmethod
     def _rename_legacy_keys(state_dict: dict, prefix: str, *args) -> None:
@@ -145,8 +162,12 @@ class ImageTextPretrainer(BaseSelfSupervisor):
         return locked
 
     def train(self, mode: bool = True) -> 'ImageTextPretrainer':
-        """As ``nn.Module.train``, but locked parts stay in eval mode."""
+        """As ``nn.Module.train``, but locked parts stay in eval mode. Entering eval mode
+        (mmengine's ``ValLoop`` starts so) drops the zero-shot class embeddings of the
+        previous weights."""
         super().train(mode)
+        if not mode and getattr(self, '_zero_shot', None) is not None:
+            self._zero_shot._on_weights_loaded()
         for tower in self.locked_parameters:
             set_locked_eval(getattr(self, tower))
         return self
@@ -263,7 +284,30 @@ class ImageTextPretrainer(BaseSelfSupervisor):
         ``kwargs``."""
         if mode == 'surrogate':
             return surrogate_loss(self.embed(inputs), module=self, **kwargs)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
         return super().forward(inputs, data_samples, mode)
+
+    @property
+    def zero_shot_classifier(self):
+        """The ``ZeroShotClassifier`` wrapping this model (``zero_shot`` config)."""
+        if self.zero_shot_cfg is None:
+            raise RuntimeError(
+                f'{type(self).__name__} has no zero_shot config: set model.zero_shot=dict('
+                f'classnames=..., templates=...) to validate zero-shot during training')
+        if self._zero_shot is None:
+            from .zero_shot import ZeroShotClassifier
+            object.__setattr__(self, '_zero_shot',
+                               ZeroShotClassifier(model=self, **self.zero_shot_cfg))
+        return self._zero_shot
+
+    @torch.no_grad()
+    def predict(self, inputs, data_samples: Optional[List[DataSample]] = None
+                ) -> List[DataSample]:
+        """Zero-shot class scores of a batch of images (``val_step``): see
+        :meth:`ZeroShotClassifier.predict <rils_mm.models.algorithms.zero_shot.
+        ZeroShotClassifier.predict>`."""
+        return self.zero_shot_classifier.predict(inputs, data_samples)
 
     def train_step(self, data: Union[dict, tuple, list], optim_wrapper) -> Dict[str, Any]:
         """mmengine's step, or with ``accumulation`` the accumulated one."""

@@ -185,7 +185,10 @@ class MaMMUT(ImageTextPretrainer):
 
     def predict(self, inputs, data_samples: Optional[List[DataSample]] = None,
                 **kwargs) -> List[DataSample]:
-        """Generated captions in ``pred_caption`` (and their ids in ``pred_caption_ids``)."""
+        """Generated captions in ``pred_caption`` (and their ids in ``pred_caption_ids``), or
+        with a ``zero_shot`` config the zero-shot class scores (validation while training)."""
+        if self.zero_shot_cfg is not None:
+            return super().predict(inputs, data_samples)
         from ...datasets.transforms.tokenize import get_clip_tokenizer
         images = inputs['images'] if isinstance(inputs, dict) else inputs
         ids = self.generate(images)

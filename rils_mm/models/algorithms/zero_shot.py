@@ -20,6 +20,7 @@ from mmengine.model import BaseModel
 from mmengine.structures import BaseDataElement
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
+from torch import nn
 
 from ...compat import CheckpointKeysError
 from ...datasets.resources import (load_class_subset, load_classnames, load_templates,
@@ -33,7 +34,8 @@ class _ImageTextEvalWrapper(BaseModel):
     """Builds the wrapped image-text model, shares its data preprocessor, owns tokenisation.
 
     Args:
-        model (dict): Config of the image-text model.
+        model (dict | nn.Module): Config of the image-text model, or the model itself (an
+            image-text pretrainer validating itself during training).
         tokenizer (str): open_clip model name whose tokenizer to use when the model has no
             ``tokenize`` method. Defaults to ``'ViT-B-16'`` (CLIP BPE, 77 tokens), which is
             what RILS and CLIP are trained with.
@@ -43,12 +45,12 @@ class _ImageTextEvalWrapper(BaseModel):
     """
 
     def __init__(self,
-                 model: dict,
+                 model: Union[dict, nn.Module],
                  tokenizer: str = 'ViT-B-16',
                  strict_load: bool = True,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
-        inner = MODELS.build(model)
+        inner = model if isinstance(model, nn.Module) else MODELS.build(model)
         if isinstance(data_preprocessor, dict):
             data_preprocessor = MODELS.build(data_preprocessor)
         super().__init__(
@@ -111,7 +113,7 @@ class ZeroShotClassifier(_ImageTextEvalWrapper):
     open_clip's ``build_zero_shot_classifier`` at the first prediction after weights are set.
 
     Args:
-        model (dict): Config of the image-text model.
+        model (dict | nn.Module): Config of the image-text model, or the model.
         classnames (str): Class-name file (path or shipped name), one a line, in label order.
         templates (str): Prompt-template file, one a line, each with one ``{}``.
         class_subset (str | Sequence[int], optional): Indices into ``classnames`` of the
@@ -129,7 +131,7 @@ class ZeroShotClassifier(_ImageTextEvalWrapper):
     """
 
     def __init__(self,
-                 model: dict,
+                 model: Union[dict, nn.Module],
                  classnames: str = 'imagenet_classnames.txt',
                  templates: str = 'openai_imagenet_templates.txt',
                  class_subset: Union[str, Sequence[int], None] = None,
