@@ -3,11 +3,13 @@
 
     python tools/demo.py [--work-dir work_dirs/demo_cpu] [--epochs N]
 
-Generates data/demo_shapes on first use, trains configs/rils/demo_cpu.py with mmengine's
-Runner, and reports zero-shot classification (held-out colour-shape combinations and seen ones)
-and image<->text retrieval on the held-out split, beside chance level.
+Generates data/demo_shapes on first use, trains configs/rils/demo_cpu_val.py (the demo RILS,
+validating zero-shot top-1/top-5 on the held-out colour-shape combinations after every epoch)
+with mmengine's Runner, and reports zero-shot classification (held-out combinations and seen
+ones) and image<->text retrieval on the held-out split, beside chance level.
 """
 import argparse
+import glob
 import os.path as osp
 import time
 
@@ -32,13 +34,17 @@ def main(argv):
     start = time.time()
     # A rerun of the demo replaces the previous demo run (tools/train.py refuses to do that
     # to a work dir without --overwrite).
-    train_args = [osp.join(CONFIGS, 'demo_cpu.py'), '--work-dir', args.work_dir, '--overwrite']
+    train_args = [osp.join(CONFIGS, 'demo_cpu_val.py'), '--work-dir', args.work_dir,
+                  '--overwrite']
     train_args += ['--cfg-options', f'randomness.seed={args.seed}']
     if args.epochs:
         train_args += [f'train_cfg.max_epochs={args.epochs}']
     runner = train_main(train_args)
     checkpoint = osp.join(args.work_dir, f'epoch_{runner.epoch}.pth')
     train_time = time.time() - start
+    # The validation after each epoch (RuntimeInfoHook keeps the history of val metrics).
+    validated = runner.message_hub.get_scalar('val/accuracy/top1').data[0]
+    best = glob.glob(osp.join(args.work_dir, 'best_accuracy_top1_epoch_*.pth'))
 
     eval_dir = osp.join(args.work_dir, 'eval')
     heldout = test_main([osp.join(CONFIGS, 'demo_cpu_zeroshot.py'), checkpoint,
@@ -60,6 +66,9 @@ def main(argv):
         f'total {time.time() - start:.0f} s; checkpoint {checkpoint}',
         f'  (seed {args.seed}, {torch.get_num_threads()} torch threads, CPU kernels '
         f'{torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__})',
+        '  validation while training, held-out top-1 by epoch: '
+        + ' '.join(f'{value:.1f}' for value in validated)
+        + f' %; best kept: {", ".join(best)}',
         f'  zero-shot top-1, held-out (unseen) combinations: {metric(heldout, "top1"):5.1f} %'
         f'   (chance {chance:.1f} %, {len(class_names())} classes)',
         f'  zero-shot top-1, seen combinations, new images:  {metric(seen, "top1"):5.1f} %',

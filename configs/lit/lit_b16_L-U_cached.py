@@ -13,7 +13,14 @@ _base_ = [
     '../_base_/datasets/laion_wds_cached_features.py',
     '../_base_/schedules/lit_b16.py',
     '../_base_/default_runtime.py',
+    '../_base_/datasets/imagenet_zero_shot_val.py',
 ]
 
-model = dict(text_encoder=dict(init_cfg=dict(
-    type='Pretrained', checkpoint='checkpoints/text_tower.pth', prefix='text_encoder.')))
+# Zero-shot ImageNet top-1/top-5 after every epoch (the image tower encodes the val images),
+# keeping the best checkpoint (configs/_base_/datasets/imagenet_zero_shot_val.py:
+# data/imagenet/val, or --no-validate).
+model = dict(
+    zero_shot={{_base_.imagenet_zero_shot}},
+    text_encoder=dict(init_cfg=dict(
+        type='Pretrained', checkpoint='checkpoints/text_tower.pth', prefix='text_encoder.')))
+default_hooks = dict(checkpoint=dict(save_best='accuracy/top1', rule='greater'))

@@ -640,12 +640,26 @@ def build_train_runner(cfg: Config, args: argparse.Namespace) -> Runner:
         # Build the lazily built parts now, so that config mistakes surface here.
         runner.train_loop  # noqa: B018
         if cfg.get('val_cfg'):
-            runner.val_loop  # noqa: B018
+            build_val_loop(runner, args.config)
     except UsageError:
         raise
     except BUILD_ERRORS as err:
         raise as_usage_error(err, args.config) from err
     return runner
+
+
+def build_val_loop(runner: Runner, config: str) -> None:
+    """Build the validation loop now, so that missing validation data (an ImageNet val folder
+    not at the configured place) stops the run before its first iteration, saying what to set
+    and that ``--no-validate`` trains without it."""
+    try:
+        runner.val_loop  # noqa: B018
+    except FileNotFoundError as err:
+        detail = ' '.join(str(err).split())
+        raise UsageError(
+            f'{config}: validation data not found ({detail}): point val_dataloader.dataset '
+            f'at it (e.g. --cfg-options val_dataloader.dataset.data_root=PATH), or train '
+            f'without validation with --no-validate') from None
 
 
 def test_main(argv: List[str]) -> dict:
