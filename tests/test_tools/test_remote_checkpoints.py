@@ -259,3 +259,55 @@ def test_a_failed_upload_stops_the_run_in_one_line(s3, tmp_path):
         f'(FileNotFoundError: The specified bucket does not exist); the local copy is intact '
         f'and no checkpoint of this run is in s3://gone-bucket/run yet: fix the connection and '
         f'continue with tools/train.py CONFIG --resume --remote-dir s3://gone-bucket/run')
+
+
+def test_resume_downloads_once_per_node_and_only_a_newer_checkpoint(tmp_path, monkeypatch):
+    """Processes of one node resuming together download the remote checkpoint once; a local
+    checkpoint as new as the remote one is kept. The remote dir here is a plain folder
+    (``file://``): uploads go to a temporary name and are moved into place."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mmengine.config import Config
+
+    from rils_mm.engine.cli import check_checkpoint_file
+    from rils_mm.tools import remote_checkpoints
+    remote, work = tmp_path / 'remote', tmp_path / 'work'
+    remote.mkdir()
+    store = remote_checkpoints.RemoteStore(f'file://{remote}')
+    assert not store.whole_objects
+    local = tmp_path / 'local.pth'
+    torch.save(dict(state_dict=dict(w=torch.arange(4.))), local)
+    store.put_file(str(local), 'iter_4.pth')
+    store.put_bytes(b'iter_4.pth', 'last_checkpoint')
+    assert sorted(os.listdir(remote)) == ['iter_4.pth', 'last_checkpoint']
+    assert (remote / 'iter_4.pth').read_bytes() == local.read_bytes()
+
+    downloads = []
+    download = remote_checkpoints.RemoteStore.download
+
+    def slow_download(self, *args):
+        downloads.append(threading.get_ident())
+        time.sleep(0.3)  # the other processes arrive while it runs
+        return download(self, *args)
+
+    monkeypatch.setattr(remote_checkpoints.RemoteStore, 'download', slow_download)
+    cfg = Config(dict(work_dir=str(work), custom_hooks=[
+        dict(type='RemoteCheckpointHook', remote_dir=f'file://{remote}')]))
+
+    def fetch(local_checkpoint):
+        return remote_checkpoints.fetch_resume_checkpoint(cfg, local_checkpoint,
+                                                          check_checkpoint_file)
+
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(fetch, [None] * 3)) == [str(work / 'iter_4.pth')] * 3
+    assert len(downloads) == 1
+    assert (work / 'iter_4.pth').read_bytes() == local.read_bytes()
+    assert (work / 'last_checkpoint').read_text() == str(work / 'iter_4.pth')
+    assert not [n for n in os.listdir(work) if '.partial-' in n]
+    assert fetch(str(work / 'iter_4.pth')) is None  # as new: resume from the local one
+    assert fetch(str(tmp_path / 'iter_6.pth')) is None  # newer locally
+    assert fetch(str(tmp_path / 'epoch_1.pth')) is None  # another kind: the local one
+    assert fetch(str(tmp_path / 'iter_2.pth')) == str(work / 'iter_4.pth')  # already here
+    assert len(downloads) == 1
