@@ -29,6 +29,10 @@ check, a data stream with nothing left to read. In detail:
   pretrained weights through ``init_cfg`` (``Pretrained``/``CheckedPretrained`` with a
   ``prefix``, as in the detection and segmentation configs) are partial by design and checked
   by :func:`rils_mm.models.utils.load_checked` instead.
+- Remote copies: ``--remote-dir URL`` (or a ``RemoteCheckpointHook`` in ``custom_hooks``)
+  copies checkpoints and logs to an object store, checked before anything is built, and
+  ``--resume`` downloads the remote last checkpoint when the work dir has none as new
+  (:mod:`rils_mm.tools.remote_checkpoints`).
 """
 import argparse
 import ast

@@ -15,12 +15,10 @@ import sys
 
 import pytest
 import torch
+from moto import server as moto_server  # test requirements: moto[server], s3fs
 from tiny_demo import tiny_data, tiny_run
 
 import rils_mm  # noqa: F401  (weights-only loading of Runner checkpoints)
-
-pytest.importorskip('s3fs')
-moto_server = pytest.importorskip('moto.server')
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(REPO, 'configs', 'rils', 'demo_cpu.py')
@@ -149,6 +147,18 @@ def test_upload_kill_during_upload_and_resume_on_a_new_node(s3, tmp_path):
     assert remote_files(fs, 'run')[-2:] == ['epoch_1.pth', 'last_checkpoint']
     assert fs.cat(f'{BUCKET}/run/last_checkpoint') == b'epoch_1.pth'
 
+    # 2b. The same node resumes from its local epoch_2.pth (newer than the remote copy) and
+    # uploads it first (to a copy of the remote dir as the kill left it).
+    for name in ('epoch_1.pth', 'last_checkpoint'):
+        fs.copy(f'{BUCKET}/run/{name}', f'{BUCKET}/same-node/{name}')
+    result = train(s3, killed, '--resume', '--remote-dir', f's3://{BUCKET}/same-node')
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert re.search(r'resumed epoch: 2, iter: 4', output), output[-4000:]
+    assert output.index('Uploaded epoch_2.pth') < output.index('Epoch(train) [3][1/2]')
+    files = remote_files(fs, 'same-node')
+    assert [f for f in files if f.endswith('.pth')] == ['epoch_2.pth', 'epoch_3.pth'], files
+
     # 3. A new node: an empty work dir, a new process, --resume with the remote dir. It
     # downloads epoch_1.pth, resumes exactly and ends with the uninterrupted run's weights.
     new_node = tmp_path / 'new_node'
@@ -166,6 +176,8 @@ def test_upload_kill_during_upload_and_resume_on_a_new_node(s3, tmp_path):
     assert fs.cat(f'{BUCKET}/run/last_checkpoint') == b'epoch_3.pth'
     assert fs.cat(f'{BUCKET}/run/epoch_3.pth') == (new_node / 'epoch_3.pth').read_bytes()
     assert_no_secret(output, killed, new_node)
+    for key, value in expected.items():  # and the same node's resume
+        assert torch.equal(weights(killed / 'epoch_3.pth')[key], value), key
 
 
 def run_in_process(argv, capsys):

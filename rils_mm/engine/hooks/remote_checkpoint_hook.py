@@ -66,11 +66,16 @@ class RemoteCheckpointHook(Hook):
             self.store.check_writable()
 
     def before_train(self, runner) -> None:
-        # After a resume the hub names the resumed checkpoints: already remote (or local only
-        # when an upload was cut short; the next save is uploaded and named by last_checkpoint).
+        # After a resume the hub names the resumed checkpoints, uploaded by the earlier run;
+        # except when it was killed during that upload and resumes on the same node from the
+        # local copy: then that copy is uploaded now, so the remote one is as new.
         info = runner.message_hub.runtime_info
         self._last = info.get('last_ckpt')
         self._best = {k: v for k, v in info.items() if k.startswith('best_ckpt')}
+        if (is_main_process() and self._last and osp.isfile(self._last)
+                and self.store.last_checkpoint() != osp.basename(self._last)):
+            self._last = None
+            self._sync(runner)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         self._sync(runner)
