@@ -58,8 +58,7 @@ class RemoteStoreError(RunStopped):
     """The remote dir cannot be used; the message names it and says what to do."""
 
 
-def check_no_secrets(url: str, storage_options: Optional[dict] = None,
-                     where: str = '--remote-dir') -> None:
+def check_no_secrets(url: str, storage_options: Optional[dict] = None) -> None:
     """Refuse a URL with ``user:password@`` or storage options with secret-like names.
 
     The message names the offending key (or the URL without its user part), never the value.
@@ -67,11 +66,11 @@ def check_no_secrets(url: str, storage_options: Optional[dict] = None,
     parts = urlsplit(str(url))
     if '@' in parts.netloc:
         shown = f'{parts.scheme}://***@{parts.netloc.rsplit("@", 1)[1]}{parts.path}'
-        raise RemoteStoreError(f'{where} {shown}: credentials in the URL are refused (they '
+        raise RemoteStoreError(f'--remote-dir {shown}: credentials in the URL are refused (they '
                                f'would be written to the config and logs); {ENV_HINT}')
     for key in _secret_keys(storage_options or {}):
-        raise RemoteStoreError(f'{where} storage option {key}: credentials in the config or '
-                               f'--cfg-options are refused (they would be written to the '
+        raise RemoteStoreError(f'{HOOK_TYPE} storage_options.{key}: credentials in the config '
+                               f'or --cfg-options are refused (they would be written to the '
                                f'dumped config and logs); {ENV_HINT}')
 
 

@@ -217,8 +217,8 @@ def test_bad_remote_dirs_are_one_line_before_the_runner_is_built(s3, tmp_path, c
          f'--remote-dir s3://***@{BUCKET}/run: credentials in the URL are refused'),
         ([config_with_hook(tmp_path, remote_dir=f's3://{BUCKET}/run'), '--cfg-options',
           f'custom_hooks.1.storage_options.secret={SECRET}'],
-         '--remote-dir storage option secret: credentials in the config or --cfg-options are '
-         'refused'),
+         'RemoteCheckpointHook storage_options.secret: credentials in the config or '
+         '--cfg-options are refused'),
         ([DEMO, '--remote-dir', 'nosuchfs://bucket/run'],
          '--remote-dir nosuchfs://bucket/run: Protocol not known: nosuchfs'),
         ([DEMO, '--remote-dir', f's3://{BUCKET}/dangling'],
@@ -245,6 +245,17 @@ def test_bad_remote_dirs_are_one_line_before_the_runner_is_built(s3, tmp_path, c
     assert status == 1 and len(errors) == 1, errors
     assert (f'--remote-dir s3://{BUCKET}/run is not writable: no credentials found: give '
             f'credentials in the environment') in errors[0]
+    # s3fs not installed.
+    import importlib
+    registry = importlib.import_module('fsspec.registry')  # the module, not its mapping
+    monkeypatch.delitem(registry._registry, 's3', raising=False)
+    monkeypatch.setitem(sys.modules, 's3fs', None)
+    status, errors = run_in_process([DEMO, '--remote-dir', f's3://{BUCKET}/run', '--work-dir',
+                                     work], capsys)
+    assert status == 1 and len(errors) == 1, errors
+    assert errors[0].startswith(f'tools/train.py: error: --remote-dir s3://{BUCKET}/run: s3:// '
+                                f'needs a package that is not installed (')
+    assert errors[0].endswith('): pip install s3fs')
 
 
 def test_a_failed_upload_stops_the_run_in_one_line(s3, tmp_path):
