@@ -27,6 +27,7 @@ Every failure is a :class:`RemoteStoreError`: one line naming the URL and what t
 import fcntl
 import os
 import os.path as osp
+import posixpath
 import re
 import time
 from contextlib import contextmanager
@@ -141,12 +142,18 @@ class RemoteStore:
             raise RemoteStoreError(f'--remote-dir {self.url} is not writable: '
                                    f'{describe(err)}') from None
 
+    def _partial(self, name: str) -> str:
+        """A temporary name next to ``name`` (whose folder is created: file systems with
+        real folders need it)."""
+        self.fs.makedirs(posixpath.dirname(self.path(name)), exist_ok=True)
+        return self.path(f'{name}{PARTIAL_SUFFIX}{os.getpid()}')
+
     def put_file(self, local: str, name: str) -> None:
         """Upload ``local`` as ``name``, never visible under that name in part."""
         if self.whole_objects:
             self.fs.put_file(local, self.path(name))
             return
-        partial = self.path(f'{name}{PARTIAL_SUFFIX}{os.getpid()}')
+        partial = self._partial(name)
         self.fs.put_file(local, partial)
         self.fs.mv(partial, self.path(name))
 
@@ -154,7 +161,7 @@ class RemoteStore:
         if self.whole_objects:
             self.fs.pipe_file(self.path(name), data)
             return
-        partial = self.path(f'{name}{PARTIAL_SUFFIX}{os.getpid()}')
+        partial = self._partial(name)
         self.fs.pipe_file(partial, data)
         self.fs.mv(partial, self.path(name))
 

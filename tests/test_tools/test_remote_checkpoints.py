@@ -334,3 +334,43 @@ def test_resume_downloads_once_per_node_and_only_a_newer_checkpoint(tmp_path, mo
     assert fetch(str(tmp_path / 'epoch_1.pth')) is None  # another kind: the local one
     assert fetch(str(tmp_path / 'iter_2.pth')) == str(work / 'iter_4.pth')  # already here
     assert len(downloads) == 1
+
+
+def test_best_checkpoints_and_pruning_follow_the_local_ones(tmp_path):
+    """With a plain-folder remote dir: each new checkpoint, then last_checkpoint, then the
+    checkpoints max_keep_ckpts dropped are deleted; a new best_*.pth replaces the old one."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from mmengine.hooks import CheckpointHook
+    from mmengine.logging import MessageHub
+
+    from rils_mm.engine.hooks import RemoteCheckpointHook
+    work, remote = tmp_path / 'work', tmp_path / 'remote'
+    (work / 'logs' / 'vis_data').mkdir(parents=True)
+    (work / 'logs' / 'vis_data' / 'scalars.json').write_text('{}\n')
+    remote.mkdir()
+    (remote / 'notes.txt').write_text('not a checkpoint: kept')
+    checkpoint_hook = CheckpointHook(interval=1, max_keep_ckpts=2)
+    hub = MessageHub.get_instance('remote-best-and-pruning')
+    runner = SimpleNamespace(message_hub=hub, hooks=[checkpoint_hook],
+                             log_dir=str(work / 'logs'))
+    hook = RemoteCheckpointHook(f'file://{remote}')
+    hook.before_train(runner)
+    for epoch, best in ((1, 1), (2, 1), (3, 3)):
+        path = work / f'epoch_{epoch}.pth'
+        torch.save(dict(epoch=epoch), path)
+        checkpoint_hook.keep_ckpt_ids = deque(range(max(1, epoch - 1), epoch + 1))
+        hub.update_info('last_ckpt', str(path))
+        hook.after_train_epoch(runner)
+        best_path = work / f'best_accuracy_epoch_{best}.pth'
+        if not best_path.exists():
+            torch.save(dict(best=best), best_path)
+        hub.update_info('best_ckpt', str(best_path))
+        hook.after_val_epoch(runner, dict(accuracy=best))
+        assert (remote / 'last_checkpoint').read_text() == f'epoch_{epoch}.pth'
+    assert sorted(os.listdir(remote)) == [
+        'best_accuracy_epoch_3.pth', 'epoch_2.pth', 'epoch_3.pth', 'last_checkpoint', 'logs',
+        'notes.txt']
+    assert (remote / 'epoch_3.pth').read_bytes() == (work / 'epoch_3.pth').read_bytes()
+    assert (remote / 'logs' / 'vis_data' / 'scalars.json').read_text() == '{}\n'
