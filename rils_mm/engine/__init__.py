@@ -1,5 +1,5 @@
-"""Training-time pieces: hooks (data resume, bad-sample accounting), optimizer constructors,
-the FSDP strategy for mmengine's FlexibleRunner.
+"""Training-time pieces: hooks (data resume, bad-sample accounting, remote copies), optimizer
+constructors, the FSDP strategy for mmengine's FlexibleRunner.
 
 Importing this package registers them in mmpretrain's registries, and the optimizer
 constructor in mmdet's and mmseg's too (:mod:`.toolbox_registration`). ``rils_mm.engine.cli``
@@ -7,7 +7,7 @@ constructor in mmdet's and mmseg's too (:mod:`.toolbox_registration`). ``rils_mm
 """
 from .errors import RunStopped  # noqa: F401
 from .hooks import (BadSampleHook, DataResumeHook, NonFiniteCheckHook,  # noqa: F401
-                    RandomStateHook)
+                    RandomStateHook, RemoteCheckpointHook)
 from .optimizers import RILSLayerDecayOptimWrapperConstructor  # noqa: F401
 from .strategies import RILSFSDPStrategy  # noqa: F401
 from . import toolbox_registration  # noqa: F401,I001  (mmdet's and mmseg's registries)

@@ -29,6 +29,10 @@ check, a data stream with nothing left to read. In detail:
   pretrained weights through ``init_cfg`` (``Pretrained``/``CheckedPretrained`` with a
   ``prefix``, as in the detection and segmentation configs) are partial by design and checked
   by :func:`rils_mm.models.utils.load_checked` instead.
+- Remote copies: ``--remote-dir URL`` (or a ``RemoteCheckpointHook`` in ``custom_hooks``)
+  copies checkpoints and logs to an object store, checked before anything is built, and
+  ``--resume`` downloads the remote last checkpoint when the work dir has none as new
+  (:mod:`rils_mm.tools.remote_checkpoints`).
 """
 import argparse
 import ast
@@ -57,6 +61,7 @@ from rils_mm.datasets import DataStreamError
 from rils_mm.engine.errors import RunStopped, storage_full_message
 from rils_mm.models.utils.checkpoint_loading import describe_torch_load_error
 from rils_mm.tools.checked_loading import LOAD_OPTION_KEYS, install_checked_loading
+from rils_mm.tools.remote_checkpoints import fetch_resume_checkpoint, prepare_remote_dir
 from rils_mm.tools.work_dir_lock import WorkDirLocked, hold_work_dir
 
 # Top-level keys the Runner (and the OpenMMLab tools) read; --cfg-options may set these even
@@ -366,6 +371,7 @@ def configure_resume(cfg: Config, resume: Optional[str], overwrite: bool) -> Non
         return
     if resume == 'auto':
         chosen = choose_resume_checkpoint(cfg.work_dir)
+        chosen = fetch_resume_checkpoint(cfg, chosen, check_checkpoint_file) or chosen
         if chosen is None:
             print_log(f'--resume: no checkpoint to resume in {cfg.work_dir}; starting a new '
                       f'run', logger='current', level=30)
@@ -592,6 +598,8 @@ def train_main(argv: List[str]) -> Runner:
     parser.add_argument('--skip-nonfinite', action='store_true',
                         help='skip (and count) optimizer steps with a non-finite loss or '
                         'gradient instead of stopping the run')
+    parser.add_argument('--remote-dir', help='also copy checkpoints and logs to this fsspec '
+                        'URL (s3://bucket/run); --resume reads them back on a new node')
     add_common_args(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -601,6 +609,7 @@ def train_main(argv: List[str]) -> Runner:
         cfg.launcher = args.launcher
         set_work_dir(cfg, args.config, args.work_dir)
         check_writable(cfg.work_dir)
+        prepare_remote_dir(cfg, args.remote_dir, args.resume, args.overwrite)
     except UsageError:
         raise
     except BUILD_ERRORS as err:

@@ -6,6 +6,8 @@
 - :mod:`.work_dir_lock`: one ``tools/train.py`` run per work dir.
 - :mod:`.checked_loading`: strict ``load_from`` and ``--resume`` loads for the Runner of
   ``tools/train.py`` and ``tools/test.py`` (driven by :mod:`rils_mm.engine.cli`).
+- :mod:`.remote_checkpoints`: a run's copies on an object store (``--remote-dir``) and
+  ``--resume`` from them on a new node.
 
 Tools sit on top of the package: they may import every other subpackage.
 """
