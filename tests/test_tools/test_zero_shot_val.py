@@ -14,6 +14,8 @@ import sys
 import torch
 from tiny_demo import TINY_MODEL, tiny_run
 
+from rils_mm.tools.plot_curves import curve, find_scalars_file, plot_curves, read_scalars
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 METRIC = r'accuracy/top1: ([\d.]+)\s+accuracy/top5: ([\d.]+)'
 
@@ -60,6 +62,16 @@ def test_validation_equals_test_tool_and_leaves_training_unchanged(tmp_path):
     val_lines = [line for line in log.splitlines() if 'Epoch(val)' in line and 'top1' in line]
     assert len(val_lines) == 2, log[-3000:]  # every epoch
     val_figures = re.search(METRIC, val_lines[-1]).groups()
+
+    # plot_curves draws the zero-shot curve from the run folder: one point per validation,
+    # at the last iteration of its epoch (4 iterations of 16 pairs per epoch).
+    run = next(val_dir.glob('2*'))
+    iterations, top1 = curve(read_scalars(find_scalars_file(str(val_dir))), 'accuracy/top1')
+    assert iterations == [4, 8]
+    assert [f'{value:.4f}' for value in top1] == [re.search(METRIC, line).group(1)
+                                                  for line in val_lines]
+    picture = plot_curves([str(run)], ['loss', 'accuracy/top1'], out=str(tmp_path / 'c.png'))
+    assert osp.getsize(picture) > 10_000
 
     # The same figures from the test tool, in a new process, on the last checkpoint.
     out = run_tool('tools/test.py', 'configs/rils/demo_cpu_zeroshot.py',
