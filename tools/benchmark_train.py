@@ -268,16 +268,37 @@ def use_random_files(cfg, files: RandomFiles) -> None:
     visit(cfg)
 
 
-def build_ours(name: str, size: Optional[dict], files: RandomFiles, inputs: dict):
-    """A model of this project from its config, and its loss step."""
-    import torch
-    from mmengine.config import Config
+def build_model(cfg, size: Optional[dict], files: RandomFiles):
+    """The initialised model of a model config (changed in place): towers resized to ``size``,
+    the files it loads replaced by random weights of their layout."""
     from mmpretrain.registry import MODELS
-    cfg = Config.fromfile(osp.join(CONFIGS, METHODS[name])).model
     shrink(cfg, size)
     use_random_files(cfg, files)
     model = MODELS.build(cfg)
     model.init_weights()
+    return model
+
+
+def random_pairs(pairs: int, img_size: int, device) -> dict:
+    """``pairs`` random uint8 images (pairs x 3 x img_size x img_size) and 21-token captions
+    (pairs x 77: start, 19 word ids, end of text, padding), on ``device``."""
+    import torch
+    generator = torch.Generator().manual_seed(0)
+    texts = torch.randint(1, 49000, (pairs, 77), generator=generator)
+    # Start, 19 word ids, end of text (the highest id), then padding: 21-token captions
+    # (MaMMUT's decoder runs only up to the batch's longest caption).
+    texts[:, 0], texts[:, 20], texts[:, 21:] = 49406, 49407, 0
+    return dict(
+        images=torch.randint(0, 256, (pairs, 3, img_size, img_size), dtype=torch.uint8,
+                             generator=generator).to(device),
+        texts=texts.to(device))
+
+
+def build_ours(name: str, size: Optional[dict], files: RandomFiles, inputs: dict):
+    """A model of this project from its config, and its loss step."""
+    import torch
+    from mmengine.config import Config
+    model = build_model(Config.fromfile(osp.join(CONFIGS, METHODS[name])).model, size, files)
     if name in FEATURE_INPUTS:  # what the locked tower would give: B x its width
         generator = torch.Generator().manual_seed(0)
         features = torch.randn(len(inputs['texts']), model.backbone.embed_dims,
@@ -506,16 +527,8 @@ def main(argv=None) -> List[Entry]:
     torch.manual_seed(0)
     matmul = MatmulPeak(device, amp_dtype or torch.float32)
     matmul.measure(5)
-    generator = torch.Generator().manual_seed(0)
-    pairs = batch_size * args.accumulate  # the accumulated step's batch; the others take part
-    texts = torch.randint(1, 49000, (pairs, 77), generator=generator)
-    # Start, 19 word ids, end of text (the highest id), then padding: 21-token captions
-    # (MaMMUT's decoder runs only up to the batch's longest caption).
-    texts[:, 0], texts[:, 20], texts[:, 21:] = 49406, 49407, 0
-    inputs = dict(
-        images=torch.randint(0, 256, (pairs, 3, img_size, img_size), dtype=torch.uint8,
-                             generator=generator).to(device),
-        texts=texts.to(device))
+    # The accumulated step's batch; the others take part of it.
+    inputs = random_pairs(batch_size * args.accumulate, img_size, device)
 
     entries = []
     with tempfile.TemporaryDirectory() as folder:  # the files are read while building only
