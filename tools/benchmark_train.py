@@ -200,7 +200,9 @@ def shrink(cfg, size: Optional[dict]) -> None:
                         decoder_num_heads=vision['num_heads'])
         elif size['decoder']:
             neck.update(size['decoder'])
-        if 'predict_feature_dim' in neck:  # MILAN predicts the teacher's joint features
+        # MILAN predicts the teacher's joint features; pixel targets (PATCH x PATCH x 3
+        # values, configs/milan/pretrain_b16_pixel-target.py) keep their size.
+        if neck.get('predict_feature_dim') not in (None, PATCH**2 * 3):
             neck.predict_feature_dim = size['embed_dims']
 
 
@@ -268,17 +270,6 @@ def use_random_files(cfg, files: RandomFiles) -> None:
     visit(cfg)
 
 
-def build_model(cfg, size: Optional[dict], files: RandomFiles):
-    """The initialised model of a model config (changed in place): towers resized to ``size``,
-    the files it loads replaced by random weights of their layout."""
-    from mmpretrain.registry import MODELS
-    shrink(cfg, size)
-    use_random_files(cfg, files)
-    model = MODELS.build(cfg)
-    model.init_weights()
-    return model
-
-
 def random_pairs(pairs: int, img_size: int, device) -> dict:
     """``pairs`` random uint8 images (pairs x 3 x img_size x img_size) and 21-token captions
     (pairs x 77: start, 19 word ids, end of text, padding), on ``device``."""
@@ -298,7 +289,12 @@ def build_ours(name: str, size: Optional[dict], files: RandomFiles, inputs: dict
     """A model of this project from its config, and its loss step."""
     import torch
     from mmengine.config import Config
-    model = build_model(Config.fromfile(osp.join(CONFIGS, METHODS[name])).model, size, files)
+    from mmpretrain.registry import MODELS
+    cfg = Config.fromfile(osp.join(CONFIGS, METHODS[name])).model
+    shrink(cfg, size)
+    use_random_files(cfg, files)
+    model = MODELS.build(cfg)
+    model.init_weights()
     if name in FEATURE_INPUTS:  # what the locked tower would give: B x its width
         generator = torch.Generator().manual_seed(0)
         features = torch.randn(len(inputs['texts']), model.backbone.embed_dims,

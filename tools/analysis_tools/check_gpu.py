@@ -247,12 +247,65 @@ def load_config(config: str, setting: Setting, options: Optional[dict] = None):
 
 
 def build(cfg, setting: Setting):
-    """The config's model, initialised (seed 0), resized and on the device, in train mode."""
+    """The config's model, initialised (seed 0), resized and on the device, in train mode.
+
+    The teacher's file is tools/benchmark_train.py's random one; every other file the model
+    loads (LiT's towers, OpenAI-layout towers, a whole model to continue from) is the model's
+    own random weights, so that every key the loading checks is there.
+    """
     import benchmark_train
     import torch
+    from mmpretrain.registry import MODELS
+    model_cfg = copy.deepcopy(cfg.model)
+    benchmark_train.shrink(model_cfg, setting.size)
+    benchmark_train.use_random_files(model_cfg, setting.files)
+    loaded = pretrained_nodes(model_cfg)
+    if loaded:
+        torch.manual_seed(1)
+        own = MODELS.build(without_pretrained(copy.deepcopy(model_cfg)))
+        own.init_weights()
+        path = osp.join(setting.files.folder, f'own_{len(os.listdir(setting.files.folder))}.pth')
+        torch.save(dict(state_dict=own.state_dict()), path)
+        for node in loaded:
+            node['checkpoint'] = path
     torch.manual_seed(0)
-    model = benchmark_train.build_model(copy.deepcopy(cfg.model), setting.size, setting.files)
+    model = MODELS.build(model_cfg)
+    model.init_weights()
     return model.to(setting.device).train()
+
+
+def is_pretrained(node) -> bool:
+    return isinstance(node, dict) and node.get('type') in ('Pretrained', 'CheckedPretrained')
+
+
+def pretrained_nodes(node) -> list:
+    """The init_cfg dicts that load a file, outside the teacher (``target_generator``)."""
+    if is_pretrained(node):
+        return [node]
+    if isinstance(node, dict):
+        return [found for key, value in node.items() if key != 'target_generator'
+                for found in pretrained_nodes(value)]
+    if isinstance(node, (list, tuple)):
+        return [found for value in node for found in pretrained_nodes(value)]
+    return []
+
+
+def without_pretrained(node):
+    """``node`` (changed in place) without the init_cfgs that load a file (the teacher's
+    stays)."""
+    if isinstance(node, dict):
+        init = node.get('init_cfg')
+        if is_pretrained(init):
+            node.pop('init_cfg')
+        elif isinstance(init, list):
+            node['init_cfg'] = [item for item in init if not is_pretrained(item)]
+        for key, value in node.items():
+            if key != 'target_generator':
+                without_pretrained(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            without_pretrained(value)
+    return node
 
 
 def batch_for(cfg, model, batch_size: int, setting: Setting) -> dict:
