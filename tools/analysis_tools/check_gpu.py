@@ -412,6 +412,9 @@ def check_amp(config: str, iters: int, options: dict, setting: Setting) -> List[
             shape = f'batch {batch_size}' + (f', {size.shape[-1]} px' if size.ndim == 4
                                              else ', cached features')
             figures = f'loss {losses[0]:.4g} -> {losses[-1]:.4g} in {iters} it ({shape})'
+            scaler = getattr(optim_wrapper, 'loss_scaler', None)
+            if scaler is not None:  # AmpOptimWrapper: a falling scale means skipped steps
+                figures += f', final loss scale {scaler.get_scale():g}'
             if losses[-1] >= losses[0]:
                 return Row(f'amp {dtype}', f'configs/{config}', 'FAIL',
                            f'loss did not fall: {figures}')
@@ -526,8 +529,8 @@ def ddp_worker(rank: int, world_size: int, port: int, folder: str, config: str,
             setting = make_setting(device, tiny, 0.0)
             cfg = load_config(config, setting)
             model = build(cfg, setting)
-            model.load_state_dict(torch.load(osp.join(folder, 'initial.pth')))
-            data = torch.load(osp.join(folder, 'batch.pth'))
+            model.load_state_dict(torch.load(osp.join(folder, 'initial.pth'), map_location='cpu'))
+            data = torch.load(osp.join(folder, 'batch.pth'), map_location='cpu')
             per_rank = len(data['texts']) // world_size
             rows = slice(rank * per_rank, (rank + 1) * per_rank)
             data = dict(inputs={k: v[rows].to(device) for k, v in data.items()})
