@@ -48,6 +48,7 @@ bench, 10 ViT-B/16 models at batch 128 (about 20 GB) built, warmed up and timed 
 = about 2-3 min: in all about 8 minutes. ``--quick`` (9 amp configs) saves about 2 minutes.
 """
 import argparse
+import atexit
 import copy
 import contextlib
 import glob
@@ -57,6 +58,7 @@ import logging
 import math
 import os
 import os.path as osp
+import shutil
 import socket
 import statistics
 import subprocess
@@ -638,6 +640,7 @@ def check_bench(setting: Setting, tiny: bool) -> tuple:
 def make_setting(device, tiny: bool, rtol: float) -> Setting:
     import benchmark_train
     folder = tempfile.mkdtemp(prefix='check_gpu_')  # random weight files, read while building
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return Setting(device, benchmark_train.SIZES['tiny'] if tiny else None,
                    benchmark_train.RandomFiles(folder, benchmark_train.SIZES['tiny']
                                                if tiny else None), rtol)
