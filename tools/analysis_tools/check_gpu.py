@@ -526,9 +526,9 @@ def ddp_worker(rank: int, world_size: int, port: int, folder: str, config: str,
         device = torch.device('cpu')
     dist.init_process_group('nccl' if device_type == 'cuda' else 'gloo', rank=rank,
                             world_size=world_size)
+    setting = make_setting(device, tiny, 0.0)
     try:
         with exact_float32():
-            setting = make_setting(device, tiny, 0.0)
             cfg = load_config(config, setting)
             model = build(cfg, setting)
             model.load_state_dict(torch.load(osp.join(folder, 'initial.pth'), map_location='cpu'))
@@ -556,6 +556,8 @@ def ddp_worker(rank: int, world_size: int, port: int, folder: str, config: str,
                        osp.join(folder, f'rank{rank}.pth'))
     finally:
         dist.destroy_process_group()
+        # A spawned process ends without running atexit handlers.
+        shutil.rmtree(setting.files.folder, ignore_errors=True)
 
 
 def check_ddp(config: str, setting: Setting, tiny: bool) -> Row:
