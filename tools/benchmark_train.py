@@ -200,7 +200,9 @@ def shrink(cfg, size: Optional[dict]) -> None:
                         decoder_num_heads=vision['num_heads'])
         elif size['decoder']:
             neck.update(size['decoder'])
-        if 'predict_feature_dim' in neck:  # MILAN predicts the teacher's joint features
+        # MILAN predicts the teacher's joint features; pixel targets (PATCH x PATCH x 3
+        # values, configs/milan/pretrain_b16_pixel-target.py) keep their size.
+        if neck.get('predict_feature_dim') not in (None, PATCH**2 * 3):
             neck.predict_feature_dim = size['embed_dims']
 
 
@@ -266,6 +268,21 @@ def use_random_files(cfg, files: RandomFiles) -> None:
                 visit(value)
 
     visit(cfg)
+
+
+def random_pairs(pairs: int, img_size: int, device) -> dict:
+    """``pairs`` random uint8 images (pairs x 3 x img_size x img_size) and 21-token captions
+    (pairs x 77: start, 19 word ids, end of text, padding), on ``device``."""
+    import torch
+    generator = torch.Generator().manual_seed(0)
+    texts = torch.randint(1, 49000, (pairs, 77), generator=generator)
+    # Start, 19 word ids, end of text (the highest id), then padding: 21-token captions
+    # (MaMMUT's decoder runs only up to the batch's longest caption).
+    texts[:, 0], texts[:, 20], texts[:, 21:] = 49406, 49407, 0
+    return dict(
+        images=torch.randint(0, 256, (pairs, 3, img_size, img_size), dtype=torch.uint8,
+                             generator=generator).to(device),
+        texts=texts.to(device))
 
 
 def build_ours(name: str, size: Optional[dict], files: RandomFiles, inputs: dict):
@@ -506,16 +523,8 @@ def main(argv=None) -> List[Entry]:
     torch.manual_seed(0)
     matmul = MatmulPeak(device, amp_dtype or torch.float32)
     matmul.measure(5)
-    generator = torch.Generator().manual_seed(0)
-    pairs = batch_size * args.accumulate  # the accumulated step's batch; the others take part
-    texts = torch.randint(1, 49000, (pairs, 77), generator=generator)
-    # Start, 19 word ids, end of text (the highest id), then padding: 21-token captions
-    # (MaMMUT's decoder runs only up to the batch's longest caption).
-    texts[:, 0], texts[:, 20], texts[:, 21:] = 49406, 49407, 0
-    inputs = dict(
-        images=torch.randint(0, 256, (pairs, 3, img_size, img_size), dtype=torch.uint8,
-                             generator=generator).to(device),
-        texts=texts.to(device))
+    # The accumulated step's batch; the others take part of it.
+    inputs = random_pairs(batch_size * args.accumulate, img_size, device)
 
     entries = []
     with tempfile.TemporaryDirectory() as folder:  # the files are read while building only

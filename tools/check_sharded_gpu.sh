@@ -5,7 +5,9 @@
 # low-precision sums are not bitwise across the two wrappers). The CPU test of the same pair is
 # tests/test_engine/test_sharded_training.py.
 #   tools/check_sharded_gpu.sh [GPUS=2] [AMP=bfloat16|float16|none] [WORK=work_dirs/check_sharded]
-# AMP=none runs without AMP (also on the CPU, with gloo).
+# AMP=none runs without AMP (also on the CPU, with gloo). OPTIONS (environment, space-separated
+# key=value) are added to both runs' --cfg-options; its model.* keys also shape the initial
+# weights (tools/analysis_tools/check_gpu.py shrinks the towers so for its CPU test).
 set -euo pipefail
 GPUS=${1:-2}
 AMP=${2:-bfloat16}
@@ -14,15 +16,19 @@ here=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-$here/../.venv/bin/python}
 cd "$here/.."
 rm -rf "$WORK" && mkdir -p "$WORK"
-"$PYTHON" - "$WORK/initial.pth" > "$WORK/initial.log" 2>&1 <<'EOF'
+read -r -a extra <<< "${OPTIONS:-}"
+"$PYTHON" - "$WORK/initial.pth" "${extra[@]}" > "$WORK/initial.log" 2>&1 <<'EOF'
 import sys
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.registry import DefaultScope
 import rils_mm  # noqa: F401
 from mmpretrain.registry import MODELS
 DefaultScope.get_instance('check', scope_name='mmpretrain')
 cfg = Config.fromfile('configs/rils/demo_cpu.py')
+cfg.merge_from_dict({key: DictAction._parse_iterable(value) for key, value in
+                     (option.split('=', 1) for option in sys.argv[2:])
+                     if key.startswith('model.')})
 torch.manual_seed(0)
 model = MODELS.build(cfg.model)
 model.init_weights()
@@ -34,7 +40,7 @@ options=(load_from="$WORK/initial.pth" train_cfg.max_epochs=1 train_dataloader.b
          train_dataloader.dataset.data_root="$WORK/shapes"
          "train_dataloader.dataset.generate_cfg.num_train=$((64 * GPUS))"
          train_dataloader.dataset.generate_cfg.num_val=8
-         train_dataloader.dataset.generate_cfg.num_heldout=8)
+         train_dataloader.dataset.generate_cfg.num_heldout=8 "${extra[@]}")
 if [ "$AMP" != none ]; then
     scale=dynamic; [ "$AMP" = bfloat16 ] && scale=1.0
     options+=(optim_wrapper.type=AmpOptimWrapper "optim_wrapper.dtype=$AMP" "optim_wrapper.loss_scale=$scale")
