@@ -131,3 +131,58 @@ def test_a_distributed_run_gets_the_accumulating_wrapper():
     single = accumulating_config()
     check_train_config(single)  # one process: the model's own train_step, no wrapper
     assert 'model_wrapper_cfg' not in single
+
+
+# tools/train.py, SIGKILLed by itself when its step has back-propagated the first of its two
+# micro-batches: grad_cache sets the saved random state before each micro-batch's second pass
+# (and once after the last), 3 calls a step, so call 8 is step 3 between its micro-batches.
+KILLED_BETWEEN_MICRO_BATCHES = """
+import os, runpy, signal, sys
+from rils_mm.models.utils import grad_cache
+original, calls = grad_cache._set_rng_state, []
+def set_rng_state(*args):
+    calls.append(None)
+    if len(calls) == 8:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args)
+grad_cache._set_rng_state = set_rng_state
+sys.argv = ['tools/train.py', *sys.argv[1:]]
+runpy.run_path('tools/train.py', run_name='__main__')
+"""
+
+
+def test_a_kill_between_micro_batches_redoes_the_step_whole(tmp_path):
+    import torch
+    every_step = ['default_hooks.checkpoint.by_epoch=False', 'default_hooks.checkpoint.interval=1',
+                  'default_hooks.checkpoint.max_keep_ckpts=4']
+    reference = train(tmp_path / 'reference', *options(tmp_path, 2, *every_step))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    killed_dir = tmp_path / 'killed'
+    killed = subprocess.run(
+        [sys.executable, '-c', KILLED_BETWEEN_MICRO_BATCHES, DEMO, '--work-dir', str(killed_dir),
+         '--no-validate', *options(tmp_path, 2, *every_step)],
+        cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED='1'), capture_output=True, text=True,
+        timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert sorted(p.name for p in killed_dir.glob('iter_*.pth')) == ['iter_1.pth', 'iter_2.pth']
+
+    resumed = train(killed_dir, '--resume', *options(tmp_path, 2, *every_step))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # The resumed run logs step 3 and 4 again: the half-done step 3 is redone from the start.
+    assert [r['iter'] for r in logged_runs(killed_dir)[-1]] == [3, 4]
+    final = torch.load(killed_dir / 'iter_4.pth', map_location='cpu', weights_only=False)
+    expected = torch.load(tmp_path / 'reference' / 'iter_4.pth', map_location='cpu',
+                          weights_only=False)
+    assert final['state_dict'].keys() == expected['state_dict'].keys()
+    for key, value in expected['state_dict'].items():
+        assert torch.equal(final['state_dict'][key], value), key
+
+
+def logged_runs(work_dir):
+    """The logged training iterations of each run (timestamp folder) in ``work_dir``."""
+    runs = []
+    for path in sorted(work_dir.glob('*/vis_data/scalars.json')):
+        with open(path) as file:
+            runs.append([json.loads(line) for line in file if '"loss"' in line])
+    return runs
