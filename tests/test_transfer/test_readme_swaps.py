@@ -1,8 +1,9 @@
-"""README's swap blocks ("Transfer to detection and segmentation") work as written.
+"""The swap blocks of docs/transfer.md (linked from README's "Using it") work as written.
 
 The ```python block after each marker line (``<!-- swap:mmdet -->``, ``<!-- swap:mmseg -->``) is
-read from README.md and appended verbatim to the toolbox base config README names. A separate
-section of overrides after it only makes the run fit 2 CPU cores: fewer ViT blocks at README's
+read from docs/transfer.md ("README" below: the blocks were in README.md before) and appended
+verbatim to the toolbox base config README names. A separate section of overrides after it only
+makes the run fit 2 CPU cores: fewer ViT blocks at README's
 width 768 (so README's ``in_channels`` are what is tested), tiny images, generated data, fewer
 proposals, 2 training iterations, and README's encoder path pointed at a real file. The encoder
 comes from a tiny pretraining checkpoint through ``tools/model_converters/rils_to_toolbox.py``;
@@ -28,7 +29,7 @@ from transfer_helpers import (CLASSES, TINY_ARCH, build_pretrainer, pretrainer_c
                               shrink_sizes_but_backbone, write_ade, write_coco)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-README = osp.join(ROOT, 'README.md')
+README = osp.join(ROOT, 'docs', 'transfer.md')  # the page that holds the swap blocks
 
 # README's ViT-B width with 4 blocks instead of 12: the necks and heads get README's 768.
 ARCH = dict(embed_dims=768, num_layers=4, num_heads=12, feedforward_channels=3072)
@@ -55,9 +56,9 @@ def readme_block(toolbox):
     with open(README, encoding='utf-8') as file:
         lines = file.read().splitlines()
     marker = f'<!-- swap:{toolbox} -->'
-    assert marker in lines, f'README.md has no line {marker!r}'
+    assert marker in lines, f'{README} has no line {marker!r}'
     start = lines.index(marker) + 1
-    assert lines[start] == '```python', f'README.md: no ```python block right after {marker}'
+    assert lines[start] == '```python', f'{README}: no ```python block right after {marker}'
     end = lines.index('```', start + 1)
     return '\n'.join(lines[start + 1:end]) + '\n'
 
@@ -155,7 +156,7 @@ def write_configs(toolbox, tmp_path):
         tuple: The tiny config's path, its ``Config``, and README's block as a ``Config``.
     """
     block = readme_block(toolbox)
-    swap_text = f"_base_ = {SWAPS[toolbox]['base']!r}\n\n# README.md, verbatim:\n{block}"
+    swap_text = f"_base_ = {SWAPS[toolbox]['base']!r}\n\n# docs/transfer.md, verbatim:\n{block}"
     (tmp_path / 'swap.py').write_text(swap_text)
     pipelines, preprocessor = tiny_sizes(Config.fromfile(str(tmp_path / 'swap.py')))
 
