@@ -1,5 +1,5 @@
 # Two commands for a new user; each sets up .venv on first use (tools/setup_env.sh, about
-# 8-12 minutes on a fresh machine, seconds afterwards).
+# 14 minutes on a fresh 2-core machine, most of it compiling mmcv once; seconds afterwards).
 #   make demo   pretrain a small RILS on the generated demo data and evaluate it (CPU, minutes)
 #   make compare  train and evaluate CLIP, MAE, MAE+CLIP, RILS and the baselines on the demo
 #               data, two seeds each (CPU, under an hour)

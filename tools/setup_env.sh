@@ -49,7 +49,7 @@ py_tag=$("$venv/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.
 torch_tag=$("$venv/bin/python" -c 'import torch; print(torch.__version__.replace("+", "_"))')
 wheel_dir="$cache/wheels/mmcv-$mmcv_version-$py_tag-torch$torch_tag"
 if ! ls "$wheel_dir"/mmcv-$mmcv_version-*.whl >/dev/null 2>&1; then
-    log "building mmcv $mmcv_version with ops (once; about 10 minutes on 2 cores)"
+    log "building mmcv $mmcv_version with ops (once; most of the 14 minutes a first set-up takes on 2 cores)"
     build=$(mktemp -d)
     "${pip[@]}" download -q --no-deps --no-binary=:all: --no-build-isolation -d "$build" "mmcv==$mmcv_version"
     tar -xzf "$build"/mmcv-$mmcv_version.tar.gz -C "$build"

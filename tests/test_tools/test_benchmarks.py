@@ -1,4 +1,4 @@
-"""The benchmark scripts as users run them: they run and print what the README quotes."""
+"""The benchmark scripts as users run them: they run and print what docs/speed.md quotes."""
 import json
 import os
 import os.path as osp
