@@ -182,7 +182,7 @@ def test_upload_kill_during_upload_and_resume_on_a_new_node(s3, tmp_path):
 
 def run_in_process(argv, capsys):
     """``tools/train.py ARGV`` in this process: (exit status, the error lines)."""
-    from rils_mm.engine.cli import run_cli, train_main
+    from rils_mm.tools.cli import run_cli, train_main
     with pytest.raises(SystemExit) as exit_info:
         run_cli(train_main, argv, prog='tools/train.py')
     captured = capsys.readouterr()
@@ -294,7 +294,7 @@ def test_resume_downloads_once_per_node_and_only_a_newer_checkpoint(tmp_path, mo
 
     from mmengine.config import Config
 
-    from rils_mm.engine.cli import check_checkpoint_file
+    from rils_mm.tools.cli import check_checkpoint_file
     from rils_mm.tools import remote_checkpoints
     remote, work = tmp_path / 'remote', tmp_path / 'work'
     remote.mkdir()

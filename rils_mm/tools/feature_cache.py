@@ -50,7 +50,7 @@ from rils_mm.datasets.bad_samples import (FILTERED, UNREADABLE_SHARD, UNREADABLE
 from rils_mm.datasets.caption_datasets import BaseImageTextDataset
 from rils_mm.datasets.image_text_shards import ImageTextShardDataset, _mix_seed, _ShardFailure
 from rils_mm.datasets.shard_tools import ShardWriter
-from rils_mm.engine.cli import BUILD_ERRORS, UsageError, as_usage_error, load_config
+from rils_mm.tools.cli import BUILD_ERRORS, UsageError, as_usage_error, load_config
 from rils_mm.utils.progress import Progress
 
 __all__ = ['FeatureCacheError', 'cache_image_features', 'cache_from_config']

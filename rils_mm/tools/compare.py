@@ -365,7 +365,7 @@ def plot_training_curves(work_dir: str, methods: Sequence[str], seed: int, path:
     """Training curves (:data:`CURVE_KEYS` that some run logged) of each method's run of
     ``seed`` (a chain: its last stage), from the runs' ``scalars.json``; returns the methods
     drawn (those without a log are left out; none: no chart)."""
-    from ..tools.plot_curves import (CurvesError, available_keys, find_scalars_file,
+    from .plot_curves import (CurvesError, available_keys, find_scalars_file,
                                      plot_curves, read_scalars)
     runs, names, logged = [], [], set()
     for method in methods:
