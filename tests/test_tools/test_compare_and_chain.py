@@ -361,7 +361,8 @@ def test_every_compared_method_has_its_configs():
 
 def test_budget_split_schedules_and_caption_recall():
     import torch
-    from rils_mm.tools.compare import caption_recall, schedule_options, split_budget
+    from rils_mm.evaluation.probes import caption_recall
+    from rils_mm.tools.compare import schedule_options, split_budget
     assert split_budget(3, 2) == [1, 2] and split_budget(4, 2) == [2, 2]
     assert split_budget(5, 3) == [1, 2, 2]
     try:
