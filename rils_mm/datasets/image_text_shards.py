@@ -77,7 +77,7 @@ class DataStreamError(RuntimeError):
     ``tools/train.py`` prints it as one line."""
 
 
-class _ShardFailure:
+class ShardFailure:
     """Stream entry standing for a shard (or its tail) that could not be read.
 
     ``lost`` is the estimated number of samples of the role's unit that were not read (see
@@ -168,7 +168,7 @@ def attach_metainfo(output, info: dict):
     return output
 
 
-def _mix_seed(*values: int) -> int:
+def mix_seed(*values: int) -> int:
     """A 63-bit seed from a tuple of ints (Python's tuple hash of ints is not salted)."""
     return hash(tuple(int(v) for v in values)) & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -357,17 +357,17 @@ class ImageTextShardDataset(IterableDataset):
         parts = max(1, math.ceil(num_roles / len(self.shards)))
         units = [(shard, part) for shard in range(len(self.shards)) for part in range(parts)]
         if self.shuffle:
-            random.Random(_mix_seed(self.seed, epoch)).shuffle(units)
+            random.Random(mix_seed(self.seed, epoch)).shuffle(units)
         return units, parts
 
     def raw_stream(self, epoch: int, role: int,
-                   num_roles: int) -> Iterator[Union[SampleRef, _ShardFailure]]:
+                   num_roles: int) -> Iterator[Union[SampleRef, ShardFailure]]:
         """Sample references (and shard failures) of one role in one epoch, shuffled.
 
         Reads tar headers only; this is the order both training and resume-replay follow.
         """
         units, parts = self.epoch_units(epoch, num_roles)
-        rng = random.Random(_mix_seed(self.seed, epoch, role, num_roles))
+        rng = random.Random(mix_seed(self.seed, epoch, role, num_roles))
         buffer: List[SampleRef] = []
         readable_sizes: List[int] = []
         for shard_index, part in units[role::num_roles]:
@@ -377,8 +377,8 @@ class ImageTextShardDataset(IterableDataset):
                 readable_sizes.append(len(refs))
                 self._reader.forget_failure(path)  # readable again: its samples are tried
             else:
-                yield _ShardFailure(path, str(error),
-                                    _estimate_lost(path, refs, part, parts, readable_sizes))
+                yield ShardFailure(path, str(error),
+                                   _estimate_lost(path, refs, part, parts, readable_sizes))
             for ref in refs[part::parts]:
                 if len(buffer) < self.shuffle_buffer:
                     buffer.append(ref)
@@ -450,7 +450,7 @@ class ImageTextShardDataset(IterableDataset):
             for position, item in enumerate(self.raw_stream(epoch, global_role, num_roles), 1):
                 if epoch == start_epoch and position <= skip:
                     continue  # replaying up to the resume point: headers only
-                if isinstance(item, _ShardFailure):
+                if isinstance(item, ShardFailure):
                     warnings.warn(f'Skipping unreadable shard (or its tail): {item.message} '
                                   f'(about {item.lost} sample(s) lost, counted as bad)')
                     skipped[UNREADABLE_SHARD] += 1
@@ -458,7 +458,7 @@ class ImageTextShardDataset(IterableDataset):
                     bad_shards.append(item.shard)
                     last_shard_error = item.message
                     continue
-                seed = (_mix_seed(self.seed, epoch, global_role, position)
+                seed = (mix_seed(self.seed, epoch, global_role, position)
                         if self.deterministic_augment else None)
                 try:
                     output = self.load_sample(item, seed, restore_rng=worker is None)

@@ -310,7 +310,7 @@ def plot_training_curves(work_dir: str, methods: Sequence[str], seed: int, path:
                                      plot_curves, read_scalars)
     runs, names, logged = [], [], set()
     for method in methods:
-        run_dir = _run_dir(work_dir, method, seed)
+        run_dir = method_run_dir(work_dir, method, seed)
         if 'chain' in METHODS[method]:
             last = load_chain(osp.join(REPO, METHODS[method]['chain'])).stages[-1]['name']
             run_dir = osp.join(run_dir, last)
@@ -326,7 +326,9 @@ def plot_training_curves(work_dir: str, methods: Sequence[str], seed: int, path:
     return names
 
 
-def _run_dir(work_dir: str, method: str, seed: int) -> str:
+def method_run_dir(work_dir: str, method: str, seed: int) -> str:
+    """Where the comparison trains ``method`` for ``seed``: ``<work_dir>/<name>/seed<seed>``,
+    the name without spaces, ``,``, ``>`` and ``+`` (``MIM->CLIP`` is ``MIM-CLIP``)."""
     name = method.replace(' ', '').replace(',', '_').replace('>', '').replace('+', '_')
     return osp.join(work_dir, name, f'seed{seed}')
 
@@ -356,7 +358,7 @@ def _train_or_reuse(work_dir: str, method: str, seed: int, trained: dict, log,
     """The run's ``train.json`` record, training first unless a matching one exists; ``label``
     starts the log lines (default ``compare: METHOD seed SEED``)."""
     label = label or f'compare: {method} seed {seed}'
-    run_dir = _run_dir(work_dir, method, seed)
+    run_dir = method_run_dir(work_dir, method, seed)
     record = read_json(osp.join(run_dir, 'train.json'))
     if record and all(record.get(k) == v for k, v in trained.items()) and \
             osp.isfile(record['checkpoint']):
@@ -410,7 +412,7 @@ def run_comparison(work_dir: str,
         for seed in seeds:
             number += 1
             run = f'compare: [{number}/{runs}] {method} seed {seed}'
-            run_dir = _run_dir(work_dir, method, seed)
+            run_dir = method_run_dir(work_dir, method, seed)
             trained = _training_settings(work_dir, method, seed, epochs, extra_options, log)
             metrics = read_json(osp.join(run_dir, 'metrics.json'))
             if metrics and metrics.get('settings') == settings and all(
