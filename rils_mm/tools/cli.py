@@ -55,8 +55,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import rils_mm  # noqa: F401  (compatibility fixes and registration before the Runner starts)
-from rils_mm.compat import (CheckpointKeysError, CheckpointLoadError, CheckpointSaveError,
-                            DamagedCheckpointError)
+from rils_mm.compat import (URL_PREFIXES, CheckpointKeysError, CheckpointLoadError,
+                            CheckpointSaveError, DamagedCheckpointError)
 from rils_mm.datasets import DataStreamError
 from rils_mm.engine.errors import RunStopped, storage_full_message
 from rils_mm.models.utils.checkpoint_loading import describe_torch_load_error
@@ -81,8 +81,6 @@ class UsageError(Exception):
 
 # Hooks every training run gets unless its config lists them (see their docstrings).
 DEFAULT_TRAIN_HOOKS = ('RandomStateHook', 'NonFiniteCheckHook')
-URL_PREFIXES = ('http://', 'https://', 'torchvision://', 'modelzoo://', 'open-mmlab://',
-                'openmmlab://', 'mmcls://', 's3://', 'petrel://', 'pavi://')
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

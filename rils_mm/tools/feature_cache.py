@@ -44,7 +44,7 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-from rils_mm.compat import atomic_write_bytes
+from rils_mm.compat import URL_PREFIXES, atomic_write_bytes
 from rils_mm.datasets.bad_samples import (FILTERED, UNREADABLE_SHARD, UNREADABLE_SHARD_SAMPLES,
                                           BadSampleError)
 from rils_mm.datasets.caption_datasets import BaseImageTextDataset
@@ -63,8 +63,6 @@ SHARD_NAME = '{:05d}.tar'
 _SHARD_FILE = re.compile(r'^(\d{5})\.tar$')
 DTYPES = dict(float32=np.float32, float16=np.float16)
 MAX_BAD_SAMPLE_LINES = 5
-URL_PREFIXES = ('http://', 'https://', 's3://', 'petrel://', 'open-mmlab://', 'openmmlab://',
-                'torchvision://', 'modelzoo://', 'mmcls://')
 
 
 class FeatureCacheError(Exception):
