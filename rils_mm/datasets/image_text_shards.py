@@ -9,7 +9,7 @@ that the DataLoader batches inside each worker. Shards are read sequentially, as
 does, by member offsets from the tar headers (resume and shuffling rely on them): local files
 (or a network file system) with plain ``open()``, or object stores and HTTP servers
 (``s3://bucket/x/{000000..000099}.tar``, ``gs://...``, ``https://...``) by range reads through
-fsspec (see :mod:`rils_mm.datasets.shards`: the optional ``rils_mm[remote]`` extra; not
+fsspec (see :mod:`rils_mm.datasets.remote_io`: the optional ``rils_mm[remote]`` extra; not
 ``pipe:`` URLs). Credentials for remote shards come only from the environment (the defaults
 of fsspec, s3fs, gcsfs), never from the config. Configure the
 dataloader with ``sampler=None``; use ``IterBasedTrainLoop`` (one endless pass), or
@@ -64,9 +64,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .bad_samples import (BAD_SHARDS_KEY, FILTERED, MISSING_IMAGE, SKIPPED_KEY,
                           UNREADABLE_SAMPLE, UNREADABLE_SHARD, UNREADABLE_SHARD_SAMPLES,
                           BadSampleError, decode_caption)
-from .shards import (CAPTION_EXT, IMAGE_EXTS, REMOTE_BACKOFF, REMOTE_RETRIES, SampleRef,
-                     ShardReader, call_with_retries, expand_shard_urls, image_ext_of,
-                     is_remote, is_transient, read_remote_bytes, scan_shard)
+from .remote_io import (REMOTE_BACKOFF, REMOTE_RETRIES, call_with_retries, is_remote,
+                        is_transient, read_remote_bytes)
+from .shards import (CAPTION_EXT, IMAGE_EXTS, SampleRef, ShardReader, expand_shard_urls,
+                     image_ext_of, scan_shard)
 
 STREAM_STATE_KEY = 'stream_state'
 
