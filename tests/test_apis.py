@@ -195,7 +195,7 @@ def test_embeddings_have_the_documented_shapes(tmp_path):
 def test_zero_shot_labels_come_from_the_class_list(tmp_path):
     from mmpretrain.registry import MODELS
 
-    from rils_mm.apis.inference import _Preparer, _test_pipeline
+    from rils_mm.apis.inference import ImagePreparer, image_test_pipeline
     files = write_images(tmp_path / 'images')
     model = random_model(RILS_DEMO)
     classes = ['red circle', 'blue circle', 'green circle', 'red square']
@@ -213,7 +213,7 @@ def test_zero_shot_labels_come_from_the_class_list(tmp_path):
                                 classnames=str(tmp_path / 'classes.txt'),
                                 templates=str(tmp_path / 'templates.txt'))).eval()
     wrapper.load_state_dict(model.state_dict())
-    prepare = _Preparer(_test_pipeline(model))
+    prepare = ImagePreparer(image_test_pipeline(model))
     batch = torch.stack([prepare(f) for f in files])
     inputs = wrapper.data_preprocessor(dict(inputs=batch), False)['inputs']
     expected = [s.pred_score.numpy() for s in wrapper.predict(inputs)]

@@ -7,7 +7,11 @@ Layers, bottom to top:
 - ``datasets`` and ``evaluation`` (``evaluation`` may import ``datasets``, not the reverse);
 - ``models``;
 - ``visualization`` (drawing what a model computes);
-- ``engine``, ``tools`` and ``apis`` (the user-facing calls).
+- ``engine`` (what the Runner builds from a config: hooks, optimizer constructors, strategies);
+- ``tools`` and ``apis`` (the user-facing calls: the tool drivers and the inference API).
+
+So the engine never depends on the tool drivers, and datasets, evaluation and models depend on
+neither the engine nor the tools.
 
 A subpackage imports only from itself and the layers below it, and registers only its own kind
 of module (datasets, metrics, models; the engine its hooks and optimizer constructors). Every
@@ -38,7 +42,7 @@ ALLOWED = {
     'evaluation': {'utils', 'compat', 'datasets'},
     'models': {'utils', 'compat', 'datasets', 'evaluation'},
     'visualization': {'utils', 'compat', 'datasets', 'evaluation', 'models'},
-    'engine': _TOP,
+    'engine': {'utils', 'compat', 'datasets', 'evaluation', 'models', 'visualization'},
     'tools': _TOP,
     'apis': _TOP,
 }
@@ -186,7 +190,7 @@ def test_package_is_found():
 def test_dependencies_flow_one_way():
     problems = layer_violations()
     assert not problems, 'Imports against the layering (bottom to top: utils; compat; datasets, ' \
-        'evaluation; models; visualization; engine, tools, apis):\n' + '\n'.join(problems)
+        'evaluation; models; visualization; engine; tools, apis):\n' + '\n'.join(problems)
 
 
 def test_each_subpackage_registers_its_own_kind():
@@ -217,6 +221,17 @@ def _write(root: Path, files: dict) -> Path:
     ('compat/a.py', 'from ..datasets import x\n', 'rils_mm.datasets'),
     ('compat/__init__.py', 'from rils_mm import __version__\n', 'rils_mm.__version__'),
     ('utils/a.py', 'from ..compat import x\n', 'rils_mm.compat'),
+    # The engine (what the Runner builds) does not depend on the tool drivers or the API.
+    ('engine/a.py', 'from ..tools.cli import UsageError\n', 'rils_mm.tools.cli'),
+    ('engine/hooks/a.py', 'from rils_mm.tools import remote_checkpoints\n', 'rils_mm.tools'),
+    ('engine/a.py', 'def f():\n    from ..apis import init_model\n', 'rils_mm.apis'),
+    ('engine/a.py', 'import rils_mm\n', 'rils_mm'),
+    # Datasets, evaluation and models depend on neither the engine nor the tools.
+    ('datasets/a.py', 'from rils_mm.engine.errors import RunStopped\n', 'rils_mm.engine.errors'),
+    ('datasets/a.py', 'from ..tools.feature_cache import x\n', 'rils_mm.tools.feature_cache'),
+    ('evaluation/a.py', 'from ..engine import hooks\n', 'rils_mm.engine'),
+    ('evaluation/a.py', 'from rils_mm.tools.compare import x\n', 'rils_mm.tools.compare'),
+    ('models/a.py', 'import rils_mm.engine.hooks\n', 'rils_mm.engine.hooks'),
 ])
 def test_checker_catches(tmp_path, name, text, bad):
     problems = layer_violations(_write(tmp_path, {'__init__.py': '', name: text}))
@@ -234,8 +249,9 @@ def test_checker_allows(tmp_path):
                                     'from ..utils.progress import track\n',
             'evaluation/a.py': 'from ..datasets.a import x\nfrom . import b\n',
             'models/x/y.py': 'from ...datasets import a\nfrom ...evaluation import b\n',
-            'engine/a.py': 'import rils_mm\nfrom ..tools import c\nfrom ..models.x import y\n',
-            'tools/a.py': 'from rils_mm.engine import a\nfrom rils_mm import models\n',
+            'engine/a.py': 'from ..models.x import y\nfrom rils_mm.datasets import a\n',
+            'tools/a.py': 'import rils_mm\nfrom rils_mm.engine import a\n'
+                          'from rils_mm import models\nfrom ..apis import b\n',
         })
     assert layer_violations(package_dir) == []
 

@@ -37,7 +37,7 @@ sys.path.insert(0, REPO)
 
 import rils_mm  # noqa: E402,F401 (registers the modules)
 from rils_mm.datasets import ImageTextShardDataset  # noqa: E402
-from rils_mm.engine.feature_cache import cache_from_config  # noqa: E402
+from rils_mm.tools.feature_cache import cache_from_config  # noqa: E402
 
 
 def parse_args(argv=None):

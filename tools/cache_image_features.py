@@ -48,8 +48,8 @@ def main(argv=None):
         sys.exit(f'{PROG}: error: checkpoint file not found: {args.checkpoint}')
     import rils_mm  # noqa: F401  (registers the datasets, transforms and models)
     from rils_mm.compat import CheckpointLoadError
-    from rils_mm.engine.errors import storage_full_message
-    from rils_mm.engine.feature_cache import FeatureCacheError, cache_from_config
+    from rils_mm.tools.cli import storage_full_message
+    from rils_mm.tools.feature_cache import FeatureCacheError, cache_from_config
 
     def log(line):
         print(line, flush=True)

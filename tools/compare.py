@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from rils_mm.engine.cli import run_cli
-from rils_mm.engine.compare import METHODS, run_comparison
+from rils_mm.tools.cli import run_cli
+from rils_mm.tools.compare import METHODS, run_comparison
 
 
 def main(argv):

@@ -16,7 +16,7 @@ import time
 import torch
 
 from rils_mm.datasets.demo_shapes import class_names
-from rils_mm.engine.cli import run_cli, test_main, train_main
+from rils_mm.tools.cli import run_cli, test_main, train_main
 
 CONFIGS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'rils')
 

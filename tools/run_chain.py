@@ -10,8 +10,8 @@ options changed: then the rerun says so and trains it (and the stages after it) 
 """
 import argparse
 
-from rils_mm.engine.chain import run_chain
-from rils_mm.engine.cli import run_cli
+from rils_mm.tools.chain import run_chain
+from rils_mm.tools.cli import run_cli
 
 
 def main(argv):

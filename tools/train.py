@@ -3,7 +3,7 @@
 
 Works for rils_mm's pretraining configs and for any mmpretrain, mmdet or mmseg config.
 """
-from rils_mm.engine.cli import run_cli, train_main
+from rils_mm.tools.cli import run_cli, train_main
 
 if __name__ == '__main__':
     run_cli(train_main, prog='tools/train.py',

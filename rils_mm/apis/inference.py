@@ -93,7 +93,7 @@ def _image_text_model(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _test_pipeline(model: torch.nn.Module) -> List[dict]:
+def image_test_pipeline(model: torch.nn.Module) -> List[dict]:
     """The config's test pipeline without its text steps, or resize + centre crop."""
     cfg = getattr(model, '_config', None)
     steps = cfg.get('test_pipeline') if cfg is not None else None
@@ -143,7 +143,7 @@ def _to_rgb_array(image) -> np.ndarray:
     return image
 
 
-class _Preparer:
+class ImagePreparer:
     """The test pipeline, built once: files go through all of it, in-memory images through
     the steps after the loader (transforms built in mmpretrain's scope)."""
 
@@ -178,7 +178,7 @@ class _Preparer:
 
 @torch.no_grad()
 def _encode_batches(model, images: list, encode, batch_size: int) -> torch.Tensor:
-    prepare = _Preparer(_test_pipeline(model))
+    prepare = ImagePreparer(image_test_pipeline(model))
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.stack([prepare(image) for image in images[start:start + batch_size]])

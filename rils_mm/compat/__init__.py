@@ -32,8 +32,8 @@ from .config_text import install_fast_config_text
 from .data_files import DataFileError, UnsafeDataFileError, install_data_file_handlers
 from .epoch_resume import install_mid_epoch_resume
 from .parameter_reports import install_parameter_reports
-from .safe_loading import (CheckpointKeysError, CheckpointLoadError, DamagedCheckpointError,
-                           MissingCheckpointError, UnsafeCheckpointError,
+from .safe_loading import (URL_PREFIXES, CheckpointKeysError, CheckpointLoadError,
+                           DamagedCheckpointError, MissingCheckpointError, UnsafeCheckpointError,
                            install_weights_only_loaders, weights_only_load)
 from .torchscript_weights import is_torchscript_archive, torchscript_state_dict
 
@@ -41,7 +41,7 @@ __all__ = [
     'apply_all', 'CheckpointKeysError', 'CheckpointLoadError', 'DamagedCheckpointError',
     'MissingCheckpointError', 'UnsafeCheckpointError', 'weights_only_load', 'atomic_write_bytes',
     'is_torchscript_archive', 'torchscript_state_dict', 'DataFileError', 'UnsafeDataFileError',
-    'CheckpointSaveError'
+    'CheckpointSaveError', 'URL_PREFIXES'
 ]
 
 

@@ -29,8 +29,13 @@ import torch
 __all__ = [
     'CheckpointLoadError', 'UnsafeCheckpointError', 'DamagedCheckpointError',
     'MissingCheckpointError', 'CheckpointKeysError', 'weights_only_load', 'load_from_url',
-    'mmengine_checkpoint_safe_globals', 'install_weights_only_loaders'
+    'mmengine_checkpoint_safe_globals', 'install_weights_only_loaders', 'URL_PREFIXES'
 ]
+
+# Checkpoint locations that mmengine's ``CheckpointLoader`` resolves by scheme (each scheme's
+# loader is replaced in :func:`install_weights_only_loaders`); anything else is a local path.
+URL_PREFIXES = ('http://', 'https://', 'torchvision://', 'modelzoo://', 'open-mmlab://',
+                'openmmlab://', 'mmcls://', 's3://', 'petrel://', 'pavi://')
 
 # Statistics every HistoryBuffer has; mmengine fills its registry with them lazily (in the
 # first ``HistoryBuffer.__init__``), so a fresh process must not depend on that registry.

@@ -8,7 +8,7 @@ workers, persistent workers and DDP ranks, and they count exactly the samples th
 consumed (not what workers prefetched), so they stay right across a resume.
 """
 from collections import Counter
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Optional
 
 # Reasons a sample is skipped.
 MISSING_IMAGE = 'missing_image'
@@ -81,14 +81,6 @@ def decode_caption(raw: Optional[bytes], where: str = '') -> str:
     if not caption:
         raise BadSampleError(EMPTY_CAPTION, where)
     return caption
-
-
-def sum_counts(counts: Iterable[Mapping[str, int]]) -> Dict[str, int]:
-    """Add up reason -> count mappings."""
-    total: Counter = Counter()
-    for count in counts:
-        total.update(count)
-    return dict(total)
 
 
 def counts_from_batch(data_batch: dict) -> Dict[str, int]:

@@ -23,7 +23,7 @@ from torch.utils.data import get_worker_info
 
 from .bad_samples import FILTERED, MISSING_IMAGE, SKIPPED_KEY, BadSampleError
 from .caption_files import read_coco_captions, read_csv_captions, read_jsonl_captions
-from .image_text_shards import _mix_seed, attach_metainfo, build_pipeline, seeded_global_rngs
+from .image_text_shards import attach_metainfo, build_pipeline, mix_seed, seeded_global_rngs
 
 AUGMENT_SALT = 0x5EED  # keeps the augmentation seed apart from the caption-sampling one
 
@@ -103,14 +103,14 @@ class BaseImageTextDataset(BaseDataset):
         epoch = int(self._epoch)
         captions = data_info.pop('captions', None)
         if captions is not None:
-            rng = random.Random(_mix_seed(self.seed, epoch, idx))
+            rng = random.Random(mix_seed(self.seed, epoch, idx))
             data_info['text'] = captions[rng.randrange(len(captions))]
             if self.test_mode:  # evaluation scores against all of them (captioning metrics)
                 data_info['captions'] = list(captions)
         # Augmentation draws from a per-visit seed, not from the worker's running generator:
         # the same sample in the same epoch gets the same crop whichever worker loads it and
         # whether or not the run was resumed in between (the order comes from the sampler).
-        with seeded_global_rngs(_mix_seed(self.seed, epoch, idx, AUGMENT_SALT),
+        with seeded_global_rngs(mix_seed(self.seed, epoch, idx, AUGMENT_SALT),
                                 restore=get_worker_info() is None):
             return self.pipeline(data_info)
 
@@ -118,7 +118,7 @@ class BaseImageTextDataset(BaseDataset):
         """A seeded choice among the other samples (so a resumed run picks the same)."""
         if len(self) < 2:
             return current
-        other = random.Random(_mix_seed(self.seed, idx, attempt)).randrange(len(self) - 1)
+        other = random.Random(mix_seed(self.seed, idx, attempt)).randrange(len(self) - 1)
         return other + (other >= current)
 
     def __getitem__(self, idx: int) -> dict:

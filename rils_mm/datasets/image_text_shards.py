@@ -9,7 +9,7 @@ that the DataLoader batches inside each worker. Shards are read sequentially, as
 does, by member offsets from the tar headers (resume and shuffling rely on them): local files
 (or a network file system) with plain ``open()``, or object stores and HTTP servers
 (``s3://bucket/x/{000000..000099}.tar``, ``gs://...``, ``https://...``) by range reads through
-fsspec (see :mod:`rils_mm.datasets.shards`: the optional ``rils_mm[remote]`` extra; not
+fsspec (see :mod:`rils_mm.datasets.remote_io`: the optional ``rils_mm[remote]`` extra; not
 ``pipe:`` URLs). Credentials for remote shards come only from the environment (the defaults
 of fsspec, s3fs, gcsfs), never from the config. Configure the
 dataloader with ``sampler=None``; use ``IterBasedTrainLoop`` (one endless pass), or
@@ -64,9 +64,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .bad_samples import (BAD_SHARDS_KEY, FILTERED, MISSING_IMAGE, SKIPPED_KEY,
                           UNREADABLE_SAMPLE, UNREADABLE_SHARD, UNREADABLE_SHARD_SAMPLES,
                           BadSampleError, decode_caption)
-from .shards import (CAPTION_EXT, IMAGE_EXTS, REMOTE_BACKOFF, REMOTE_RETRIES, SampleRef,
-                     ShardReader, call_with_retries, expand_shard_urls, image_ext_of,
-                     is_remote, is_transient, read_remote_bytes, scan_shard)
+from .remote_io import (REMOTE_BACKOFF, REMOTE_RETRIES, call_with_retries, is_remote,
+                        is_transient, read_remote_bytes)
+from .shards import (CAPTION_EXT, IMAGE_EXTS, SampleRef, ShardReader, expand_shard_urls,
+                     image_ext_of, scan_shard)
 
 STREAM_STATE_KEY = 'stream_state'
 
@@ -77,7 +78,7 @@ class DataStreamError(RuntimeError):
     ``tools/train.py`` prints it as one line."""
 
 
-class _ShardFailure:
+class ShardFailure:
     """Stream entry standing for a shard (or its tail) that could not be read.
 
     ``lost`` is the estimated number of samples of the role's unit that were not read (see
@@ -168,7 +169,7 @@ def attach_metainfo(output, info: dict):
     return output
 
 
-def _mix_seed(*values: int) -> int:
+def mix_seed(*values: int) -> int:
     """A 63-bit seed from a tuple of ints (Python's tuple hash of ints is not salted)."""
     return hash(tuple(int(v) for v in values)) & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -357,17 +358,17 @@ class ImageTextShardDataset(IterableDataset):
         parts = max(1, math.ceil(num_roles / len(self.shards)))
         units = [(shard, part) for shard in range(len(self.shards)) for part in range(parts)]
         if self.shuffle:
-            random.Random(_mix_seed(self.seed, epoch)).shuffle(units)
+            random.Random(mix_seed(self.seed, epoch)).shuffle(units)
         return units, parts
 
     def raw_stream(self, epoch: int, role: int,
-                   num_roles: int) -> Iterator[Union[SampleRef, _ShardFailure]]:
+                   num_roles: int) -> Iterator[Union[SampleRef, ShardFailure]]:
         """Sample references (and shard failures) of one role in one epoch, shuffled.
 
         Reads tar headers only; this is the order both training and resume-replay follow.
         """
         units, parts = self.epoch_units(epoch, num_roles)
-        rng = random.Random(_mix_seed(self.seed, epoch, role, num_roles))
+        rng = random.Random(mix_seed(self.seed, epoch, role, num_roles))
         buffer: List[SampleRef] = []
         readable_sizes: List[int] = []
         for shard_index, part in units[role::num_roles]:
@@ -377,8 +378,8 @@ class ImageTextShardDataset(IterableDataset):
                 readable_sizes.append(len(refs))
                 self._reader.forget_failure(path)  # readable again: its samples are tried
             else:
-                yield _ShardFailure(path, str(error),
-                                    _estimate_lost(path, refs, part, parts, readable_sizes))
+                yield ShardFailure(path, str(error),
+                                   _estimate_lost(path, refs, part, parts, readable_sizes))
             for ref in refs[part::parts]:
                 if len(buffer) < self.shuffle_buffer:
                     buffer.append(ref)
@@ -450,7 +451,7 @@ class ImageTextShardDataset(IterableDataset):
             for position, item in enumerate(self.raw_stream(epoch, global_role, num_roles), 1):
                 if epoch == start_epoch and position <= skip:
                     continue  # replaying up to the resume point: headers only
-                if isinstance(item, _ShardFailure):
+                if isinstance(item, ShardFailure):
                     warnings.warn(f'Skipping unreadable shard (or its tail): {item.message} '
                                   f'(about {item.lost} sample(s) lost, counted as bad)')
                     skipped[UNREADABLE_SHARD] += 1
@@ -458,7 +459,7 @@ class ImageTextShardDataset(IterableDataset):
                     bad_shards.append(item.shard)
                     last_shard_error = item.message
                     continue
-                seed = (_mix_seed(self.seed, epoch, global_role, position)
+                seed = (mix_seed(self.seed, epoch, global_role, position)
                         if self.deterministic_augment else None)
                 try:
                     output = self.load_sample(item, seed, restore_rng=worker is None)

@@ -2,8 +2,11 @@
 constructors, the FSDP strategy for mmengine's FlexibleRunner.
 
 Importing this package registers them in mmpretrain's registries, and the optimizer
-constructor in mmdet's and mmseg's too (:mod:`.toolbox_registration`). ``rils_mm.engine.cli``
-(the library side of tools/train.py and test.py) is not imported here.
+constructor in mmdet's and mmseg's too (:mod:`.toolbox_registration`). This package holds what
+the Runner builds from a config and what that needs (:mod:`.errors`: ``RunStopped``;
+:mod:`.remote_store`: the object-store folder ``RemoteCheckpointHook`` uploads to). The tool
+drivers (train/test command line, chains, the comparison, the feature cache) are in
+:mod:`rils_mm.tools`, which the engine does not import (tests/test_import_layers.py).
 """
 from .errors import RunStopped  # noqa: F401
 from .hooks import (BadSampleHook, DataResumeHook, NonFiniteCheckHook,  # noqa: F401

@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 __all__ = ['LOCK_NAME', 'WorkDirLock', 'WorkDirLocked', 'global_rank', 'hold_work_dir',
-           'sigterm_exits']
+           'process_start', 'sigterm_exits']
 
 LOCK_NAME = 'train.lock'
 
@@ -62,7 +62,7 @@ def global_rank() -> int:
     return 0
 
 
-def _process_start(pid: int) -> Optional[int]:
+def process_start(pid: int) -> Optional[int]:
     """Start time of process ``pid`` in clock ticks since boot (Linux), None if unknown."""
     try:
         with open(f'/proc/{pid}/stat') as file:
@@ -165,7 +165,7 @@ class WorkDirLock:
             holder = self._read(fd)
             self._check_previous(holder)
             record = dict(host=socket.gethostname(), pid=os.getpid(),
-                          pid_start=_process_start(os.getpid()), since=time.time(),
+                          pid_start=process_start(os.getpid()), since=time.time(),
                           command=' '.join(sys.argv)[:500])
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
@@ -191,7 +191,7 @@ class WorkDirLock:
                 f'run is over, remove the file (rm {self.path}) and start again, or give this '
                 f'run another --work-dir')
         if (isinstance(pid, int) and pid != os.getpid() and _alive(pid)
-                and _process_start(pid) == holder.get('pid_start')):
+                and process_start(pid) == holder.get('pid_start')):
             raise WorkDirLocked(
                 f'work dir {self.work_dir} is in use by {self._describe(holder)}, which is still '
                 f'running although the file system did not keep its lock (lock file '

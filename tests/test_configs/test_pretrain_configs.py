@@ -305,7 +305,7 @@ def test_accumulated_8_gpu_configs_keep_the_paper_batch_and_lr(method):
     """configs/<method>/pretrain_b16_8xb128-accum4.py: 8 GPUs x 4 micro-batches of 128 are the
     paper's 4096 pairs in one optimizer step, at the paper's lr (no rescaling); otherwise
     pretrain_b16.py. The full-size model is built on the meta device."""
-    from rils_mm.engine.cli import check_train_config
+    from rils_mm.tools.cli import check_train_config
     cfg = Config.fromfile(osp.join(REPO, 'configs', method, 'pretrain_b16_8xb128-accum4.py'))
     base = Config.fromfile(osp.join(REPO, 'configs', method, 'pretrain_b16.py'))
     loader = cfg.train_dataloader

@@ -19,6 +19,7 @@ from mmengine.dataset import default_collate
 from torch.utils.data import DataLoader
 
 import rils_mm.datasets.image_text_shards as shard_module
+import rils_mm.datasets.remote_io as remote_io
 import rils_mm.datasets.shards as shards_module
 from rils_mm.datasets import ImageTextShardDataset, ShardWriter, counts_from_batch
 from rils_mm.datasets.shards import ShardReader, expand_shard_urls, scan_shard
@@ -214,7 +215,7 @@ def take(loader, count):
 def test_http_resume_with_workers_continues_like_local(www, server):
     # Also: the parent reads sizes.json over its pooled connections after the first workers
     # were forked (this hung for aiohttp's 5 minutes with fsspec's instance cache; see
-    # shards._FILESYSTEMS).
+    # remote_io._FILESYSTEMS).
     url = f'{server.url}/shards/{PATTERN}'
     consumed, rest = 5, 6
     local = take(make_loader(str(www / 'shards' / PATTERN)), consumed + rest)
@@ -302,7 +303,7 @@ def one_epoch(shards, **kwargs):
 def backoff_sleeps(monkeypatch):
     """The waits between retries, in seconds (recorded, not slept)."""
     sleeps = []
-    monkeypatch.setattr(shards_module.time, 'sleep', sleeps.append)
+    monkeypatch.setattr(remote_io.time, 'sleep', sleeps.append)
     return sleeps
 
 
@@ -379,7 +380,7 @@ def test_local_shards_still_use_plain_files(www, monkeypatch):
     def no_fsspec(url):
         raise AssertionError(f'{url} went through fsspec')
 
-    monkeypatch.setattr(shards_module, '_filesystem', no_fsspec)
+    monkeypatch.setattr(remote_io, '_filesystem', no_fsspec)
     monkeypatch.setattr(shards_module, 'check_remote_support', no_fsspec)
     pattern = str(www / 'shards' / PATTERN)
     dataset = ImageTextShardDataset(pattern, tiny_pipeline(), shuffle=False)

@@ -116,14 +116,14 @@ def accumulating_config(**top_level):
      'optimizer, got ApexOptimWrapper'),
 ])
 def test_settings_accumulation_cannot_go_with(settings, expected):
-    from rils_mm.engine.cli import UsageError, check_train_config
+    from rils_mm.tools.cli import UsageError, check_train_config
     with pytest.raises(UsageError) as error:
         check_train_config(accumulating_config(**settings))
     assert str(error.value) == expected
 
 
 def test_a_distributed_run_gets_the_accumulating_wrapper():
-    from rils_mm.engine.cli import check_train_config
+    from rils_mm.tools.cli import check_train_config
     cfg = accumulating_config(launcher='pytorch', find_unused_parameters=True)
     check_train_config(cfg)
     assert cfg.model_wrapper_cfg == dict(type='GradCacheDistributedDataParallel',

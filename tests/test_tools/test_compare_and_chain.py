@@ -81,7 +81,7 @@ def test_chain_reuses_a_stage_only_when_nothing_it_depends_on_changed(tmp_path, 
     """The reuse rule of run_chain, with training replaced by writing a checkpoint (the real
     training runs in the test above): changed overrides retrain the stage and every stage
     after it; a stage with checkpoints but no record resumes; overwrite retrains all."""
-    from rils_mm.engine import chain as chain_module
+    from rils_mm.tools import chain as chain_module
     chain_file = tmp_path / 'chain.py'
     chain_file.write_text(
         f"stages = [dict(name='a', config='{REPO}/configs/mae/demo_cpu.py'),\n"
@@ -135,7 +135,7 @@ def test_chain_never_mixes_settings_after_an_edit_or_an_interruption(tmp_path, m
     interrupted stage resumes only from what its own attempt saved under the same settings; a
     finished stage survives an attempt that failed before saving, not one that replaced its
     checkpoint."""
-    from rils_mm.engine import chain as chain_module
+    from rils_mm.tools import chain as chain_module
     config_a = tmp_path / 'a.py'
     config_a.write_text(f"_base_ = ['{REPO}/configs/mae/demo_cpu.py']\n")
     chain_file = tmp_path / 'chain.py'
@@ -342,8 +342,8 @@ def test_every_compared_method_has_its_configs():
     other runs' checkpoints name keys its config has."""
     from mmengine.config import Config
 
-    from rils_mm.engine.chain import load_chain
-    from rils_mm.engine.compare import METHODS
+    from rils_mm.tools.chain import load_chain
+    from rils_mm.tools.compare import METHODS
     assert len(METHODS) == 17
     for method, spec in METHODS.items():
         if 'chain' in spec:
@@ -361,7 +361,8 @@ def test_every_compared_method_has_its_configs():
 
 def test_budget_split_schedules_and_caption_recall():
     import torch
-    from rils_mm.engine.compare import caption_recall, schedule_options, split_budget
+    from rils_mm.evaluation.probes import caption_recall
+    from rils_mm.tools.compare import schedule_options, split_budget
     assert split_budget(3, 2) == [1, 2] and split_budget(4, 2) == [2, 2]
     assert split_budget(5, 3) == [1, 2, 2]
     try:
@@ -467,7 +468,7 @@ def test_mammut_demo_trains_and_captions(tmp_path):
     assert len(captioning) == len(contrastive) == 12
     assert max(captioning[-3:]) < min(captioning[:3]), captioning
 
-    from rils_mm.engine.compare import build_trained_model
+    from rils_mm.tools.compare import build_trained_model
     with open(work / 'last_checkpoint') as f:
         checkpoint = f.read().strip()
     model = build_trained_model(osp.join(REPO, 'configs/mammut/demo_cpu.py'), checkpoint)

@@ -111,12 +111,12 @@ def test_tool_writes_the_chart_or_says_what_is_wrong(tmp_path):
 def test_comparison_draws_the_training_curves(tmp_path):
     """tools/compare.py's curves.png: each method's first seed (a chain's last stage), the
     keys that some method logged; methods without a log are left out."""
-    from rils_mm.engine.compare import _run_dir, plot_training_curves
+    from rils_mm.tools.compare import method_run_dir, plot_training_curves
     work = str(tmp_path / 'compare')
-    write_run(_run_dir(work, 'RILS', 0), '20260101_000000', [3, 2],
+    write_run(method_run_dir(work, 'RILS', 0), '20260101_000000', [3, 2],
               extra={1: {'loss_contrastive': 2.0}, 2: {'loss_contrastive': 1.5}})
-    write_run(osp.join(_run_dir(work, 'MIM->CLIP', 0), 'clip'), '20260101_000000', [4, 3])
-    write_run(_run_dir(work, 'MAE', 0), '20260101_000000', [1, 0.5])
+    write_run(osp.join(method_run_dir(work, 'MIM->CLIP', 0), 'clip'), '20260101_000000', [4, 3])
+    write_run(method_run_dir(work, 'MAE', 0), '20260101_000000', [1, 0.5])
     out = str(tmp_path / 'curves.png')
     drawn = plot_training_curves(work, ['RILS', 'MIM->CLIP', 'MAE', 'CLIP'], 0, out)
     assert drawn == ['RILS', 'MIM->CLIP', 'MAE']  # CLIP has not run

@@ -182,7 +182,7 @@ def test_upload_kill_during_upload_and_resume_on_a_new_node(s3, tmp_path):
 
 def run_in_process(argv, capsys):
     """``tools/train.py ARGV`` in this process: (exit status, the error lines)."""
-    from rils_mm.engine.cli import run_cli, train_main
+    from rils_mm.tools.cli import run_cli, train_main
     with pytest.raises(SystemExit) as exit_info:
         run_cli(train_main, argv, prog='tools/train.py')
     captured = capsys.readouterr()
@@ -294,11 +294,12 @@ def test_resume_downloads_once_per_node_and_only_a_newer_checkpoint(tmp_path, mo
 
     from mmengine.config import Config
 
-    from rils_mm.engine.cli import check_checkpoint_file
+    from rils_mm.engine.remote_store import RemoteStore
     from rils_mm.tools import remote_checkpoints
+    from rils_mm.tools.cli import check_checkpoint_file
     remote, work = tmp_path / 'remote', tmp_path / 'work'
     remote.mkdir()
-    store = remote_checkpoints.RemoteStore(f'file://{remote}')
+    store = RemoteStore(f'file://{remote}')
     assert not store.whole_objects
     local = tmp_path / 'local.pth'
     torch.save(dict(state_dict=dict(w=torch.arange(4.))), local)
@@ -308,14 +309,14 @@ def test_resume_downloads_once_per_node_and_only_a_newer_checkpoint(tmp_path, mo
     assert (remote / 'iter_4.pth').read_bytes() == local.read_bytes()
 
     downloads = []
-    download = remote_checkpoints.RemoteStore.download
+    download = RemoteStore.download
 
     def slow_download(self, *args):
         downloads.append(threading.get_ident())
         time.sleep(0.3)  # the other processes arrive while it runs
         return download(self, *args)
 
-    monkeypatch.setattr(remote_checkpoints.RemoteStore, 'download', slow_download)
+    monkeypatch.setattr(RemoteStore, 'download', slow_download)
     cfg = Config(dict(work_dir=str(work), custom_hooks=[
         dict(type='RemoteCheckpointHook', remote_dir=f'file://{remote}')]))
 

@@ -18,7 +18,7 @@ SWITCH = 'visualizer.vis_backends=[LocalVisBackend,TensorboardVisBackend]'
 
 
 def test_switch_names_become_backend_dicts():
-    from rils_mm.engine.cli import expand_vis_backend_names
+    from rils_mm.tools.cli import expand_vis_backend_names
     assert expand_vis_backend_names({'visualizer.vis_backends': ['LocalVisBackend',
                                                                  'TensorboardVisBackend'],
                                      'a': 1}) == {

@@ -315,7 +315,7 @@ def test_wrong_model_or_checkpoint_is_one_line_with_status_2(tiny, monkeypatch, 
     """The same path as the command line, in this process: run_cli around the tool's main."""
     import importlib.util
 
-    from rils_mm.engine.cli import run_cli
+    from rils_mm.tools.cli import run_cli
     monkeypatch.syspath_prepend(osp.join(REPO, 'tools', 'visualization'))
     spec = importlib.util.spec_from_file_location(
         'masks_tool', osp.join(REPO, 'tools', 'visualization', 'masks.py'))

@@ -78,9 +78,9 @@ def test_unlocked_file_of_another_host_is_refused_with_how_to_remove_it(tmp_path
 def test_live_holder_is_refused_where_flock_does_not_lock(tmp_path):
     # The parent of this process is alive; its record with its real start time stands for a
     # run on a file system where flock succeeds for everyone.
-    from rils_mm.tools.work_dir_lock import _process_start
+    from rils_mm.tools.work_dir_lock import process_start
     parent = os.getppid()
-    write_record(tmp_path, pid=parent, pid_start=_process_start(parent))
+    write_record(tmp_path, pid=parent, pid_start=process_start(parent))
     with pytest.raises(WorkDirLocked, match='still running although the file system did not '
                        'keep its lock'):
         WorkDirLock(str(tmp_path)).acquire()
@@ -187,10 +187,10 @@ time.sleep(60)
 
 def test_a_zombie_holder_is_not_running(tmp_path):
     """A killed holder that its parent has not reaped yet is no longer running."""
-    from rils_mm.tools.work_dir_lock import _process_start
+    from rils_mm.tools.work_dir_lock import process_start
     process = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
     try:
-        start = _process_start(process.pid)
+        start = process_start(process.pid)
         process.kill()
         time.sleep(0.5)  # not waited for: a zombie
         write_record(str(tmp_path), pid=process.pid, pid_start=start)

@@ -8,7 +8,7 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
-from rils_mm.engine import cli  # (not importing test_main: pytest would collect it)
+from rils_mm.tools import cli  # (not importing test_main: pytest would collect it)
 from rils_mm.tools.model_converters import rils_to_toolbox_main
 
 from transfer_helpers import (CLASSES, TINY_ARCH, shrink_sizes, tiny_loader, tiny_mask_rcnn,

@@ -9,7 +9,7 @@ the ``scalars.json`` file itself; the x axis is the training iteration.
 """
 import argparse
 
-from rils_mm.engine.cli import UsageError, run_cli
+from rils_mm.tools.cli import UsageError, run_cli
 from rils_mm.tools.plot_curves import CurvesError, plot_curves
 
 

@@ -8,7 +8,7 @@ import argparse
 import json
 
 from rils_mm.datasets.shard_tools import inspect_shards
-from rils_mm.engine.cli import UsageError, run_cli
+from rils_mm.tools.cli import UsageError, run_cli
 
 PROG = 'tools/dataset_converters/inspect_shards.py'
 

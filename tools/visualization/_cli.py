@@ -2,7 +2,7 @@
 
 Missing files are reported before the OpenMMLab stack takes seconds to import; later
 mistakes (a config that does not build, a checkpoint whose keys do not fit it, a model that
-lacks what the tool draws) go through ``rils_mm.engine.cli.run_cli``. Both print one line,
+lacks what the tool draws) go through ``rils_mm.tools.cli.run_cli``. Both print one line,
 ``PROG: error: ...``, and exit with status 2; a refused or damaged checkpoint exits with 1, as
 in ``tools/test.py``.
 """
@@ -53,17 +53,17 @@ def check_files(prog: str, args: argparse.Namespace) -> None:
 
 def run(parse_args, main, prog: str) -> None:
     """Parse and check the command line (fast: nothing heavy is imported yet), then run
-    ``main(args)`` under ``rils_mm.engine.cli.run_cli``."""
+    ``main(args)`` under ``rils_mm.tools.cli.run_cli``."""
     argv = sys.argv[1:]
     args = parse_args(argv)
-    from rils_mm.engine.cli import run_cli
+    from rils_mm.tools.cli import run_cli
     run_cli(lambda _: main(args), argv, prog=prog)
 
 
 @contextlib.contextmanager
 def input_errors():
     """Turn the library's input errors into the tools' one-line usage errors."""
-    from rils_mm.engine.cli import UsageError
+    from rils_mm.tools.cli import UsageError
     from rils_mm.visualization import VisualizationInputError
     try:
         yield
@@ -74,7 +74,7 @@ def input_errors():
 def load(args: argparse.Namespace):
     """(model, image H x W x 3 uint8, input 1 x 3 x H x W) from the command line."""
     from rils_mm.compat import CheckpointKeysError
-    from rils_mm.engine.cli import BUILD_ERRORS, UsageError, as_usage_error, load_config
+    from rils_mm.tools.cli import BUILD_ERRORS, UsageError, as_usage_error, load_config
     from rils_mm.visualization import VisualizationInputError, load_image, load_model
     cfg = load_config(args.config, args.cfg_options)
     try:

@@ -33,7 +33,7 @@ from mmengine.logging import print_log
 from mmpretrain.registry import HOOKS
 
 from rils_mm.engine.errors import RunStopped
-from rils_mm.tools.remote_checkpoints import POINTER, RemoteStore, describe
+from rils_mm.engine.remote_store import POINTER, RemoteStore, describe
 
 
 @HOOKS.register_module()

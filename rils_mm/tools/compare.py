@@ -31,16 +31,16 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from PIL import Image
 
 from ..datasets.demo_shapes import read_demo_meta
-from ..datasets.few_shot import few_shot_indices
 from ..datasets.resources import load_templates, read_lines
 from ..datasets.transforms.tokenize import get_clip_tokenizer
 from ..evaluation.caption_metrics import caption_scores
+from ..evaluation.probes import (caption_recall, few_shot_probe, linear_probe,
+                                 zero_shot_accuracy)
 from ..models.utils.checkpoint_loading import load_checked
 from ..models.utils.zero_shot_weights import build_text_classifier
 from .chain import load_chain, read_json, run_chain, write_json
@@ -213,58 +213,26 @@ def encode(model, images: torch.Tensor, batch_size: int = 128) -> dict:
                 embeddings=torch.cat(embeddings) if embeddings else None)
 
 
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                 test_y: torch.Tensor, num_classes: int, weight_decay: float = 1e-3,
-                 steps: int = 100) -> float:
-    """Top-1 (%) of a multinomial logistic regression on standardised frozen features,
-    fitted with full-batch L-BFGS (deterministic)."""
-    mean, std = train_x.mean(0), train_x.std(0, unbiased=False) + 1e-6
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    linear = torch.nn.Linear(train_x.shape[1], num_classes)
-    torch.nn.init.zeros_(linear.weight)
-    torch.nn.init.zeros_(linear.bias)
-    optimizer = torch.optim.LBFGS(linear.parameters(), lr=1, max_iter=steps,
-                                  history_size=20, line_search_fn='strong_wolfe')
-
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(linear(train_x), train_y) + \
-            weight_decay * linear.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    with torch.no_grad():
-        return float((linear(test_x).argmax(1) == test_y).float().mean() * 100)
-
-
 @torch.no_grad()
 def evaluate(model, data: dict, seed: int, shots: Sequence[int] = (1, 2, 10)) -> dict:
     """All the comparison's metrics of one trained model (see the module docstring)."""
     num_classes = len(data['classnames'])
     encoded = {split: encode(model, data[split]['images']) for split in ('train', 'val',
                                                                            'heldout')}
-    metrics = dict(linear=linear_probe(encoded['train']['features'], data['train']['labels'],
-                                       encoded['val']['features'], data['val']['labels'],
-                                       num_classes))
-    labels = data['train']['labels'].numpy()
+    probe = (encoded['train']['features'], data['train']['labels'],
+             encoded['val']['features'], data['val']['labels'], num_classes)
+    metrics = dict(linear=linear_probe(*probe))
     for k in shots:
-        # Classes with at least k probe images (all of them at the full probe size).
-        subset = np.flatnonzero(np.isin(labels, np.flatnonzero(np.bincount(labels) >= k)))
-        if len(subset) == 0:
-            continue
-        chosen = subset[few_shot_indices(labels[subset], k, seed)]
-        metrics[f'shot{k}'] = linear_probe(
-            encoded['train']['features'][chosen], data['train']['labels'][chosen],
-            encoded['val']['features'], data['val']['labels'], num_classes)
+        accuracy = few_shot_probe(*probe, k=k, seed=seed)
+        if accuracy is not None:
+            metrics[f'shot{k}'] = accuracy
     if hasattr(model, 'encode_text'):
         tokenizer = get_clip_tokenizer()
         classifier = build_text_classifier(model.encode_text, tokenizer, data['classnames'],
                                            data['templates'], torch.device('cpu'))
         for split, name in (('heldout', 'zs_heldout'), ('val', 'zs_seen')):
-            predictions = (encoded[split]['embeddings'] @ classifier).argmax(1)
-            metrics[name] = float((predictions == data[split]['labels']).float().mean() * 100)
+            metrics[name] = zero_shot_accuracy(encoded[split]['embeddings'], classifier,
+                                               data[split]['labels'])
         captions = data['heldout']['captions']
         texts = torch.cat([model.encode_text(tokenizer(captions[i:i + 128]))
                            for i in range(0, len(captions), 128)])
@@ -280,33 +248,6 @@ def evaluate(model, data: dict, seed: int, shots: Sequence[int] = (1, 2, 10)) ->
         metrics.update(cap_exact=scores['exact_match'], cap_cider=scores['cider'],
                        cap_bleu4=scores['bleu4'], cap_examples=generated[:5])
     return metrics
-
-
-def caption_recall(images: torch.Tensor, texts: torch.Tensor, captions: Sequence[str],
-                   topk: Sequence[int] = (1, 5)) -> Dict[str, float]:
-    """Image<->text R@K (%) where any item with the word-for-word same caption is a hit.
-
-    Args:
-        images (torch.Tensor): N x D normalised image embeddings; image i's caption is
-            ``captions[i]``.
-        texts (torch.Tensor): N x D normalised embeddings of ``captions``.
-        captions (Sequence[str]): The N captions.
-        topk (Sequence[int]): The K of R@K.
-
-    Returns:
-        dict[str, float]: ``i2t_r{K}`` and ``t2i_r{K}``.
-    """
-    ids = {caption: i for i, caption in enumerate(dict.fromkeys(captions))}
-    caption_ids = torch.tensor([ids[c] for c in captions])
-    same = caption_ids[:, None] == caption_ids[None, :]  # image i x text j
-    similarity = images.float() @ texts.float().t()
-    out = {}
-    for k in topk:
-        i2t = similarity.topk(k, dim=1).indices  # N x k texts per image
-        t2i = similarity.t().topk(k, dim=1).indices  # N x k images per text
-        out[f'i2t_r{k}'] = float(same.gather(1, i2t).any(1).float().mean() * 100)
-        out[f't2i_r{k}'] = float(same.t().gather(1, t2i).any(1).float().mean() * 100)
-    return out
 
 
 def summarise(results: Dict[str, List[dict]]) -> str:
@@ -365,11 +306,11 @@ def plot_training_curves(work_dir: str, methods: Sequence[str], seed: int, path:
     """Training curves (:data:`CURVE_KEYS` that some run logged) of each method's run of
     ``seed`` (a chain: its last stage), from the runs' ``scalars.json``; returns the methods
     drawn (those without a log are left out; none: no chart)."""
-    from ..tools.plot_curves import (CurvesError, available_keys, find_scalars_file,
+    from .plot_curves import (CurvesError, available_keys, find_scalars_file,
                                      plot_curves, read_scalars)
     runs, names, logged = [], [], set()
     for method in methods:
-        run_dir = _run_dir(work_dir, method, seed)
+        run_dir = method_run_dir(work_dir, method, seed)
         if 'chain' in METHODS[method]:
             last = load_chain(osp.join(REPO, METHODS[method]['chain'])).stages[-1]['name']
             run_dir = osp.join(run_dir, last)
@@ -385,7 +326,9 @@ def plot_training_curves(work_dir: str, methods: Sequence[str], seed: int, path:
     return names
 
 
-def _run_dir(work_dir: str, method: str, seed: int) -> str:
+def method_run_dir(work_dir: str, method: str, seed: int) -> str:
+    """Where the comparison trains ``method`` for ``seed``: ``<work_dir>/<name>/seed<seed>``,
+    the name without spaces, ``,``, ``>`` and ``+`` (``MIM->CLIP`` is ``MIM-CLIP``)."""
     name = method.replace(' ', '').replace(',', '_').replace('>', '').replace('+', '_')
     return osp.join(work_dir, name, f'seed{seed}')
 
@@ -415,7 +358,7 @@ def _train_or_reuse(work_dir: str, method: str, seed: int, trained: dict, log,
     """The run's ``train.json`` record, training first unless a matching one exists; ``label``
     starts the log lines (default ``compare: METHOD seed SEED``)."""
     label = label or f'compare: {method} seed {seed}'
-    run_dir = _run_dir(work_dir, method, seed)
+    run_dir = method_run_dir(work_dir, method, seed)
     record = read_json(osp.join(run_dir, 'train.json'))
     if record and all(record.get(k) == v for k, v in trained.items()) and \
             osp.isfile(record['checkpoint']):
@@ -469,7 +412,7 @@ def run_comparison(work_dir: str,
         for seed in seeds:
             number += 1
             run = f'compare: [{number}/{runs}] {method} seed {seed}'
-            run_dir = _run_dir(work_dir, method, seed)
+            run_dir = method_run_dir(work_dir, method, seed)
             trained = _training_settings(work_dir, method, seed, epochs, extra_options, log)
             metrics = read_json(osp.join(run_dir, 'metrics.json'))
             if metrics and metrics.get('settings') == settings and all(

@@ -36,6 +36,7 @@ check, a data stream with nothing left to read. In detail:
 """
 import argparse
 import ast
+import errno
 import glob
 import inspect
 import math
@@ -55,10 +56,10 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import rils_mm  # noqa: F401  (compatibility fixes and registration before the Runner starts)
-from rils_mm.compat import (CheckpointKeysError, CheckpointLoadError, CheckpointSaveError,
-                            DamagedCheckpointError)
+from rils_mm.compat import (URL_PREFIXES, CheckpointKeysError, CheckpointLoadError,
+                            CheckpointSaveError, DamagedCheckpointError)
 from rils_mm.datasets import DataStreamError
-from rils_mm.engine.errors import RunStopped, storage_full_message
+from rils_mm.engine.errors import RunStopped
 from rils_mm.models.utils.checkpoint_loading import describe_torch_load_error
 from rils_mm.tools.checked_loading import LOAD_OPTION_KEYS, install_checked_loading
 from rils_mm.tools.remote_checkpoints import fetch_resume_checkpoint, prepare_remote_dir
@@ -81,8 +82,10 @@ class UsageError(Exception):
 
 # Hooks every training run gets unless its config lists them (see their docstrings).
 DEFAULT_TRAIN_HOOKS = ('RandomStateHook', 'NonFiniteCheckHook')
-URL_PREFIXES = ('http://', 'https://', 'torchvision://', 'modelzoo://', 'open-mmlab://',
-                'openmmlab://', 'mmcls://', 's3://', 'petrel://', 'pavi://')
+
+# Write failures that mean "no room": a full disk or quota, a file size limit, a read-only
+# file system. Not bugs: the user frees space (or points the output elsewhere) and reruns.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -451,6 +454,23 @@ def one_line_message(err: BaseException) -> str:
         marker = f'{type(err).__name__}: '
         text = text.rsplit(marker, 1)[-1] if marker in text else text.splitlines()[-1]
     return ' '.join(text.split())
+
+
+def storage_full_message(error: BaseException, where: Optional[str] = None) -> Optional[str]:
+    """``writing FILE: No space left on device`` for a write that found no room (see
+    :data:`STORAGE_ERRNOS`); None for any other error.
+
+    Args:
+        error: The exception.
+        where (str, optional): What to name when the error names no file (a folder).
+    """
+    if not isinstance(error, OSError) or error.errno not in STORAGE_ERRNOS:
+        return None
+    reason = error.strerror or os.strerror(error.errno)
+    target = error.filename or (f'in {where}' if where else None)
+    # Without a file the error may come from anywhere (a full /dev/shm, say): its traceback
+    # says more than a line would.
+    return f'writing {target}: {reason}' if target else None
 
 
 def run_cli(main: Callable[[List[str]], None], argv: Optional[List[str]] = None,

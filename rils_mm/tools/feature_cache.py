@@ -44,13 +44,13 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-from rils_mm.compat import atomic_write_bytes
+from rils_mm.compat import URL_PREFIXES, atomic_write_bytes
 from rils_mm.datasets.bad_samples import (FILTERED, UNREADABLE_SHARD, UNREADABLE_SHARD_SAMPLES,
                                           BadSampleError)
 from rils_mm.datasets.caption_datasets import BaseImageTextDataset
-from rils_mm.datasets.image_text_shards import ImageTextShardDataset, _mix_seed, _ShardFailure
+from rils_mm.datasets.image_text_shards import ImageTextShardDataset, ShardFailure, mix_seed
 from rils_mm.datasets.shard_tools import ShardWriter
-from rils_mm.engine.cli import BUILD_ERRORS, UsageError, as_usage_error, load_config
+from rils_mm.tools.cli import BUILD_ERRORS, UsageError, as_usage_error, load_config
 from rils_mm.utils.progress import Progress
 
 __all__ = ['FeatureCacheError', 'cache_image_features', 'cache_from_config']
@@ -63,8 +63,6 @@ SHARD_NAME = '{:05d}.tar'
 _SHARD_FILE = re.compile(r'^(\d{5})\.tar$')
 DTYPES = dict(float32=np.float32, float16=np.float16)
 MAX_BAD_SAMPLE_LINES = 5
-URL_PREFIXES = ('http://', 'https://', 's3://', 'petrel://', 'open-mmlab://', 'openmmlab://',
-                'torchvision://', 'modelzoo://', 'mmcls://')
 
 
 class FeatureCacheError(Exception):
@@ -141,12 +139,12 @@ class ShardStreamSource:
         for position, item in enumerate(stream, 1):
             if position <= start:
                 continue  # done before the interruption: tar headers only
-            if isinstance(item, _ShardFailure):
+            if isinstance(item, ShardFailure):
                 bad = {UNREADABLE_SHARD: 1, UNREADABLE_SHARD_SAMPLES: item.lost}
                 yield SourceEntry(position, None, bad, item.shard, item.message)
                 continue
             # Seeded per position like training's stream, in case the pipeline draws anything.
-            seed = _mix_seed(self.dataset.seed, 0, 0, position)
+            seed = mix_seed(self.dataset.seed, 0, 0, position)
             try:
                 output = self.dataset.load_sample(item, seed, restore_rng=True)
             except BadSampleError as error:
