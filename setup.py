@@ -34,7 +34,7 @@ setup(
     # listed so that `pip install .` into a prepared environment checks them.
     install_requires=['torch>=2.0', 'torchvision', 'mmcv>=2.0.0,<2.2.0'] +
     read_requirements('runtime.txt'),
-    # remote: shards on object stores and HTTP through fsspec (see rils_mm/datasets/shards.py);
+    # remote: shards on object stores and HTTP through fsspec (see rils_mm/datasets/remote_io.py);
     # s3/gcs add what s3:// and gs:// need, also for --remote-dir (docs/remote_checkpoints.md).
     # tensorboard, wandb: mmengine's TensorboardVisBackend / WandbVisBackend (docs/usage.md).
     extras_require=dict(tests=read_requirements('tests.txt'),

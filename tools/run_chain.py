@@ -2,7 +2,7 @@
 """Train a chain of stages, each starting from the previous one's checkpoint.
 
     python tools/run_chain.py configs/two_stage/mim_to_clip_demo.py [--work-dir DIR]
-        [--cfg-options k=v ...] [--overwrite] [--launcher pytorch]
+        [--cfg-options k=v ...] [--overwrite] [--no-validate] [--launcher pytorch]
 
 Finished stages are skipped on a rerun and an interrupted one resumes, unless its config or
 options changed: then the rerun says so and trains it (and the stages after it) from the start.
@@ -21,11 +21,16 @@ def main(argv):
     parser.add_argument('--cfg-options', nargs='+', default=[],
                         help='key=value overrides applied to every stage')
     parser.add_argument('--overwrite', action='store_true', help='retrain finished stages')
+    parser.add_argument('--no-validate', action='store_true',
+                        help='train every stage without validation (the B/16 image-text '
+                        'stages validate zero-shot on data/imagenet/val)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none')
     args = parser.parse_args(argv)
     checkpoints = run_chain(args.chain, args.work_dir, args.cfg_options,
-                            train_args=['--launcher', args.launcher], overwrite=args.overwrite)
+                            train_args=['--launcher', args.launcher,
+                                        *(['--no-validate'] if args.no_validate else [])],
+                            overwrite=args.overwrite)
     print('chain done: ' + ' -> '.join(checkpoints))
 
 

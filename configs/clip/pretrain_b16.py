@@ -1,5 +1,6 @@
 # CLIP ViT-B/16 baseline on the RILS recipe (same data, schedule and towers; contrastive only):
-#   tools/dist_train.sh configs/clip/pretrain_b16.py 32
+#   # 4 nodes x 8 GPUs: on each node, NNODES=4 NODE_RANK=0..3 MASTER_ADDR=<node 0>
+#   tools/dist_train.sh configs/clip/pretrain_b16.py 8
 _base_ = [
     '../_base_/models/clip_vit-b16.py',
     '../_base_/datasets/laion_wds.py',

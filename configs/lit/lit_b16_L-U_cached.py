@@ -4,7 +4,8 @@
 #       --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/rils_b16/epoch_25.pth
 # and training reads its features instead of images (the same model, loss and gradients; no
 # image is decoded and the image tower does not run):
-#   tools/dist_train.sh configs/lit/lit_b16_L-U_cached.py 32 --cfg-options \
+#   # 4 nodes x 8 GPUs: on each node, NNODES=4 NODE_RANK=0..3 MASTER_ADDR=<node 0>
+#   tools/dist_train.sh configs/lit/lit_b16_L-U_cached.py 8 --cfg-options \
 #     model.backbone.init_cfg.checkpoint=work_dirs/rils_b16/epoch_25.pth
 # Augmentation is necessarily off: every epoch sees the one view the cache was made from (see
 # configs/_base_/datasets/laion_wds_cached_features.py).

@@ -4,7 +4,8 @@
 #       checkpoints/openai_vit-b16_rils-layout.pth
 # then the image tower locked (its head too, as open_clip's lock_image_tower does when
 # lock_cfg.image_head=True) and the text tower tuned:
-#   tools/dist_train.sh configs/lit/lit_b16_L-U_openai.py 32
+#   # 4 nodes x 8 GPUs: on each node, NNODES=4 NODE_RANK=0..3 MASTER_ADDR=<node 0>
+#   tools/dist_train.sh configs/lit/lit_b16_L-U_openai.py 8
 # The image tower is built as open_clip's: a norm before the blocks, LayerNorm eps 1e-5,
 # QuickGELU (OpenAI's weights; drop layer_cfgs for open_clip's own GELU models), learned
 # positions, the class token pooled and projected. The text tower is CLIP's, with QuickGELU.

@@ -1,6 +1,7 @@
 # LiT, the paper's "Lu": the image tower pretrained and locked, the text tower from scratch, on
 # the LAION shards with LiT's recipe (configs/_base_/schedules/lit_b16.py):
-#   tools/dist_train.sh configs/lit/lit_b16_L-scratch.py 32 --cfg-options \
+#   # 4 nodes x 8 GPUs: on each node, NNODES=4 NODE_RANK=0..3 MASTER_ADDR=<node 0>
+#   tools/dist_train.sh configs/lit/lit_b16_L-scratch.py 8 --cfg-options \
 #     model.backbone.init_cfg.checkpoint=work_dirs/rils_b16/epoch_25.pth
 _base_ = [
     '../_base_/models/lit_vit-b16.py',

@@ -1,6 +1,7 @@
 # MAE ViT-B/16 on the images of the RILS shards, through mmpretrain's MAE classes
 # (docs/methods/mae.md); the RILS recipe's data and 25-epoch schedule, captions unused:
-#   tools/dist_train.sh configs/mae/pretrain_b16.py 32
+#   # 4 nodes x 8 GPUs: on each node, NNODES=4 NODE_RANK=0..3 MASTER_ADDR=<node 0>
+#   tools/dist_train.sh configs/mae/pretrain_b16.py 8
 _base_ = [
     '../_base_/models/mae_vit-b16.py',
     '../_base_/datasets/laion_wds.py',

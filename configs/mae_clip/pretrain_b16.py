@@ -1,5 +1,6 @@
 # MAE+CLIP ViT-B/16 on the RILS recipe (same data, schedule and towers as RILS and CLIP):
-#   tools/dist_train.sh configs/mae_clip/pretrain_b16.py 32
+#   # 4 nodes x 8 GPUs: on each node, NNODES=4 NODE_RANK=0..3 MASTER_ADDR=<node 0>
+#   tools/dist_train.sh configs/mae_clip/pretrain_b16.py 8
 # Total loss = contrastive + model.pixel_loss_weight x pixel (1 : 1 by default).
 _base_ = [
     '../_base_/models/mae_clip_vit-b16.py',

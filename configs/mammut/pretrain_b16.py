@@ -1,5 +1,6 @@
 # MaMMUT ViT-B/16 on the RILS recipe (LAION shards, 25 epochs, batch 4096, AdamW):
-#   tools/dist_train.sh configs/mammut/pretrain_b16.py 32
+#   # 4 nodes x 8 GPUs: on each node, NNODES=4 NODE_RANK=0..3 MASTER_ADDR=<node 0>
+#   tools/dist_train.sh configs/mammut/pretrain_b16.py 8
 _base_ = [
     '../_base_/models/mammut_vit-b16.py',
     '../_base_/datasets/laion_wds.py',

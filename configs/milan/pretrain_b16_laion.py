@@ -1,6 +1,7 @@
 # MILAN ViT-B/16 on the images of the RILS shards, with the RILS recipe's data and 25-epoch
 # schedule (captions unused), so that it compares with RILS on the same data:
-#   tools/dist_train.sh configs/milan/pretrain_b16_laion.py 32
+#   # 4 nodes x 8 GPUs: on each node, NNODES=4 NODE_RANK=0..3 MASTER_ADDR=<node 0>
+#   tools/dist_train.sh configs/milan/pretrain_b16_laion.py 8
 # The teacher file is set in configs/_base_/models/milan_vit-b16.py
 # (model.target_generator.model.pretrained).
 _base_ = [

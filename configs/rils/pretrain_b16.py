@@ -1,5 +1,6 @@
 # RILS ViT-B/16 pretraining, the paper recipe (Yang et al., CVPR 2023, arXiv:2301.06958):
-#   tools/dist_train.sh configs/rils/pretrain_b16.py 32
+#   # 4 nodes x 8 GPUs: on each node, NNODES=4 NODE_RANK=0..3 MASTER_ADDR=<node 0>
+#   tools/dist_train.sh configs/rils/pretrain_b16.py 8
 # LAION image-text shards (img2dataset layout) under data/laion; 128 pairs per GPU on 32 GPUs
 # = global batch 4096; AdamW (0.9, 0.98), wd 0.5, lr 5e-4 at 4096 (auto-scaled), 1 warm-up
 # epoch then cosine to 1e-5, 25 epochs, AMP.

@@ -4,7 +4,8 @@
 # per-sample scores (a quarter of the image, 49 patches, as RILS's 75 % masking leaves), and
 # the decoder reconstructs, in language space, the 49 patches the intact pass saw and the
 # masked pass did not. Evaluation encodes every patch. Everything else is pretrain_b16.py.
-#   tools/dist_train.sh configs/rils/pretrain_b16_flip.py 32
+#   # 4 nodes x 8 GPUs: on each node, NNODES=4 NODE_RANK=0..3 MASTER_ADDR=<node 0>
+#   tools/dist_train.sh configs/rils/pretrain_b16_flip.py 8
 # Then, optionally, FLIP's short unmasked phase: configs/rils/pretrain_b16_flip_unmasked.py
 # (or both in one command: python tools/run_chain.py configs/rils/flip_chain_b16.py).
 _base_ = ['./pretrain_b16.py']

@@ -3,7 +3,8 @@
 # so that the encoder meets full images before transfer (FLIP tunes without masking for a
 # fraction of an epoch). One nominal epoch of the stream, a tenth of the pretraining lr, a
 # short warm-up then cosine: our choice of length and lr, not FLIP's.
-#   tools/dist_train.sh configs/rils/pretrain_b16_flip_unmasked.py 32 \
+#   # 4 nodes x 8 GPUs: on each node, NNODES=4 NODE_RANK=0..3 MASTER_ADDR=<node 0>
+#   tools/dist_train.sh configs/rils/pretrain_b16_flip_unmasked.py 8 \
 #       --cfg-options model.init_cfg.checkpoint=work_dirs/pretrain_b16_flip/epoch_25.pth
 _base_ = ['./pretrain_b16.py']
 

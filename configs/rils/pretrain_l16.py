@@ -1,6 +1,7 @@
 # RILS ViT-L/16 pretraining: the B/16 recipe (pretrain_b16.py) with the L/16 towers (encoder
 # 1024 wide, 24 layers, 16 heads; text tower 768 wide, 12 heads; joint width 768).
-#   tools/dist_train.sh configs/rils/pretrain_l16.py 32
+#   # 4 nodes x 8 GPUs: on each node, NNODES=4 NODE_RANK=0..3 MASTER_ADDR=<node 0>
+#   tools/dist_train.sh configs/rils/pretrain_l16.py 8
 _base_ = [
     '../_base_/models/rils_vit-l16.py',
     '../_base_/datasets/laion_wds.py',

@@ -2,7 +2,8 @@
 # parameters, gradients and AdamW state sharded over the GPUs by FSDP, through mmengine's
 # FlexibleRunner (rils_mm/engine/strategies.py: one FSDP unit per transformer block, full
 # checkpoints that tools/test.py and the converters read):
-#   tools/dist_train.sh configs/sharded/rils_vit-l16_fsdp.py 32
+#   # 4 nodes x 8 GPUs: on each node, NNODES=4 NODE_RANK=0..3 MASTER_ADDR=<node 0>
+#   tools/dist_train.sh configs/sharded/rils_vit-l16_fsdp.py 8
 # The strategy recomputes every block in the backward pass (the towers' with_cp is turned off:
 # one mechanism, which also covers the decoder). bf16 instead of fp16:
 #   --cfg-options optim_wrapper.dtype=bfloat16 optim_wrapper.loss_scale=1.0

@@ -82,12 +82,26 @@ def prepare_remote_dir(cfg, remote_dir: Optional[str], resume: Optional[str],
     if check and global_rank() == 0:
         store.check_writable()
         last = store.last_checkpoint()
-        if resume is None and last is not None and not overwrite:
-            raise RemoteStoreError(f'remote dir {store.url} holds the checkpoints of an earlier '
-                                   f'run (last_checkpoint names {last}): give --resume to '
-                                   f'continue it, another --remote-dir, or --overwrite to '
-                                   f'replace them')
+        if resume is None and last is not None:
+            if not overwrite:
+                raise RemoteStoreError(
+                    f'remote dir {store.url} holds the checkpoints of an earlier run '
+                    f'(last_checkpoint names {last}): give --resume to continue it, another '
+                    f'--remote-dir, or --overwrite to replace them')
+            # The new run replaces the old one: a --resume before the new run's first save
+            # must not continue the old run from its pointer.
+            store.remove(POINTER)
     return store
+
+
+def multi_node_launch() -> bool:
+    """Whether this process belongs to a run over several nodes (torchrun's WORLD_SIZE above
+    its LOCAL_WORLD_SIZE, or Slurm's SLURM_NNODES above 1)."""
+    world, local = os.environ.get('WORLD_SIZE'), os.environ.get('LOCAL_WORLD_SIZE')
+    if world and local and world.isdigit() and local.isdigit() and int(world) > int(local):
+        return True
+    nodes = os.environ.get('SLURM_NNODES', '')
+    return nodes.isdigit() and int(nodes) > 1
 
 
 def checkpoint_step(name: str) -> Optional[Tuple[str, int]]:
@@ -127,7 +141,13 @@ def fetch_resume_checkpoint(cfg, local: Optional[str],
     name = store.last_checkpoint()
     if name is None:
         return None
-    if local is not None:
+    if local is not None and multi_node_launch():
+        # Only global rank 0 saves, so only its node has local checkpoints: every node takes
+        # the remote one, or ranks would start from different steps.
+        print_log(f'--resume: a run over several nodes resumes from the remote copy '
+                  f'{store.url_of(name)}, not from {local} (the other nodes do not have it)',
+                  logger='current', level=30)
+    elif local is not None:
         remote_step, local_step = checkpoint_step(name), checkpoint_step(local)
         if not (remote_step and local_step and remote_step[0] == local_step[0]
                 and remote_step[1] > local_step[1]):

@@ -15,7 +15,8 @@ WRAPPER = osp.join(REPO, 'tools', 'check_gpu.sh')
 
 
 def run_check(*args, timeout=300):
-    env = dict(os.environ, PYTHON=sys.executable)
+    # No GPU, also where the suite runs on a GPU machine: the CPU path is what is tested.
+    env = dict(os.environ, PYTHON=sys.executable, CUDA_VISIBLE_DEVICES='')
     return subprocess.run(['bash', WRAPPER, *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -110,6 +111,8 @@ def test_a_failing_row_fails_the_run(tmp_path):
 @pytest.mark.parametrize('args,message', [
     (['--only', 'amp,gpu'], "--only: unknown 'gpu'; choose from amp,ddp,fsdp,accum,bench"),
     (['--configs', 'clip/nope.py'], '--configs: config file not found: configs/clip/nope.py'),
+    (['--only', 'accum'], 'no CUDA device is visible (is this a CPU-only torch?): give --device '
+     'cpu to run the full-size checks on the CPU anyway (hours), or --tiny for a quick look'),
 ])
 def test_bad_options_are_one_line_and_status_2(args, message):
     result = run_check(*args, timeout=120)

@@ -578,3 +578,19 @@ def test_cheaper_rils_b16_config_is_rils_with_dropped_patches():
     assert unmasked.model.intact_keep_ratio == 1.0
     assert unmasked.model.backbone.mask_ratio == 0.75
     assert unmasked.model.init_cfg.type == 'CheckedPretrained'
+
+
+def test_run_chain_trains_every_stage_without_validation_on_request(monkeypatch, capsys):
+    """``tools/run_chain.py --no-validate`` hands ``--no-validate`` to every stage's
+    ``tools/train.py`` (the B/16 image-text stages validate on data/imagenet/val)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('run_chain_tool',
+                                                  osp.join(REPO, 'tools', 'run_chain.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    calls = []
+    monkeypatch.setattr(tool, 'run_chain',
+                        lambda *args, **kwargs: calls.append(kwargs['train_args']) or ['x.pth'])
+    tool.main(['configs/two_stage/mim_to_clip_b16.py', '--no-validate'])
+    tool.main(['configs/two_stage/mim_to_clip_b16.py'])
+    assert calls == [['--launcher', 'none', '--no-validate'], ['--launcher', 'none']]

@@ -335,6 +335,18 @@ def test_resume_downloads_once_per_node_and_only_a_newer_checkpoint(tmp_path, mo
     assert fetch(str(tmp_path / 'epoch_1.pth')) is None  # another kind: the local one
     assert fetch(str(tmp_path / 'iter_2.pth')) == str(work / 'iter_4.pth')  # already here
     assert len(downloads) == 1
+    # A run over several nodes: only rank 0's node saved locally, so every node takes the
+    # remote checkpoint, even where a newer local one exists.
+    monkeypatch.setenv('WORLD_SIZE', '16')
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '8')
+    assert fetch(str(tmp_path / 'iter_6.pth')) == str(work / 'iter_4.pth')
+    monkeypatch.delenv('WORLD_SIZE')
+    monkeypatch.delenv('LOCAL_WORLD_SIZE')
+    # --overwrite: a new run into the remote dir drops the old run's pointer, so a --resume
+    # before the new run's first save does not continue the old run.
+    remote_checkpoints.prepare_remote_dir(cfg, None, resume=None, overwrite=True)
+    assert sorted(os.listdir(remote)) == ['iter_4.pth']
+    assert fetch(None) is None
 
 
 def test_best_checkpoints_and_pruning_follow_the_local_ones(tmp_path):
@@ -375,3 +387,43 @@ def test_best_checkpoints_and_pruning_follow_the_local_ones(tmp_path):
         'notes.txt']
     assert (remote / 'epoch_3.pth').read_bytes() == (work / 'epoch_3.pth').read_bytes()
     assert (remote / 'logs' / 'vis_data' / 'scalars.json').read_text() == '{}\n'
+
+
+def test_a_validating_run_uploads_the_checkpoint_save_best_rewrites(tmp_path):
+    """``save_best`` saves ``epoch_N.pth`` a second time after the validation (to record the
+    new best score in it): the remote copy is that second version, so a run resumed on a new
+    node from the remote copy keeps the best-so-far record."""
+    from test_zero_shot_val import data_options, eval_options
+    root, remote = str(tmp_path / 'shapes'), tmp_path / 'remote'
+    remote.mkdir()
+    common = ['--remote-dir', f'file://{remote}', '--cfg-options', *tiny_run(64),
+              'default_hooks.checkpoint.interval=1', *data_options(root),
+              *eval_options('val_dataloader', root),
+              f'model.zero_shot.classnames={root}/classnames.txt',
+              f'model.zero_shot.templates={root}/templates.txt']
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    first = subprocess.run([sys.executable, 'tools/train.py', 'configs/rils/demo_cpu_val.py',
+                            '--work-dir', str(tmp_path / 'node1'), *common,
+                            'train_cfg.max_epochs=2'],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for name in ('epoch_1.pth', 'epoch_2.pth'):
+        local, copy = tmp_path / 'node1' / name, remote / name
+        assert copy.read_bytes() == local.read_bytes(), name
+    record = torch.load(remote / 'epoch_2.pth', map_location='cpu', weights_only=False)
+    best = record['message_hub']['runtime_info']['best_score']
+    # A new node resumes from the remote copy and validates once more: the best record, and
+    # with it the one best file, carry over.
+    second = subprocess.run([sys.executable, 'tools/train.py', 'configs/rils/demo_cpu_val.py',
+                             '--work-dir', str(tmp_path / 'node2'), '--resume', *common,
+                             'train_cfg.max_epochs=3'],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    top1 = float(re.findall(r'accuracy/top1: ([\d.]+)', second.stdout + second.stderr)[-1])
+    expected = 'best_accuracy_top1_epoch_3.pth' if top1 > best else None
+    bests = sorted(p.name for p in remote.glob('best_*.pth'))
+    assert len(bests) == 1, bests
+    if expected:
+        assert bests == [expected]
+    else:
+        assert not list((tmp_path / 'node2').glob('best_*.pth'))  # epoch 3 was not better

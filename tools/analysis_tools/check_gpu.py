@@ -76,6 +76,7 @@ CHECKS = ('amp', 'ddp', 'fsdp', 'accum', 'bench')
 METHOD_FOLDERS = ('rils', 'clip', 'mae', 'mae_clip', 'milan', 'lit', 'mammut')
 PAIR_CONFIGS = ('clip/pretrain_b16.py', 'rils/pretrain_b16.py')  # the ddp and accum checks
 MICRO_BATCHES = 4
+PROCESS_TIMEOUT = 600  # seconds for the ddp processes and the fsdp script
 # tests/test_engine/test_sharded_training.py's tiny RILS, for the fsdp check's CPU test.
 TINY_SHARDED = (
     'model.backbone.arch.embed_dims=32 model.backbone.arch.num_layers=2 '
@@ -573,9 +574,19 @@ def check_ddp(config: str, setting: Setting, tiny: bool) -> Row:
         torch.save(model.state_dict(), osp.join(folder, 'initial.pth'))
         torch.save({k: v.cpu() for k, v in data['inputs'].items()},
                    osp.join(folder, 'batch.pth'))
-        mp.start_processes(ddp_worker, nprocs=world_size, join=True, start_method='spawn',
-                           args=(world_size, free_port(), folder, config,
-                                 setting.device.type, tiny))
+        context = mp.start_processes(ddp_worker, nprocs=world_size, join=False,
+                                     start_method='spawn',
+                                     args=(world_size, free_port(), folder, config,
+                                           setting.device.type, tiny))
+        # A first GPU run most likely fails by hanging in a collective: bounded, so that the
+        # table is still printed.
+        deadline = time.time() + PROCESS_TIMEOUT
+        while not context.join(timeout=5):
+            if time.time() > deadline:
+                for process in context.processes:
+                    process.kill()
+                raise RuntimeError(f'the {world_size} DDP processes did not finish within '
+                                   f'{PROCESS_TIMEOUT} s (a hang in a collective?)')
         ranks = [torch.load(osp.join(folder, f'rank{r}.pth')) for r in range(world_size)]
         replay = [torch.cat([rank['draws'][j] for rank in ranks]).to(setting.device)
                   for j in range(len(ranks[0]['draws']))]
@@ -602,8 +613,13 @@ def check_fsdp(setting: Setting, tiny: bool, work_dir: Optional[str]) -> Row:
         work = work_dir or osp.join(folder, 'check_sharded')
         env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()),
                    OPTIONS=TINY_SHARDED if tiny else '')
-        result = subprocess.run(['bash', osp.join(TOOLS, 'check_sharded_gpu.sh'), str(gpus),
-                                 amp, work], cwd=REPO, env=env, capture_output=True, text=True)
+        try:
+            result = subprocess.run(['bash', osp.join(TOOLS, 'check_sharded_gpu.sh'),
+                                     str(gpus), amp, work], cwd=REPO, env=env,
+                                    capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f'tools/check_sharded_gpu.sh did not finish within '
+                               f'{PROCESS_TIMEOUT} s (a hang in a collective?)') from None
     lines = (result.stdout + result.stderr).strip().splitlines() or ['(no output)']
     verdict = lines[-1]
     note = '; world size 1: checks the wrapper, not the sharding' if gpus == 1 else ''
@@ -670,6 +686,9 @@ def main(argv=None) -> int:
     import torch
     if args.device and args.device.split(':')[0] not in ('cuda', 'cpu'):
         fail(f'--device must be cuda or cpu, got {args.device!r}')
+    if args.device is None and not torch.cuda.is_available() and not args.tiny:
+        fail('no CUDA device is visible (is this a CPU-only torch?): give --device cpu to '
+             'run the full-size checks on the CPU anyway (hours), or --tiny for a quick look')
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if device.type == 'cuda' and not torch.cuda.is_available():
         fail('--device cuda: no CUDA device is visible')

@@ -14,6 +14,7 @@ model = dict(
     # Trained on the locked tower by default (lock_cfg.image_head=True locks it too); mean
     # pooling has no parameters, so a locked tower's pooled features can be cached.
     image_head=dict(type='ImageEmbeddingHead', pooling='mean', projection_bias=False),
-    # big_vision's LiT: temperature_init 10 (configs/proj/image_text/lit_coco.py): ln(10).
+    # big_vision's LiT: temperature_init 10 (configs/proj/image_text/lit_coco.py at commit
+    # 430df79): ln(10).
     logit_scale_init=2.302585092994046,
     lock_cfg=dict(backbone=True))

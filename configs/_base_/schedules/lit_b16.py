@@ -1,4 +1,5 @@
-# LiT's recipe (big_vision configs/proj/image_text/lit_coco.py; Zhai et al., CVPR 2022) on the
+# LiT's recipe (big_vision configs/proj/image_text/lit_coco.py at commit 430df79, since renamed;
+# Zhai et al., CVPR 2022) on the
 # RILS schedule's parameter groups: batch 4096, Adam(W) lr 1e-3 with a warm-up then cosine decay
 # to 0, weight decay 0.01 (big_vision's value; its optimizer's decay convention may differ from
 # torch's AdamW, which scales it by the lr), gradient clipping at norm 1. The paper's runs see

@@ -59,6 +59,7 @@ class RemoteCheckpointHook(Hook):
         self.retries = max(1, int(retries))
         self.retry_wait = float(retry_wait)
         self._last: Optional[str] = None  # local path of the last uploaded checkpoint
+        self._last_signature: Optional[tuple] = None  # its path, size and mtime at upload
         self._best: dict = {}  # message hub key -> local path of the uploaded best checkpoint
 
     def before_run(self, runner) -> None:
@@ -71,10 +72,12 @@ class RemoteCheckpointHook(Hook):
         # local copy: then that copy is uploaded now, so the remote one is as new.
         info = runner.message_hub.runtime_info
         self._last = info.get('last_ckpt')
+        self._last_signature = (self._signature(self._last)
+                                if self._last and osp.isfile(self._last) else None)
         self._best = {k: v for k, v in info.items() if k.startswith('best_ckpt')}
-        if (is_main_process() and self._last and osp.isfile(self._last)
+        if (is_main_process() and self._last_signature is not None
                 and self.store.last_checkpoint() != osp.basename(self._last)):
-            self._last = None
+            self._last = self._last_signature = None
             self._sync(runner)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
@@ -99,16 +102,24 @@ class RemoteCheckpointHook(Hook):
 
     def _upload_last(self, runner) -> bool:
         last = runner.message_hub.get_info('last_ckpt')
-        if not last or last == self._last or not osp.isfile(last):
+        if not last or not osp.isfile(last) or self._signature(last) == self._last_signature:
             return False
+        # The same path again when its file changed: save_best saves epoch_N.pth a second
+        # time after the validation, to record the new best score in it.
+        signature = self._signature(last)
         name = osp.basename(last)
         self._retry(f'checkpoint {last}', lambda: self.store.put_file(last, name))
         self._retry(f'{POINTER} naming {name}',
                     lambda: self.store.put_bytes(name.encode(), POINTER))
-        self._last = last
+        self._last, self._last_signature = last, signature
         print_log(f'Uploaded {name} to {self.store.url}', logger='current')
         self._prune(runner)
         return True
+
+    @staticmethod
+    def _signature(path: str) -> tuple:
+        stat = os.stat(path)
+        return path, stat.st_size, stat.st_mtime_ns
 
     def _upload_best(self, runner) -> bool:
         uploaded = False
