@@ -20,8 +20,8 @@ a run would crash, or a file could run code (:func:`install_required_fixes`):
   weights-only; refusals and damaged files are one line naming the file. Our configs load
   checkpoints (``init_cfg``, ``load_from``) in any program that builds them.
 - :mod:`.torchscript_weights`: the weights of a TorchScript archive (OpenAI's CLIP releases)
-  without ``torch.jit.load``, which runs code from the file (called by the loaders above and
-  by our converters; it patches nothing itself).
+  without ``torch.jit.load``, which runs code from the file (used by the loaders above, by
+  ``OpenCLIPModel`` and by our converters; it patches nothing itself).
 - :mod:`.atomic_saving`: checkpoints are written atomically and rotated save-first, so a kill
   or a full disk during a save cannot leave a run without a usable checkpoint.
 - :mod:`.epoch_resume`: a mid-epoch checkpoint resumes the epoch where it stopped; mmengine
@@ -43,6 +43,8 @@ are applied by our command-line tools alone (:func:`install_tool_conveniences`, 
   mmengine's unpolished one).
 
 A program of one's own gets them by calling :func:`install_tool_conveniences` itself.
+``tests/test_compat.py`` checks, in a fresh interpreter, that importing ``rils_mm`` applies the
+first list and leaves mmengine's functions of the second as they were.
 """
 import functools
 
