@@ -1,6 +1,8 @@
 """rils_mm: RILS and vision-language pretraining methods for the OpenMMLab stack.
 
-Importing the package applies the compatibility fixes in :mod:`rils_mm.compat` and registers
+Importing the package applies the fixes of :mod:`rils_mm.compat` that correct results, safe
+loading and the pinned releases need (not the console and speed ones, which only the
+command-line tools apply: ``rils_mm.compat.install_tool_conveniences``) and registers
 every module (models, datasets, transforms, metrics, hooks) in the mmpretrain registries, and
 the transfer backbones and necks in mmdet's and mmseg's, so that
 ``custom_imports=dict(imports=['rils_mm'], allow_failed_imports=False)`` is all a config needs.

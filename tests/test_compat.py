@@ -1,16 +1,108 @@
 """Each compatibility fix in rils_mm.compat, exercised through the code path that needs it."""
 import json
 import os
+import os.path as osp
 import pickle
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from mmengine.model import BaseModel
 
-import rils_mm  # noqa: F401  (applies the fixes)
-from rils_mm.compat import UnsafeCheckpointError
+import rils_mm  # noqa: F401  (applies the fixes correctness needs)
+from rils_mm.compat import UnsafeCheckpointError, install_tool_conveniences
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+# --- what importing rils_mm changes --------------------------------------------------------------
+# Run in a fresh interpreter: mmengine as it comes, then ``import rils_mm``, then the tools' call.
+IMPORT_EFFECTS = r"""
+import json
+
+import numpy as np
+import torch
+import mmengine.config.config as config_module
+import mmengine.dist.utils as dist_utils
+from mmengine.fileio.backends import LocalBackend
+from mmengine.fileio.handlers.registry_utils import file_handlers
+from mmengine.hooks import CheckpointHook
+from mmengine.model import BaseModule
+from mmengine.model.wrappers import MMDistributedDataParallel, MMFullyShardedDataParallel
+from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.runner import EpochBasedTrainLoop
+from mmengine.runner.checkpoint import CheckpointLoader
+
+# What a program of one's own would see changed: the tools' console and speed fixes ...
+CONVENIENCES = {
+    'BaseModule._dump_init_info': lambda: BaseModule._dump_init_info,
+    'DefaultOptimWrapperConstructor.__call__': lambda: DefaultOptimWrapperConstructor.__call__,
+    'mmengine.config.config.FormatCode': lambda: config_module.FormatCode,
+}
+# ... and the fixes correct results and safe loading need.
+REQUIRED = {
+    'CheckpointLoader local scheme': lambda: CheckpointLoader._schemes[''],
+    'CheckpointLoader https:// scheme': lambda: CheckpointLoader._schemes['https://'],
+    'LocalBackend.put': lambda: LocalBackend.put,
+    'CheckpointHook._save_checkpoint_with_step':
+    lambda: CheckpointHook._save_checkpoint_with_step,
+    'EpochBasedTrainLoop.run_epoch': lambda: EpochBasedTrainLoop.run_epoch,
+    'pkl handler': lambda: type(file_handlers['pkl']),
+    'yaml handler': lambda: type(file_handlers['yaml']),
+    'dist_utils._init_dist_pytorch': lambda: dist_utils._init_dist_pytorch,
+    'MMDistributedDataParallel.__init__': lambda: MMDistributedDataParallel.__init__,
+    'MMFullyShardedDataParallel.__init__': lambda: MMFullyShardedDataParallel.__init__,
+}
+
+
+def snapshot(getters):
+    return {name: get() for name, get in getters.items()}
+
+
+def changed(before, getters):
+    return sorted(name for name, get in getters.items() if get() is not before[name])
+
+
+mmengine_conveniences, mmengine_required = snapshot(CONVENIENCES), snapshot(REQUIRED)
+import rils_mm  # noqa: E402
+import rils_mm.tools.cli  # noqa: E402  (the tools' library alone applies nothing more)
+from rils_mm.compat import install_tool_conveniences  # noqa: E402
+
+result = dict(
+    conveniences_on_import=changed(mmengine_conveniences, CONVENIENCES),
+    required_on_import=changed(mmengine_required, REQUIRED),
+    in1d='in1d' in np.__dict__ and 'float' in np.__dict__)
+install_tool_conveniences()
+result['conveniences_in_tools'] = changed(mmengine_conveniences, CONVENIENCES)
+installed = snapshot(CONVENIENCES)
+install_tool_conveniences()  # twice: nothing wrapped twice
+result['changed_by_second_call'] = changed(installed, CONVENIENCES)
+print(json.dumps(result))
+"""
+
+
+def test_import_applies_the_required_fixes_and_leaves_the_tools_conveniences_out():
+    """``import rils_mm`` in someone else's program changes only what correctness, safe
+    loading and the pinned releases need; the console and config-text fixes come with our
+    tools (``install_tool_conveniences``, once however often it is called)."""
+    result = subprocess.run([sys.executable, '-c', IMPORT_EFFECTS], cwd=REPO, env=os.environ,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    effects = json.loads(result.stdout.strip().splitlines()[-1])
+    assert effects['conveniences_on_import'] == []
+    assert effects['required_on_import'] == sorted([
+        'CheckpointLoader local scheme', 'CheckpointLoader https:// scheme', 'LocalBackend.put',
+        'CheckpointHook._save_checkpoint_with_step', 'EpochBasedTrainLoop.run_epoch',
+        'pkl handler', 'yaml handler', 'dist_utils._init_dist_pytorch',
+        'MMDistributedDataParallel.__init__', 'MMFullyShardedDataParallel.__init__'])
+    assert effects['in1d']
+    assert effects['conveniences_in_tools'] == sorted([
+        'BaseModule._dump_init_info', 'DefaultOptimWrapperConstructor.__call__',
+        'mmengine.config.config.FormatCode'])
+    assert effects['changed_by_second_call'] == []
 
 
 # --- numpy 2 aliases -----------------------------------------------------------------------------
@@ -138,6 +230,7 @@ def test_mmengine_launcher_and_ddp_wrapper_work_on_cpu(tmp_path):
 def test_config_text_skips_yapf_on_a_line_it_cannot_fit_and_formats_once():
     """A long path: the text is mmengine's own (yapf would reformat it, slowly) and reads
     back to the same config; short lines: yapf's text, formatted once for repeated calls."""
+    install_tool_conveniences()  # as the tools do (not applied on import)
     import mmengine.config.config as config_module
     from mmengine.config import Config
     from yapf.yapflib.yapf_api import FormatCode

@@ -31,6 +31,7 @@ from mmengine.dataset import default_collate
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from rils_mm.compat import install_tool_conveniences
 from rils_mm.datasets import ImageTextShardDataset, ShardWriter
 
 
@@ -141,4 +142,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    install_tool_conveniences()
     main()

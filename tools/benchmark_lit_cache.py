@@ -36,6 +36,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import rils_mm  # noqa: E402,F401 (registers the modules)
+from rils_mm.compat import install_tool_conveniences  # noqa: E402
 from rils_mm.datasets import ImageTextShardDataset  # noqa: E402
 from rils_mm.tools.feature_cache import cache_from_config  # noqa: E402
 
@@ -125,4 +126,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
+    install_tool_conveniences()
     main()

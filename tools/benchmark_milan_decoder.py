@@ -22,6 +22,7 @@ from mmpretrain.registry import MODELS
 from torch.utils.flop_counter import FlopCounterMode
 
 import rils_mm  # noqa: F401
+from rils_mm.compat import install_tool_conveniences
 
 
 def count(step) -> int:
@@ -91,4 +92,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
+    install_tool_conveniences()
     main()

@@ -54,7 +54,9 @@ def measure_one(form: str, local_batch: int, global_batch: int, chunk_size: int,
                 device: torch.device) -> int:
     """Peak bytes above the inputs of one forward + backward of the loss."""
     import rils_mm  # noqa: F401
+    from rils_mm.compat import install_tool_conveniences
     from rils_mm.models.losses import LanguageSpaceReconstructionLoss
+    install_tool_conveniences()
     loss_fn = LanguageSpaceReconstructionLoss(
         chunk_size=None if form == 'dense' else chunk_size)
     pred, target, captions, mask, correct = inputs(local_batch, global_batch, device)

@@ -47,9 +47,10 @@ def main(argv=None):
     if args.checkpoint and '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         sys.exit(f'{PROG}: error: checkpoint file not found: {args.checkpoint}')
     import rils_mm  # noqa: F401  (registers the datasets, transforms and models)
-    from rils_mm.compat import CheckpointLoadError
+    from rils_mm.compat import CheckpointLoadError, install_tool_conveniences
     from rils_mm.tools.cli import storage_full_message
     from rils_mm.tools.feature_cache import FeatureCacheError, cache_from_config
+    install_tool_conveniences()
 
     def log(line):
         print(line, flush=True)

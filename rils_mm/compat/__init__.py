@@ -3,24 +3,48 @@
 mmengine 0.10, mmcv 2.1, mmpretrain 1.2, mmdet 3.3 and mmseg 1.2 predate numpy 2.4, torch's
 ``weights_only=True`` default (torch >= 2.6) and CPU-only distributed training, and mmengine
 writes checkpoints non-atomically, reads pickle and YAML data files in ways that can run code
-and prints some reports on the console parameter by parameter. Each fix is applied once, when
-``rils_mm`` is imported; none edits an installed file, and each has a test
-(``tests/test_compat.py``, ``tests/test_checkpoint_safety.py``,
-``tests/test_evaluation/test_annotation_safety.py``, ``tests/test_tools/test_console.py``) that
-fails without it. Remove a fix when the upstream release that needs it is no longer supported.
+and prints some reports on the console parameter by parameter. None of the fixes edits an
+installed file, and each has a test (``tests/test_compat.py``,
+``tests/test_checkpoint_safety.py``, ``tests/test_evaluation/test_annotation_safety.py``,
+``tests/test_tools/test_console.py``) that fails without it. Remove a fix when the upstream
+release that needs it is no longer supported.
 
+Importing ``rils_mm`` changes mmengine for the whole process, also in someone else's program
+that only wants our models, so it applies only the fixes without which a result would be wrong,
+a run would crash, or a file could run code (:func:`install_required_fixes`):
+
+- numpy aliases (:func:`_restore_numpy_aliases`): ``np.float`` and ``np.in1d``, which the
+  pinned releases still call (lvis's ``LVISEval``, mmpretrain's retrieval metrics); without
+  them an evaluation crashes. Only names numpy no longer has are added.
 - :mod:`.safe_loading`: every checkpoint scheme (local, URLs, model-zoo names) loads
-  weights-only; refusals and damaged files are one line naming the file.
+  weights-only; refusals and damaged files are one line naming the file. Our configs load
+  checkpoints (``init_cfg``, ``load_from``) in any program that builds them.
 - :mod:`.torchscript_weights`: the weights of a TorchScript archive (OpenAI's CLIP releases)
-  without ``torch.jit.load``, which runs code from the file.
-- :mod:`.atomic_saving`: checkpoints are written atomically and rotated save-first.
-- :mod:`.epoch_resume`: a mid-epoch checkpoint resumes the epoch where it stopped.
+  without ``torch.jit.load``, which runs code from the file (used by the loaders above, by
+  ``OpenCLIPModel`` and by our converters; it patches nothing itself).
+- :mod:`.atomic_saving`: checkpoints are written atomically and rotated save-first, so a kill
+  or a full disk during a save cannot leave a run without a usable checkpoint.
+- :mod:`.epoch_resume`: a mid-epoch checkpoint resumes the epoch where it stopped; mmengine
+  would train again on the batches before it (a different result from the same run).
+- :mod:`.data_files`: ``mmengine.load`` refuses to read pickles and reads YAML with the safe
+  loader, so an annotation file never runs code (configs, the user's code, read as before).
+- CPU distributed (:func:`_support_cpu_distributed`): mmengine's launcher and DDP/FSDP
+  wrappers work with gloo on a machine without CUDA, where they would crash; with CUDA they
+  are mmengine's own.
+
+The other two change only what the console shows and how fast a config is formatted, so they
+are applied by our command-line tools alone (:func:`install_tool_conveniences`, called by
+``rils_mm.tools.cli.run_cli`` before a tool's main and by the tools that do not go through it):
+
 - :mod:`.parameter_reports`: ``init_weights`` and the optimizer's ``paramwise_options`` print
   one summary line each; their per-parameter lines go to the log file (or DEBUG).
 - :mod:`.config_text`: a config with a line yapf cannot fit (a long path) is not searched
-  through by yapf each of the four times a starting Runner formats it.
-- :mod:`.data_files`: ``mmengine.load`` refuses to read pickles and reads YAML with the safe
-  loader, so an annotation file never runs code (configs, the user's code, read as before).
+  through by yapf each of the four times a starting Runner formats it (its text is then
+  mmengine's unpolished one).
+
+A program of one's own gets them by calling :func:`install_tool_conveniences` itself.
+``tests/test_compat.py`` checks, in a fresh interpreter, that importing ``rils_mm`` applies the
+first list and leaves mmengine's functions of the second as they were.
 """
 import functools
 
@@ -38,7 +62,8 @@ from .safe_loading import (URL_PREFIXES, CheckpointKeysError, CheckpointLoadErro
 from .torchscript_weights import is_torchscript_archive, torchscript_state_dict
 
 __all__ = [
-    'apply_all', 'CheckpointKeysError', 'CheckpointLoadError', 'DamagedCheckpointError',
+    'install_required_fixes', 'install_tool_conveniences', 'CheckpointKeysError',
+    'CheckpointLoadError', 'DamagedCheckpointError',
     'MissingCheckpointError', 'UnsafeCheckpointError', 'weights_only_load', 'atomic_write_bytes',
     'is_torchscript_archive', 'torchscript_state_dict', 'DataFileError', 'UnsafeDataFileError',
     'CheckpointSaveError', 'URL_PREFIXES'
@@ -114,23 +139,38 @@ def _support_cpu_distributed() -> None:
     MMFullyShardedDataParallel.__init__ = fsdp_init
 
 
-_APPLIED = False
+_REQUIRED_APPLIED = False
+_CONVENIENCES_APPLIED = False
 
 
-def apply_all() -> None:
-    """Apply every fix once (idempotent)."""
-    global _APPLIED
-    if _APPLIED:
+def install_required_fixes() -> None:
+    """Apply the fixes that correct results, safety or compatibility need (once; on import)."""
+    global _REQUIRED_APPLIED
+    if _REQUIRED_APPLIED:
         return
     _restore_numpy_aliases()
     install_weights_only_loaders()
     install_atomic_checkpoints()
     install_mid_epoch_resume()
-    install_parameter_reports()
-    install_fast_config_text()
     install_data_file_handlers()
     _support_cpu_distributed()
-    _APPLIED = True
+    _REQUIRED_APPLIED = True
 
 
-apply_all()
+def install_tool_conveniences() -> None:
+    """Apply the console and speed fixes of our command-line tools (once).
+
+    One summary line for ``init_weights`` and ``paramwise_options`` instead of a line per
+    parameter on the console (:mod:`.parameter_reports`), and no yapf search on config lines it
+    cannot fit (:mod:`.config_text`). Called by ``rils_mm.tools.cli.run_cli`` and the tools
+    that do not use it; importing ``rils_mm`` does not apply them.
+    """
+    global _CONVENIENCES_APPLIED
+    if _CONVENIENCES_APPLIED:
+        return
+    install_parameter_reports()
+    install_fast_config_text()
+    _CONVENIENCES_APPLIED = True
+
+
+install_required_fixes()

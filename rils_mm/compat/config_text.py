@@ -10,6 +10,9 @@ information), so every training or test run paid seconds before its first step.
 This fix keeps yapf for text whose lines all fit and hands back mmengine's own unpolished text,
 which is equally valid Python (it reads back to the same config), when one does not; and it
 remembers the last few results, so the Runner's four calls on one config format it once.
+
+Applied by the command-line tools only (``rils_mm.compat.install_tool_conveniences``), not on
+``import rils_mm``: it changes a config's text, which a program of one's own may compare.
 """
 import functools
 from typing import Tuple

@@ -11,7 +11,8 @@
   (``paramwise_options -- backbone.layers.0.ln1.weight:weight_decay=0.0``). They still reach
   the log file (and a console that shows DEBUG); the console gets one line counting them.
 
-Tested in ``tests/test_tools/test_console.py``.
+Applied by the command-line tools only (``rils_mm.compat.install_tool_conveniences``), not on
+``import rils_mm``. Tested in ``tests/test_tools/test_console.py``.
 """
 import logging
 from collections import Counter
@@ -135,6 +136,10 @@ def _install_paramwise_report() -> None:
 
 
 def install_parameter_reports() -> None:
-    """Replace the two reports (once)."""
-    _install_init_report()
-    _install_paramwise_report()
+    """Replace the two reports (idempotent)."""
+    if not getattr(BaseModule._dump_init_info, 'summarises_parameters', False):
+        _install_init_report()
+        BaseModule._dump_init_info.summarises_parameters = True
+    if not getattr(DefaultOptimWrapperConstructor.__call__, 'summarises_parameters', False):
+        _install_paramwise_report()
+        DefaultOptimWrapperConstructor.__call__.summarises_parameters = True

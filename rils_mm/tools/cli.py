@@ -57,7 +57,8 @@ from mmengine.runner import Runner
 
 import rils_mm  # noqa: F401  (compatibility fixes and registration before the Runner starts)
 from rils_mm.compat import (URL_PREFIXES, CheckpointKeysError, CheckpointLoadError,
-                            CheckpointSaveError, DamagedCheckpointError)
+                            CheckpointSaveError, DamagedCheckpointError,
+                            install_tool_conveniences)
 from rils_mm.datasets import DataStreamError
 from rils_mm.engine.errors import RunStopped
 from rils_mm.models.utils.checkpoint_loading import describe_torch_load_error
@@ -482,7 +483,11 @@ def run_cli(main: Callable[[List[str]], None], argv: Optional[List[str]] = None,
     traceback). A write that finds the disk full names the file and ends with ``rerun_hint``
     (how this tool continues): checkpoints and records are written atomically, so what was
     written before is intact. A distributed run leaves through :func:`leave_distributed_run`.
+
+    The tool's console and config formatting get rils_mm's conveniences first (one line for the
+    per-parameter reports; :func:`rils_mm.compat.install_tool_conveniences`).
     """
+    install_tool_conveniences()
     argv = sys.argv[1:] if argv is None else argv
     debug = '--debug' in argv or os.environ.get('RILS_MM_DEBUG') == '1'
     try:

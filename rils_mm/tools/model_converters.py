@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import torch
 
+from ..compat import install_tool_conveniences
 from ..models.utils.checkpoint_loading import LoadReport, load_checked
 from .converters import (ConversionError, extract_vision_encoder, load_clip_state_dict_file,
                          open_clip_to_rils, rils_vit_to_timm, to_toolbox_checkpoint)
@@ -125,7 +126,9 @@ def open_clip_to_rils_main(argv: Optional[List[str]] = None) -> None:
 
 
 def run(main, argv: Optional[List[str]] = None) -> None:
-    """Run a converter main; a conversion or load failure is one line and exit status 1."""
+    """Run a converter main (with :func:`rils_mm.compat.install_tool_conveniences`); a
+    conversion or load failure is one line and exit status 1."""
+    install_tool_conveniences()
     try:
         main(argv)
     except (ConversionError, RuntimeError, FileNotFoundError) as err:

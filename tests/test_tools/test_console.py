@@ -1,5 +1,7 @@
 """A readable console: ``init_weights`` reports one line (the per-parameter detail goes to the
 log file), and long jobs report progress as a bar on a terminal, plain lines otherwise."""
+import glob
+import inspect
 import io
 import os
 import os.path as osp
@@ -12,7 +14,7 @@ import pytest
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-import rils_mm  # noqa: F401  (applies rils_mm.compat's init_weights report)
+from rils_mm.compat import install_tool_conveniences
 from rils_mm.utils.progress import Progress, track
 from tiny_demo import tiny_data, tiny_run
 
@@ -52,7 +54,9 @@ def test_training_console_has_the_summary_and_the_log_file_the_detail(tmp_path):
 
 
 def test_model_built_outside_a_runner_prints_one_line(capfd):
-    # A logger without a log file, as in a tool or a test that builds a model itself.
+    # A logger without a log file, as in a tool that builds a model itself (after the tools'
+    # install_tool_conveniences; importing rils_mm alone leaves mmengine's report).
+    install_tool_conveniences()
     logger = MMLogger.get_instance(f'console-{uuid.uuid4().hex}')
     from mmpretrain.registry import MODELS
     cfg = Config.fromfile(osp.join(REPO, DEMO))
@@ -78,6 +82,40 @@ def test_model_built_outside_a_runner_prints_one_line(capfd):
         logger.setLevel('INFO')
     out, err = capfd.readouterr()
     assert len(re.findall(r'DEBUG - [\w.]+ - \([\d, ]*\): \S', out + err)) == count
+
+
+# --- which tools apply the console fixes ---------------------------------------------------------
+# Tools that run no rils_mm code of their own: their children are tools that apply the fixes.
+RUN_OTHER_TOOLS = {
+    'tools/analysis_tools/repeat_dist_train.py': 'runs tools/dist_train.sh (train.py: run_cli)',
+    # Its logger shows warnings only (no init_weights report), and it formats no config.
+    'tools/benchmark_train.py': 'logs at WARNING',
+}
+
+
+def test_every_tool_applies_the_console_fixes():
+    """Importing rils_mm leaves mmengine's reports alone (tests/test_compat.py); every
+    command-line tool applies them, directly or through run_cli or the converters' run."""
+    from rils_mm.tools import model_converters
+    from rils_mm.tools.cli import run_cli
+    for helper in (run_cli, model_converters.run):
+        assert 'install_tool_conveniences()' in inspect.getsource(helper), helper.__qualname__
+    entries = {'run_cli(', 'install_tool_conveniences()', '_cli.run(',  # _cli.run: run_cli
+               'run(open_clip_to_rils_main)', 'run(rils_to_toolbox_main)'}
+    with open(osp.join(REPO, 'tools/visualization/_cli.py')) as file:
+        assert 'run_cli(' in file.read()
+    tools = [path for path in glob.glob(osp.join(REPO, 'tools', '**', '*.py'), recursive=True)
+             if not path.endswith('_cli.py')]
+    assert len(tools) > 20
+    missing = []
+    for path in tools:
+        with open(path) as file:
+            source = file.read()
+        name = osp.relpath(path, REPO)
+        if ("__name__ == '__main__'" in source and name not in RUN_OTHER_TOOLS
+                and not any(entry in source for entry in entries)):
+            missing.append(name)
+    assert missing == []
 
 
 # --- progress -----------------------------------------------------------------------------------

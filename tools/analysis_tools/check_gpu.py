@@ -189,6 +189,8 @@ def setup() -> None:
     from mmengine.logging import MMLogger
     from mmengine.registry import init_default_scope
     import rils_mm  # noqa: F401 (registers the modules)
+    from rils_mm.compat import install_tool_conveniences
+    install_tool_conveniences()
     init_default_scope('mmpretrain')
     MMLogger.get_current_instance().setLevel(logging.WARNING)
 

@@ -9,6 +9,7 @@ import os.path as osp
 import sys
 import time
 
+from rils_mm.compat import install_tool_conveniences
 from rils_mm.datasets.demo_shapes import generate_demo_shapes
 
 
@@ -43,4 +44,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    install_tool_conveniences()
     main()

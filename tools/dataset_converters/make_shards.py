@@ -12,6 +12,7 @@ Example::
 import argparse
 import sys
 
+from rils_mm.compat import install_tool_conveniences
 from rils_mm.datasets.shard_tools import describe_skipped, make_shards
 
 
@@ -50,4 +51,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    install_tool_conveniences()
     main()
