@@ -113,9 +113,19 @@ def checkpoint_step(name: str) -> Optional[Tuple[str, int]]:
 @contextmanager
 def _node_lock(work_dir: str) -> Iterator[None]:
     """Held by one process of this node at a time (the processes of a torchrun start)."""
+    from mmengine.logging import print_log
     os.makedirs(work_dir, exist_ok=True)
     with open(osp.join(work_dir, DOWNLOAD_LOCK), 'a') as file:
-        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX)
+        except OSError as err:  # e.g. Lustre mounted without flock: ENOSYS
+            # Without a lock each process downloads to its own temporary name and renames it
+            # into place: the same file, only more traffic.
+            print_log(f'--resume: cannot lock {file.name} ({err.strerror or err}); each '
+                      f'process of this node downloads the checkpoint itself',
+                      logger='current', level=30)
+            yield
+            return
         try:
             yield
         finally:

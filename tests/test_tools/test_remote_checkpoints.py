@@ -388,6 +388,17 @@ def test_best_checkpoints_and_pruning_follow_the_local_ones(tmp_path):
     assert (remote / 'epoch_3.pth').read_bytes() == (work / 'epoch_3.pth').read_bytes()
     assert (remote / 'logs' / 'vis_data' / 'scalars.json').read_text() == '{}\n'
 
+    # A run killed while uploading its best checkpoint, resumed on the same node: the best
+    # file is uploaded at the start, not only at the next new best; the resumed checkpoint,
+    # already remote, is not uploaded again.
+    (remote / 'best_accuracy_epoch_3.pth').unlink()
+    before = (remote / 'epoch_3.pth').stat().st_mtime_ns
+    resumed = RemoteCheckpointHook(f'file://{remote}')
+    resumed.before_train(runner)
+    assert (remote / 'best_accuracy_epoch_3.pth').read_bytes() == (
+        work / 'best_accuracy_epoch_3.pth').read_bytes()
+    assert (remote / 'epoch_3.pth').stat().st_mtime_ns == before
+
 
 def test_a_validating_run_uploads_the_checkpoint_save_best_rewrites(tmp_path):
     """``save_best`` saves ``epoch_N.pth`` a second time after the validation (to record the

@@ -75,10 +75,24 @@ class RemoteCheckpointHook(Hook):
         self._last_signature = (self._signature(self._last)
                                 if self._last and osp.isfile(self._last) else None)
         self._best = {k: v for k, v in info.items() if k.startswith('best_ckpt')}
-        if (is_main_process() and self._last_signature is not None
+        if not is_main_process():
+            return
+        if (self._last_signature is not None
                 and self.store.last_checkpoint() != osp.basename(self._last)):
             self._last = self._last_signature = None
-            self._sync(runner)
+        # A best checkpoint whose upload a kill interrupted is uploaded now, not only at the
+        # next new best.
+        try:
+            remote = set(self.store.names())
+        except Exception as err:  # listing is a convenience here; uploads still check
+            print_log(f'Cannot list {self.store.url}: {describe(err)}', logger='current',
+                      level=30)
+            remote = None
+        if remote is not None:
+            for key, path in list(self._best.items()):
+                if path and osp.isfile(path) and osp.basename(path) not in remote:
+                    del self._best[key]
+        self._sync(runner)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         self._sync(runner)
