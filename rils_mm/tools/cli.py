@@ -35,7 +35,6 @@ check, a data stream with nothing left to read. In detail:
   (:mod:`rils_mm.tools.remote_checkpoints`).
 """
 import argparse
-import ast
 import errno
 import glob
 import inspect
@@ -62,6 +61,7 @@ from rils_mm.compat import (URL_PREFIXES, CheckpointKeysError, CheckpointLoadErr
 from rils_mm.datasets import DataStreamError
 from rils_mm.engine.errors import RunStopped
 from rils_mm.models.utils.checkpoint_loading import describe_torch_load_error
+from rils_mm.tools.arguments import UsageError, check_config_syntax, test_parser, train_parser
 from rils_mm.tools.checked_loading import LOAD_OPTION_KEYS, install_checked_loading
 from rils_mm.tools.remote_checkpoints import fetch_resume_checkpoint, prepare_remote_dir
 from rils_mm.tools.work_dir_lock import WorkDirLocked, hold_work_dir
@@ -77,57 +77,12 @@ BUILD_ERRORS = (FileNotFoundError, KeyError, TypeError, ValueError, ImportError,
                 AttributeError, AssertionError, NotImplementedError)
 
 
-class UsageError(Exception):
-    """A mistake in the command line or config, reported in one line."""
-
-
 # Hooks every training run gets unless its config lists them (see their docstrings).
 DEFAULT_TRAIN_HOOKS = ('RandomStateHook', 'NonFiniteCheckHook')
 
 # Write failures that mean "no room": a full disk or quota, a file size limit, a read-only
 # file system. Not bugs: the user frees space (or points the output elsewhere) and reruns.
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
-
-
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--work-dir', help='where logs and checkpoints go '
-                        '(default: ./work_dirs/<config name>)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
-                        help='override config entries: key=value (nested keys with dots)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    parser.add_argument('--debug', action='store_true',
-                        help='show full tracebacks for configuration errors')
-
-
-def check_config_syntax(config: str, _seen: Optional[set] = None) -> None:
-    """Refuse a Python config that does not parse, or inherits (``_base_``) from one that does
-    not, naming the file, line and problem."""
-    seen = set() if _seen is None else _seen
-    if not config.endswith('.py') or config in seen or not osp.isfile(config):
-        return
-    seen.add(config)
-    with open(config, encoding='utf-8') as file:
-        source = file.read()
-    try:
-        tree = ast.parse(source, filename=config)
-    except SyntaxError as err:
-        where = f'{config}, line {err.lineno}' if err.lineno else config
-        code = f': {err.text.strip()}' if err.text and err.text.strip() else ''
-        raise UsageError(f'syntax error in config {where}: {err.msg}{code}') from None
-    for node in tree.body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and getattr(node.targets[0], 'id', None) == '_base_'):
-            try:
-                bases = ast.literal_eval(node.value)
-            except ValueError:  # not a literal: left to mmengine
-                return
-            if not isinstance(bases, (str, list, tuple)):
-                return
-            for base in [bases] if isinstance(bases, str) else bases:
-                if isinstance(base, str) and '::' not in base:
-                    check_config_syntax(osp.join(osp.dirname(config), base), seen)
 
 
 def load_config(config: str, cfg_options: Optional[dict]) -> Config:
@@ -608,25 +563,7 @@ def prepare_dataloader_defaults(cfg: Config) -> None:
 
 
 def train_main(argv: List[str]) -> Runner:
-    parser = argparse.ArgumentParser(prog='tools/train.py', description='Train a model')
-    parser.add_argument('config', help='config file')
-    parser.add_argument('--resume', nargs='?', const='auto', default=None,
-                        help='resume from CHECKPOINT, or with no value from the latest '
-                        'checkpoint in the work dir')
-    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
-    parser.add_argument('--auto-scale-lr', action='store_true',
-                        help='scale the lr by the actual total batch size')
-    parser.add_argument('--no-validate', action='store_true', help='skip validation')
-    parser.add_argument('--overwrite', action='store_true',
-                        help='start a new run in a work dir that holds an earlier run\'s '
-                        'checkpoints (they are replaced as the new run saves)')
-    parser.add_argument('--skip-nonfinite', action='store_true',
-                        help='skip (and count) optimizer steps with a non-finite loss or '
-                        'gradient instead of stopping the run')
-    parser.add_argument('--remote-dir', help='also copy checkpoints and logs to this fsspec '
-                        'URL (s3://bucket/run); --resume reads them back on a new node')
-    add_common_args(parser)
-    args = parser.parse_args(argv)
+    args = train_parser().parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
 
     try:
@@ -697,15 +634,7 @@ def build_val_loop(runner: Runner, config: str) -> None:
 
 
 def test_main(argv: List[str]) -> dict:
-    parser = argparse.ArgumentParser(prog='tools/test.py', description='Test a model')
-    parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', nargs='?', default=None,
-                        help='checkpoint to evaluate (default: the config\'s load_from)')
-    parser.add_argument('--checkpoint', dest='checkpoint_option', default=None,
-                        help='the same as the positional CHECKPOINT')
-    parser.add_argument('--out', help='dump the metrics to this JSON/pickle file')
-    add_common_args(parser)
-    args = parser.parse_args(argv)
+    args = test_parser().parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     if args.checkpoint and args.checkpoint_option:
         raise UsageError('give the checkpoint once (positional or --checkpoint)')

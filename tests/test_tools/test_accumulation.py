@@ -147,6 +147,7 @@ def set_rng_state(*args):
     return original(*args)
 grad_cache._set_rng_state = set_rng_state
 sys.argv = ['tools/train.py', *sys.argv[1:]]
+sys.path.insert(0, 'tools')  # as `python tools/train.py` has it
 runpy.run_path('tools/train.py', run_name='__main__')
 """
 

@@ -47,6 +47,7 @@ async def put_then_die(self, lpath, rpath, *args, **kwargs):
 
 s3fs.S3FileSystem._put_file = put_then_die
 sys.argv = ['tools/train.py'] + sys.argv[2:]
+sys.path.insert(0, 'tools')  # as `python tools/train.py` has it
 runpy.run_path('tools/train.py', run_name='__main__')
 '''
 
