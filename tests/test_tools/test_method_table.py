@@ -140,3 +140,43 @@ def test_a_malformed_table_is_one_line_naming_the_entry(tmp_path, text, message)
         load_method_table(str(path))
     assert message in str(error.value) and str(error.value).startswith(str(path))
     assert '\n' not in str(error.value)
+
+
+def test_visualizations_draw_what_the_table_says(monkeypatch, tmp_path):
+    """masks.py's kind of drawing and the patch maps' RILS student come from the model's
+    method in the table (a subclass without an entry: its parent's)."""
+    from mmpretrain.registry import MODELS
+
+    import rils_mm  # noqa: F401 (registers the algorithms)
+    from rils_mm.visualization import VisualizationInputError, is_rils, reconstruction_kind
+
+    def model(name, subclass=False):  # an instance without weights: only its class is read
+        cls = MODELS.get(name)
+        cls = type(f'Toy{name}', (cls, ), {}) if subclass else cls
+        return cls.__new__(cls)
+
+    expected = dict(RILS='rils', MAE='pixel', MAECLIP='pixel', MILAN='milan',
+                    PixelTargetMILAN='milan_pixel')
+    for name, kind in expected.items():
+        assert reconstruction_kind(model(name)) == reconstruction_kind(model(name, True)) == kind
+    assert is_rils(model('RILS', True)) and not is_rils(model('MAECLIP'))
+    with pytest.raises(VisualizationInputError, match=r'^LiT draws no masks \(masking '
+                       r'methods: RILS, MAE, MAE\+CLIP, MILAN, MILAN \(pixel target\)\)$'):
+        reconstruction_kind(model('LiT'))
+    # An edited table: MAE without masks, RILS reconstructing features under uniform masks.
+    with open(osp.join(REPO, 'configs', 'methods.yml')) as f:
+        data = yaml.safe_load(f)
+    methods = {method['Name']: method for method in data['Methods']}
+    methods['MAE']['Masking'] = 'none'
+    methods['RILS']['Reconstruction'] = 'feature'
+    edited = tmp_path / 'methods.yml'
+    edited.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr('rils_mm.utils.methods.METHOD_TABLE', str(edited))
+    with pytest.raises(VisualizationInputError, match='^MAE draws no masks'):
+        reconstruction_kind(model('MAE'))
+    with pytest.raises(VisualizationInputError, match=r'^RILS \(RILS\): no loss map for '
+                       r'uniform masks with feature reconstruction \(drawn: uniform \+ '
+                       r'language, uniform \+ pixel, teacher-attention \+ feature, '
+                       r'teacher-attention \+ pixel\)$'):
+        reconstruction_kind(model('RILS'))
+    assert not is_rils(model('RILS'))
