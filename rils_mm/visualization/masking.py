@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils.methods import load_method_table
+from ..utils.methods import MethodTable, MethodTableError, load_method_table
 from .figures import Panel, draw_panel_grid
 from .models import VisualizationInputError, encode_captions, patch_grid, seeded
 
@@ -55,6 +55,14 @@ class MaskDraw:
     importance: Optional[torch.Tensor] = None
 
 
+def method_table() -> MethodTable:
+    """The method table (``configs/methods.yml``); a malformed one is an input error."""
+    try:
+        return load_method_table()
+    except MethodTableError as error:
+        raise VisualizationInputError(str(error)) from None
+
+
 # (masking, reconstruction) of the method table -> how draw_mask draws it.
 _KINDS = {('uniform', 'language'): 'rils', ('uniform', 'pixel'): 'pixel',
           ('teacher-attention', 'feature'): 'milan', ('teacher-attention', 'pixel'): 'milan_pixel'}
@@ -71,7 +79,7 @@ def reconstruction_kind(model: nn.Module) -> str:
         VisualizationInputError: The model's method draws no masks, or draws them in a way
             this module has no loss map for.
     """
-    table = load_method_table()
+    table = method_table()
     method = table.method_of(model)
     if method is None or method.masking == 'none':
         masking = [m.name for m in table.methods.values() if m.masking != 'none']

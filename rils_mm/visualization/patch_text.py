@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..utils.methods import load_method_table
 from .figures import Panel, draw_panel_grid, wrap_title
-from .masking import rils_masked_passes
+from .masking import method_table, rils_masked_passes
 from .models import (VisualizationInputError, encode_captions, intact_tokens,
                      is_open_clip, logit_temperature, patch_grid, project_patches)
 
@@ -50,7 +49,7 @@ class PatchCaptionMaps:
 def is_rils(model: nn.Module) -> bool:
     """Whether ``model`` reconstructs in language space (RILS and its vision-space variant):
     its method's ``Reconstruction`` in the method table (``configs/methods.yml``)."""
-    method = load_method_table().method_of(model)
+    method = method_table().method_of(model)
     return method is not None and method.reconstruction == 'language'
 
 

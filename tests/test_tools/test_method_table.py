@@ -180,3 +180,6 @@ def test_visualizations_draw_what_the_table_says(monkeypatch, tmp_path):
                        r'teacher-attention \+ pixel\)$'):
         reconstruction_kind(model('RILS'))
     assert not is_rils(model('RILS'))
+    edited.write_text('Methods: [{Name: X, Algorithms: [X], Masking: random}]')
+    with pytest.raises(VisualizationInputError, match=r"methods.yml: method 'X': Masking"):
+        reconstruction_kind(model('RILS'))
