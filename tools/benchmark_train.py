@@ -9,7 +9,8 @@ project beside open_clip's CLIP, measured in one run, interleaved.
     python tools/benchmark_train.py --small --batch-size 8 --rounds 3   # a quick CPU look
     python tools/benchmark_train.py --amp bf16                           # ViT-B/16 on a GPU
 
-Methods (``--methods``, comma-separated; default all, in this order):
+Methods (``--methods``, comma-separated; default all, in this order: the ``Benchmark`` list of
+the method table, ``configs/methods.yml``):
 
 - ``open_clip``: open_clip's ``ViT-B-16-quickgelu`` CLIP with its ``ClipLoss`` (the reference);
 - ``clip``: our CLIP baseline, ``configs/clip/pretrain_b16.py``;
@@ -79,21 +80,6 @@ PROG = 'benchmark_train.py'
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(REPO, 'configs')
 
-# name -> config under configs/ (None: open_clip's own model).
-METHODS = {
-    'open_clip': None,
-    'clip': 'clip/pretrain_b16.py',
-    'rils': 'rils/pretrain_b16.py',
-    'rils_flip': 'rils/pretrain_b16_flip.py',
-    'mae': 'mae/pretrain_b16.py',
-    'mae_clip': 'mae_clip/pretrain_b16.py',
-    'milan': 'milan/pretrain_b16_laion.py',
-    'lit': 'lit/lit_b16_L-U.py',
-    'lit_cached': 'lit/lit_b16_L-U_cached.py',
-    'mammut': 'mammut/pretrain_b16.py',
-}
-OPTIONAL = {'rils_flip'}  # being written; a default run goes on without it
-FEATURE_INPUTS = {'lit_cached'}  # fed image features instead of images
 OPEN_CLIP_ARCH = 'ViT-B-16-quickgelu'
 PATCH = 16
 
@@ -116,6 +102,30 @@ def fail(message: str) -> None:
     """One line on stderr and exit status 2 (as argparse's usage errors)."""
     print(f'{PROG}: error: {message}', file=sys.stderr)
     sys.exit(2)
+
+
+def benchmark_runs() -> list:
+    """The benchmark's models, in the order of the method table (``configs/methods.yml``).
+
+    rils_mm/utils/methods.py is loaded from its file: importing the rils_mm package would
+    import torch and the OpenMMLab stack (seconds) before a wrong argument is answered.
+    """
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'rils_mm_method_table', osp.join(REPO, 'rils_mm', 'utils', 'methods.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        return module.load_method_table().benchmark
+    except module.MethodTableError as error:
+        fail(str(error))
+
+
+_RUNS = benchmark_runs()
+# name -> config under configs/ (None: open_clip's own model).
+METHODS = {run.name: run.config and osp.relpath(run.config, 'configs') for run in _RUNS}
+OPTIONAL = {run.name for run in _RUNS if run.optional}  # a default run goes on without them
+FEATURE_INPUTS = {run.name for run in _RUNS if run.inputs == 'image_features'}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -17,10 +17,11 @@ import time
 import torch
 
 from rils_mm.tools.cli import run_cli
-from rils_mm.tools.compare import METHODS, run_comparison
 
 
 def main(argv):
+    # Inside run_cli: a malformed method table (configs/methods.yml) is one line.
+    from rils_mm.tools.compare import METHODS, run_comparison
     parser = argparse.ArgumentParser(prog='tools/compare.py', description=__doc__.split('\n')[0])
     parser.add_argument('--work-dir', default='work_dirs/compare')
     parser.add_argument('--epochs', type=int, default=3, help='epochs per method (default 3)')

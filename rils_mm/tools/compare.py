@@ -43,39 +43,37 @@ from ..evaluation.probes import (caption_recall, few_shot_probe, linear_probe,
                                  zero_shot_accuracy)
 from ..models.utils.checkpoint_loading import load_checked
 from ..models.utils.zero_shot_weights import build_text_classifier
+from ..utils.methods import MethodTableError, load_method_table
 from .chain import load_chain, read_json, run_chain, write_json
-from .cli import train_main
+from .cli import UsageError, train_main
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-# Method -> its demo config, or the chain config of a two-stage pipeline.
-METHODS = {
-    'CLIP': dict(config='configs/clip/demo_cpu.py'),
-    'MAE': dict(config='configs/mae/demo_cpu.py'),
-    'MAE+CLIP': dict(config='configs/mae_clip/demo_cpu.py'),
-    'RILS, vision space': dict(config='configs/rils/demo_cpu_vision-space.py'),
-    'RILS': dict(config='configs/rils/demo_cpu.py'),
-    'RILS, FLIP': dict(config='configs/rils/demo_cpu_flip.py'),  # half the patches intact
-    'MIM->CLIP': dict(chain='configs/two_stage/mim_to_clip_demo.py'),
-    'CLIP->MIM': dict(chain='configs/two_stage/clip_to_mim_demo.py'),
-    # Methods built on other runs of the same seed (whose training time is not counted again):
-    # each source hands its final checkpoint to the config through ``option``.
-    'MILAN': dict(config='configs/milan/demo_cpu.py',
-                  sources=[dict(method='CLIP', option='model.target_generator.checkpoint')]),
-    'MIM->LiT': dict(chain='configs/two_stage/mim_to_lit_demo.py'),
-    'MaMMUT': dict(config='configs/mammut/demo_cpu.py'),
-}
-# LiT's six settings (image tower, text tower; L locked, U pretrained and trained, u from
-# scratch): the image tower from the RILS run, the text tower from the CLIP run.
-_LIT_IMAGE = dict(method='RILS', option='model.backbone.init_cfg.checkpoint')
-_LIT_TEXT = dict(method='CLIP', option='model.text_encoder.init_cfg.checkpoint')
-for _code, _name, _sources in (('LU', 'L-U', [_LIT_IMAGE, _LIT_TEXT]),
-                               ('Lu', 'L-scratch', [_LIT_IMAGE]),
-                               ('UU', 'U-U', [_LIT_IMAGE, _LIT_TEXT]),
-                               ('Uu', 'U-scratch', [_LIT_IMAGE]),
-                               ('uu', 'scratch-scratch', []),
-                               ('UL', 'U-L', [_LIT_IMAGE, _LIT_TEXT])):
-    METHODS[f'LiT {_code}'] = dict(config=f'configs/lit/demo_cpu_{_name}.py', sources=_sources)
+
+def methods_from_table() -> Dict[str, dict]:
+    """The comparison's runs, in the order of the method table (``configs/methods.yml``):
+    name -> its demo ``config`` or the ``chain`` config of a two-stage pipeline and, for runs
+    built on other runs of the same seed (whose training time is not counted again), the
+    ``sources``: each hands its final checkpoint to the config through ``option``.
+
+    Raises:
+        UsageError: The table is malformed (one line naming the entry).
+    """
+    try:
+        runs = load_method_table().compare
+    except MethodTableError as error:
+        raise UsageError(str(error)) from None
+    methods = {}
+    for run in runs:
+        spec = dict(config=run.config) if run.chain is None else dict(chain=run.chain)
+        if run.sources is not None:
+            spec['sources'] = [dict(method=method, option=option)
+                               for method, option in run.sources]
+        methods[run.name] = spec
+    return methods
+
+
+METHODS = methods_from_table()
 EVAL_VERSION = 2  # bump when the evaluation changes, so reruns re-evaluate
 COLUMNS = [('zs_heldout', 'zero-shot held-out'), ('zs_seen', 'zero-shot seen'),
            ('i2t_r1', 'I2T R@1'), ('i2t_r5', 'I2T R@5'), ('t2i_r1', 'T2I R@1'),
@@ -386,7 +384,7 @@ def run_comparison(work_dir: str,
 
     Args:
         work_dir (str): Where runs, ``results.md``, ``results.json`` and ``results.png`` go.
-        methods (Sequence[str]): Names from :data:`METHODS`.
+        methods (Sequence[str]): Names from :data:`METHODS` (the method table's runs).
         seeds (Sequence[int]): Seeds; each method trains once per seed.
         epochs (int): The budget: epochs per method (chains split them between stages).
         data_root (str): The demo data (generated on first use by the training).

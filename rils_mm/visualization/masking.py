@@ -1,5 +1,8 @@
 """The masks a method draws and its reconstruction loss on every patch.
 
+Which of the following a model draws is its method's ``Masking`` and ``Reconstruction`` in the
+method table (``configs/methods.yml``; a subclass without an entry is its parent's method):
+
 - RILS (and its vision-space variant): uniform random masking (MAE's per-sample shuffle);
   the loss map is KL(teacher || student) of every masked patch, computed by the method's own
   ``LanguageSpaceReconstructionLoss.dense_kl`` against the prototypes its head scores with
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils.methods import MethodTable, MethodTableError, load_method_table
 from .figures import Panel, draw_panel_grid
 from .models import VisualizationInputError, encode_captions, patch_grid, seeded
 
@@ -51,21 +55,43 @@ class MaskDraw:
     importance: Optional[torch.Tensor] = None
 
 
-def reconstruction_kind(model: nn.Module) -> str:
-    """``'rils'``, ``'pixel'`` (MAE, MAE+CLIP), ``'milan'`` or ``'milan_pixel'``."""
-    from mmpretrain.models.selfsup import MAE, MILAN
+def method_table() -> MethodTable:
+    """The method table (``configs/methods.yml``); a malformed one is an input error."""
+    try:
+        return load_method_table()
+    except MethodTableError as error:
+        raise VisualizationInputError(str(error)) from None
 
-    from ..models.algorithms import MAECLIP, RILS, PixelTargetMILAN
-    if isinstance(model, PixelTargetMILAN):
-        return 'milan_pixel'
-    if isinstance(model, MILAN):
-        return 'milan'
-    if isinstance(model, RILS):
-        return 'rils'
-    if isinstance(model, (MAE, MAECLIP)):
-        return 'pixel'
-    raise VisualizationInputError(f'{type(model).__name__} draws no masks (masking methods: '
-                                  f'RILS, MAE, MAE+CLIP, MILAN)')
+
+# (masking, reconstruction) of the method table -> how draw_mask draws it.
+_KINDS = {('uniform', 'language'): 'rils', ('uniform', 'pixel'): 'pixel',
+          ('teacher-attention', 'feature'): 'milan', ('teacher-attention', 'pixel'): 'milan_pixel'}
+
+
+def reconstruction_kind(model: nn.Module) -> str:
+    """How :func:`draw_mask` draws the model's masks and loss map, from its method's
+    ``Masking`` and ``Reconstruction`` in the method table (``configs/methods.yml``):
+    ``'rils'`` (uniform masks, language space), ``'pixel'`` (uniform, pixels: MAE, MAE+CLIP),
+    ``'milan'`` (teacher-attention masks, features) or ``'milan_pixel'`` (teacher-attention,
+    pixels).
+
+    Raises:
+        VisualizationInputError: The model's method draws no masks, or draws them in a way
+            this module has no loss map for.
+    """
+    table = method_table()
+    method = table.method_of(model)
+    if method is None or method.masking == 'none':
+        masking = [m.name for m in table.methods.values() if m.masking != 'none']
+        raise VisualizationInputError(f'{type(model).__name__} draws no masks (masking '
+                                      f'methods: {", ".join(masking)})')
+    kind = _KINDS.get((method.masking, method.reconstruction))
+    if kind is None:
+        raise VisualizationInputError(
+            f'{method.name} ({type(model).__name__}): no loss map for {method.masking} masks '
+            f'with {method.reconstruction} reconstruction (drawn: '
+            f'{", ".join(" + ".join(pair) for pair in _KINDS)})')
+    return kind
 
 
 def _pixel_loss(model: nn.Module, predictions: torch.Tensor, images: torch.Tensor,

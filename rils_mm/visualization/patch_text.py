@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .figures import Panel, draw_panel_grid, wrap_title
-from .masking import rils_masked_passes
+from .masking import method_table, rils_masked_passes
 from .models import (VisualizationInputError, encode_captions, intact_tokens,
                      is_open_clip, logit_temperature, patch_grid, project_patches)
 
@@ -47,11 +47,10 @@ class PatchCaptionMaps:
 
 
 def is_rils(model: nn.Module) -> bool:
-    """Whether ``model`` reconstructs in language space (RILS and its vision-space variant)."""
-    head = getattr(model, 'head', None)
-    loss = getattr(head, 'loss_module', None)
-    return (hasattr(loss, 'teacher_temperature') and hasattr(loss, 'student_temperature')
-            and getattr(model, 'neck', None) is not None)
+    """Whether ``model`` reconstructs in language space (RILS and its vision-space variant):
+    its method's ``Reconstruction`` in the method table (``configs/methods.yml``)."""
+    method = method_table().method_of(model)
+    return method is not None and method.reconstruction == 'language'
 
 
 def _probabilities(features: torch.Tensor, captions: torch.Tensor, temperature: float,
