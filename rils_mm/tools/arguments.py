@@ -15,8 +15,8 @@ from typing import List, Optional
 
 from mmengine.config import DictAction
 
-__all__ = ['UsageError', 'add_common_args', 'check_config_syntax', 'train_parser',
-           'test_parser', 'check_early']
+__all__ = ['UsageError', 'add_common_args', 'check_config_file', 'check_config_syntax',
+           'train_parser', 'test_parser', 'check_early']
 
 
 class UsageError(Exception):
@@ -100,6 +100,14 @@ def test_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_config_file(config: str) -> None:
+    """Raise :class:`UsageError` if ``config`` does not exist or does not parse (with its
+    ``_base_`` files)."""
+    if not osp.isfile(config):
+        raise UsageError(f'config file not found: {config}')
+    check_config_syntax(config)
+
+
 PARSERS = {'train': train_parser, 'test': test_parser}
 
 
@@ -109,9 +117,7 @@ def check_early(prog: str, tool: str, argv: List[str]) -> None:
     a mistake is one line on stderr, exit status 2 (as :func:`rils_mm.tools.cli.run_cli`)."""
     args = PARSERS[tool]().parse_args(argv)
     try:
-        if not osp.isfile(args.config):
-            raise UsageError(f'config file not found: {args.config}')
-        check_config_syntax(args.config)
+        check_config_file(args.config)
     except UsageError as err:
         print(f'{prog}: error: {err}', file=sys.stderr)
         sys.exit(2)

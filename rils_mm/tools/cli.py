@@ -61,7 +61,7 @@ from rils_mm.compat import (URL_PREFIXES, CheckpointKeysError, CheckpointLoadErr
 from rils_mm.datasets import DataStreamError
 from rils_mm.engine.errors import RunStopped
 from rils_mm.models.utils.checkpoint_loading import describe_torch_load_error
-from rils_mm.tools.arguments import UsageError, check_config_syntax, test_parser, train_parser
+from rils_mm.tools.arguments import UsageError, check_config_file, test_parser, train_parser
 from rils_mm.tools.checked_loading import LOAD_OPTION_KEYS, install_checked_loading
 from rils_mm.tools.remote_checkpoints import fetch_resume_checkpoint, prepare_remote_dir
 from rils_mm.tools.work_dir_lock import WorkDirLocked, hold_work_dir
@@ -87,9 +87,7 @@ STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 def load_config(config: str, cfg_options: Optional[dict]) -> Config:
     """Load a config and merge overrides, rejecting unknown top-level override keys."""
-    if not osp.isfile(config):
-        raise UsageError(f'config file not found: {config}')
-    check_config_syntax(config)
+    check_config_file(config)
     try:
         cfg = Config.fromfile(config)
     except SyntaxError as err:  # in a file found otherwise (mmengine may name it)
