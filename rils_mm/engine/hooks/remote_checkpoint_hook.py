@@ -58,8 +58,8 @@ class RemoteCheckpointHook(Hook):
         self.upload_logs = upload_logs
         self.retries = max(1, int(retries))
         self.retry_wait = float(retry_wait)
-        self._last: Optional[str] = None  # local path of the last uploaded checkpoint
-        self._last_signature: Optional[tuple] = None  # its path, size and mtime at upload
+        # (local path, size, mtime) of the last uploaded checkpoint, as it was when uploaded
+        self._uploaded: Optional[tuple] = None
         self._best: dict = {}  # message hub key -> local path of the uploaded best checkpoint
 
     def before_run(self, runner) -> None:
@@ -71,15 +71,14 @@ class RemoteCheckpointHook(Hook):
         # except when it was killed during that upload and resumes on the same node from the
         # local copy: then that copy is uploaded now, so the remote one is as new.
         info = runner.message_hub.runtime_info
-        self._last = info.get('last_ckpt')
-        self._last_signature = (self._signature(self._last)
-                                if self._last and osp.isfile(self._last) else None)
+        last = info.get('last_ckpt')
+        self._uploaded = self._signature(last) if last and osp.isfile(last) else None
         self._best = {k: v for k, v in info.items() if k.startswith('best_ckpt')}
         if not is_main_process():
             return
-        if (self._last_signature is not None
-                and self.store.last_checkpoint() != osp.basename(self._last)):
-            self._last = self._last_signature = None
+        if (self._uploaded is not None
+                and self.store.last_checkpoint() != osp.basename(self._uploaded[0])):
+            self._uploaded = None
         # A best checkpoint whose upload a kill interrupted is uploaded now, not only at the
         # next new best.
         try:
@@ -116,7 +115,7 @@ class RemoteCheckpointHook(Hook):
 
     def _upload_last(self, runner) -> bool:
         last = runner.message_hub.get_info('last_ckpt')
-        if not last or not osp.isfile(last) or self._signature(last) == self._last_signature:
+        if not last or not osp.isfile(last) or self._signature(last) == self._uploaded:
             return False
         # The same path again when its file changed: save_best saves epoch_N.pth a second
         # time after the validation, to record the new best score in it.
@@ -125,7 +124,7 @@ class RemoteCheckpointHook(Hook):
         self._retry(f'checkpoint {last}', lambda: self.store.put_file(last, name))
         self._retry(f'{POINTER} naming {name}',
                     lambda: self.store.put_bytes(name.encode(), POINTER))
-        self._last, self._last_signature = last, signature
+        self._uploaded = signature
         print_log(f'Uploaded {name} to {self.store.url}', logger='current')
         self._prune(runner)
         return True
@@ -207,7 +206,7 @@ class RemoteCheckpointHook(Hook):
                               f'({describe(err)}); trying again in {wait:g} s',
                               logger='current', level=30)
                     time.sleep(wait)
-        previous = osp.basename(self._last) if self._last else None
+        previous = osp.basename(self._uploaded[0]) if self._uploaded else None
         remote = (f'the remote {POINTER} still names {previous}' if previous else
                   f'no checkpoint of this run is in {self.store.url} yet')
         raise RunStopped(f'cannot upload {what} to {self.store.url} after {self.retries} '
