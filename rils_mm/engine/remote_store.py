@@ -121,6 +121,8 @@ class RemoteStore:
         read-only bucket are found before the first iteration, not at the first save."""
         probe = self.path(f'.write-test-{os.getpid()}')
         try:
+            if not self.whole_objects:  # real folders: made as tools/train.py makes a work dir
+                self.fs.makedirs(self.root, exist_ok=True)
             self.fs.pipe_file(probe, b'')
             self.fs.rm_file(probe)
         except FileNotFoundError as err:

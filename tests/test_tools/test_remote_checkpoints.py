@@ -405,14 +405,11 @@ def test_a_validating_run_uploads_the_checkpoint_save_best_rewrites(tmp_path):
     """``save_best`` saves ``epoch_N.pth`` a second time after the validation (to record the
     new best score in it): the remote copy is that second version, so a run resumed on a new
     node from the remote copy keeps the best-so-far record."""
-    from test_zero_shot_val import data_options, eval_options
+    from test_zero_shot_val import data_options, val_options
     root, remote = str(tmp_path / 'shapes'), tmp_path / 'remote'
     remote.mkdir()
     common = ['--remote-dir', f'file://{remote}', '--cfg-options', *tiny_run(64),
-              'default_hooks.checkpoint.interval=1', *data_options(root),
-              *eval_options('val_dataloader', root),
-              f'model.zero_shot.classnames={root}/classnames.txt',
-              f'model.zero_shot.templates={root}/templates.txt']
+              'default_hooks.checkpoint.interval=1', *data_options(root), *val_options(root)]
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     first = subprocess.run([sys.executable, 'tools/train.py', 'configs/rils/demo_cpu_val.py',
                             '--work-dir', str(tmp_path / 'node1'), *common,
@@ -439,3 +436,13 @@ def test_a_validating_run_uploads_the_checkpoint_save_best_rewrites(tmp_path):
         assert bests == [expected]
     else:
         assert not list((tmp_path / 'node2').glob('best_*.pth'))  # epoch 3 was not better
+
+
+def test_a_plain_folder_remote_dir_is_made_as_a_work_dir_is(tmp_path):
+    """``--remote-dir file:///...``: the run's folder is created at the start check (S3 has
+    no folders; a plain file system needs it before the probe and the first upload)."""
+    from rils_mm.engine.remote_store import RemoteStore
+    store = RemoteStore(f'file://{tmp_path}/mounted/run')
+    store.check_writable()
+    assert (tmp_path / 'mounted' / 'run').is_dir()
+    assert os.listdir(tmp_path / 'mounted' / 'run') == []  # the probe is gone
