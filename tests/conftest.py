@@ -57,3 +57,20 @@ def mmpretrain_default_scope():
     from mmengine.registry import DefaultScope
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         yield
+
+
+@pytest.fixture
+def dressed_copy():
+    """``copy(plain, dressed, member)``: the zip checkpoint ``plain`` rewritten to ``dressed``
+    with one more, empty record ``member`` under its top folder (e.g. ``constants.pkl`` or
+    ``code/``, what a file needs to pass for a TorchScript archive)."""
+    import zipfile
+
+    def copy(plain, dressed, member):
+        with zipfile.ZipFile(plain) as src, zipfile.ZipFile(dressed, 'w') as dst:
+            prefix = src.namelist()[0].split('/')[0]
+            for item in src.infolist():
+                dst.writestr(item, src.read(item.filename))
+            dst.writestr(f'{prefix}/{member}', b'')
+
+    return copy

@@ -233,17 +233,13 @@ def test_crafted_checkpoint_is_refused_by_the_converter(crafted, tmp_path):
     assert not (tmp_path / 'out.pth').exists()
 
 
-def test_open_clip_model_refuses_a_zip_dressed_as_torchscript(tmp_path):
+def test_open_clip_model_refuses_a_zip_dressed_as_torchscript(tmp_path, dressed_copy):
     """A torch.save file with an empty ``code/`` folder is not taken for TorchScript."""
     marker = tmp_path / 'PAYLOAD_RAN'
     plain = tmp_path / 'plain.pt'
     write_crafted(plain, marker)
     dressed = tmp_path / 'dressed.pt'
-    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(dressed, 'w') as dst:
-        prefix = src.namelist()[0].split('/')[0]
-        for item in src.infolist():
-            dst.writestr(item, src.read(item.filename))
-        dst.writestr(f'{prefix}/code/', b'')
+    dressed_copy(plain, dressed, 'code/')
     result = run_python(f'''
         import rils_mm
         from rils_mm.models.algorithms.open_clip_wrapper import OpenCLIPModel

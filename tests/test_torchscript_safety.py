@@ -382,18 +382,14 @@ class Payload:
         return os.system, (f'touch {self.marker}', )
 
 
-def test_a_pickle_dressed_as_torchscript_is_refused(tmp_path):
+def test_a_pickle_dressed_as_torchscript_is_refused(tmp_path, dressed_copy):
     """A torch.save file with a constants.pkl record is read by the reader, whose unpickler
     refuses the global before looking it up."""
     marker = tmp_path / 'PAYLOAD_RAN'
     plain = tmp_path / 'plain.pt'
     torch.save(dict(weight=torch.zeros(2), payload=Payload(marker)), str(plain))
     dressed = tmp_path / 'dressed.pt'
-    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(dressed, 'w') as dst:
-        prefix = src.namelist()[0].split('/')[0]
-        for item in src.infolist():
-            dst.writestr(item, src.read(item.filename))
-        dst.writestr(f'{prefix}/constants.pkl', b'')
+    dressed_copy(plain, dressed, 'constants.pkl')
     assert is_torchscript_archive(str(dressed))
     with pytest.raises(UnsafeCheckpointError, match='holds the Python object posix.system'):
         torchscript_state_dict(str(dressed))

@@ -45,6 +45,28 @@ def eval_options(prefix, root):
             f'{prefix}.dataset.pipeline.1.scale=32', f'{prefix}.dataset.pipeline.2.crop_size=32']
 
 
+def class_options(prefix, root):
+    """The demo data's class names and templates for a zero-shot section at ``prefix``."""
+    return [f'{prefix}.classnames={root}/classnames.txt', f'{prefix}.templates={root}/templates.txt']
+
+
+def val_options(root):
+    """Validation on the held-out split at 32 px, with the demo data's classes."""
+    return [*eval_options('val_dataloader', root), *class_options('model.zero_shot', root)]
+
+
+def figures_of_test_tool(checkpoint, work_dir, root):
+    """(top-1, top-5) that ``tools/test.py`` with the demo's zero-shot config gives on
+    ``checkpoint`` (the tiny model, the held-out split), in a new process."""
+    out = run_tool('tools/test.py', 'configs/rils/demo_cpu_zeroshot.py', str(checkpoint),
+                   '--work-dir', str(work_dir), '--cfg-options',
+                   *['model.' + o for o in TINY_MODEL], *eval_options('test_dataloader', root),
+                   *class_options('model', root))
+    lines = [line for line in out.splitlines() if 'Epoch(test)' in line and 'top1' in line]
+    assert lines, out[-3000:]
+    return re.search(METRIC, lines[-1]).groups()
+
+
 def state(path):
     return torch.load(path, map_location='cpu', weights_only=False)['state_dict']
 
@@ -55,9 +77,7 @@ def test_validation_equals_test_tool_and_leaves_training_unchanged(tmp_path):
     train += data_options(root)
     val_dir, plain_dir = tmp_path / 'val', tmp_path / 'plain'
     run_tool('tools/train.py', 'configs/rils/demo_cpu_val.py', '--work-dir', str(val_dir),
-             '--cfg-options', *train, *eval_options('val_dataloader', root),
-             f'model.zero_shot.classnames={root}/classnames.txt',
-             f'model.zero_shot.templates={root}/templates.txt')
+             '--cfg-options', *train, *val_options(root))
     log = next(val_dir.glob('*/*.log')).read_text()
     val_lines = [line for line in log.splitlines() if 'Epoch(val)' in line and 'top1' in line]
     assert len(val_lines) == 2, log[-3000:]  # every epoch
@@ -74,24 +94,14 @@ def test_validation_equals_test_tool_and_leaves_training_unchanged(tmp_path):
     assert osp.getsize(picture) > 10_000
 
     # The same figures from the test tool, in a new process, on the last checkpoint.
-    out = run_tool('tools/test.py', 'configs/rils/demo_cpu_zeroshot.py',
-                   str(val_dir / 'epoch_2.pth'), '--work-dir', str(tmp_path / 'test'),
-                   '--cfg-options', *['model.' + o for o in TINY_MODEL],
-                   *eval_options('test_dataloader', root),
-                   f'model.classnames={root}/classnames.txt',
-                   f'model.templates={root}/templates.txt')
-    test_line = [line for line in out.splitlines() if 'Epoch(test)' in line and 'top1' in line]
-    assert test_line, out[-3000:]
-    assert re.search(METRIC, test_line[-1]).groups() == val_figures
+    assert figures_of_test_tool(val_dir / 'epoch_2.pth', tmp_path / 'test', root) == val_figures
 
     # The best zero-shot top-1 checkpoint is kept beside the latest, and a resumed run
     # (one more epoch) keeps the best-so-far record: one best file, of the best epoch.
     assert list(val_dir.glob('best_accuracy_top1_epoch_*.pth')), sorted(os.listdir(val_dir))
     run_tool('tools/train.py', 'configs/rils/demo_cpu_val.py', '--work-dir', str(val_dir),
              '--resume', str(val_dir / 'epoch_2.pth'), '--cfg-options', *train,
-             'train_cfg.max_epochs=3', *eval_options('val_dataloader', root),
-             f'model.zero_shot.classnames={root}/classnames.txt',
-             f'model.zero_shot.templates={root}/templates.txt')
+             'train_cfg.max_epochs=3', *val_options(root))
     top1 = [float(re.search(METRIC, line).group(1))
             for path in sorted(val_dir.glob('*/*.log')) for line in path.read_text().splitlines()
             if 'Epoch(val)' in line and 'top1' in line]
@@ -143,12 +153,6 @@ def test_resume_takes_the_best_record_from_the_best_checkpoint(tmp_path):
     assert hub.get_info('best_score') == 60.0
 
 
-def val_options(root):
-    return [*eval_options('val_dataloader', root),
-            f'model.zero_shot.classnames={root}/classnames.txt',
-            f'model.zero_shot.templates={root}/templates.txt']
-
-
 def test_two_process_validation_equals_the_test_tool(tmp_path):
     """Under DDP each rank scores a share of the 45 held-out images (the default sampler pads
     the last share); the gathered figures are those of one test.py process."""
@@ -164,14 +168,8 @@ def test_two_process_validation_equals_the_test_tool(tmp_path):
     log = next(work.glob('*/*.log')).read_text()
     val = [line for line in log.splitlines() if 'Epoch(val)' in line and 'top1' in line]
     assert len(val) == 1, log[-3000:]
-    out = run_tool('tools/test.py', 'configs/rils/demo_cpu_zeroshot.py',
-                   str(work / 'epoch_1.pth'), '--work-dir', str(tmp_path / 'test'),
-                   '--cfg-options', *['model.' + o for o in TINY_MODEL],
-                   *eval_options('test_dataloader', root),
-                   f'model.classnames={root}/classnames.txt',
-                   f'model.templates={root}/templates.txt')
-    test = [line for line in out.splitlines() if 'Epoch(test)' in line and 'top1' in line]
-    assert re.search(METRIC, test[-1]).groups() == re.search(METRIC, val[-1]).groups()
+    assert figures_of_test_tool(work / 'epoch_1.pth', tmp_path / 'test', root) == re.search(
+        METRIC, val[-1]).groups()
 
 
 def test_missing_validation_data_is_one_line_before_training(tmp_path):
