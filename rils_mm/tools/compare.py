@@ -18,11 +18,13 @@ evaluated the same way from its final checkpoint:
   seen-combination split; and the same probe from 1, 2 and 10 images per class.
 
 Each run records its training in ``<work_dir>/<method>/seed<seed>/train.json`` and its metrics
-in ``metrics.json``; a rerun reuses them when the budget, overrides and evaluation settings
-match. The table (mean and half-range over seeds) goes to ``results.md``, the chart to
+in ``metrics.json``; a rerun reuses them when the budget, overrides, evaluation settings and
+the code that trains and evaluates (:func:`code_fingerprint`) match. The table (mean and half-range over seeds) goes to ``results.md``, the chart to
 ``results.png``, the training curves of the first seed's runs to ``curves.png``.
 """
+import hashlib
 import json
+import os
 import os.path as osp
 import tarfile
 import time
@@ -75,6 +77,10 @@ def methods_from_table() -> Dict[str, dict]:
 
 METHODS = methods_from_table()
 EVAL_VERSION = 2  # bump when the evaluation changes, so reruns re-evaluate
+# What a run's figures depend on besides its settings: the package, the configs and the
+# comparison's own entry point.
+FINGERPRINTED = ('rils_mm', 'configs', osp.join('tools', 'compare.py'))
+FINGERPRINTED_PACKAGES = ('torch', 'mmengine', 'mmcv', 'mmpretrain', 'open_clip_torch')
 COLUMNS = [('zs_heldout', 'zero-shot held-out'), ('zs_seen', 'zero-shot seen'),
            ('i2t_r1', 'I2T R@1'), ('i2t_r5', 'I2T R@5'), ('t2i_r1', 'T2I R@1'),
            ('t2i_r5', 'T2I R@5'), ('linear', 'linear probe'), ('shot1', '1-shot'),
@@ -116,6 +122,35 @@ def split_budget(epochs: int, num_stages: int) -> List[int]:
     base = epochs // num_stages
     return [base + (1 if i >= num_stages - epochs % num_stages else 0)
             for i in range(num_stages)]
+
+
+def code_fingerprint(root: str = REPO, paths: Sequence[str] = FINGERPRINTED) -> str:
+    """A digest of the code a comparison run depends on: every ``.py``/``.yml``/``.json`` file
+    under ``paths`` (relative to ``root``; names and contents) and the installed versions of
+    :data:`FINGERPRINTED_PACKAGES`. A run record is reused only while this is unchanged, so a
+    table never mixes rows of different code. Coarse on purpose: any change to the package
+    retrains every run rather than guessing which runs it could not affect."""
+    from importlib.metadata import PackageNotFoundError, version
+    digest = hashlib.sha256()
+    files = []
+    for path in paths:
+        full = osp.join(root, path)
+        if osp.isfile(full):
+            files.append(full)
+        for folder, dirs, names in os.walk(full):
+            dirs[:] = sorted(d for d in dirs if d != '__pycache__')
+            files += [osp.join(folder, n) for n in names
+                      if n.endswith(('.py', '.yml', '.json'))]
+    for file in sorted(files):
+        digest.update(osp.relpath(file, root).encode() + b'\0')
+        with open(file, 'rb') as f:
+            digest.update(hashlib.sha256(f.read()).digest())
+    for package in FINGERPRINTED_PACKAGES:
+        try:
+            digest.update(f'{package}=={version(package)}'.encode())
+        except PackageNotFoundError:
+            digest.update(f'{package} missing'.encode())
+    return digest.hexdigest()[:16]
 
 
 def train_method(method: str, run_dir: str, seed: int, epochs: int,
@@ -341,7 +376,8 @@ def _training_settings(work_dir: str, method: str, seed: int, epochs: int,
                        extra_options: Sequence[str], log) -> dict:
     """What a run's training depends on; the runs a method builds on are trained (or reused)
     first, and their checkpoints are part of the settings."""
-    trained = dict(epochs=epochs, options=list(extra_options), seed=seed)
+    trained = dict(epochs=epochs, options=list(extra_options), seed=seed,
+                   code=code_fingerprint())
     sources = METHODS[method].get('sources')
     if sources:
         trained['sources'] = [

@@ -594,3 +594,40 @@ def test_run_chain_trains_every_stage_without_validation_on_request(monkeypatch,
     tool.main(['configs/two_stage/mim_to_clip_b16.py', '--no-validate'])
     tool.main(['configs/two_stage/mim_to_clip_b16.py'])
     assert calls == [['--launcher', 'none', '--no-validate'], ['--launcher', 'none']]
+
+
+def test_compare_reuses_a_run_only_while_its_code_is_unchanged(tmp_path, monkeypatch):
+    """A run record made by other code is trained again; one made by this code is reused; the
+    fingerprint follows file contents and names."""
+    from rils_mm.tools import compare
+    trained_runs = []
+
+    def fake_train(method, run_dir, seed, epochs, options):
+        trained_runs.append(method)
+        os.makedirs(run_dir, exist_ok=True)
+        checkpoint = osp.join(run_dir, 'epoch_1.pth')
+        open(checkpoint, 'w').close()
+        return checkpoint
+
+    monkeypatch.setattr(compare, 'train_method', fake_train)
+    work = str(tmp_path / 'work')
+    settings = compare._training_settings(work, 'MAE', 0, 1, [], print)
+    assert settings['code'] == compare.code_fingerprint()
+    compare._train_or_reuse(work, 'MAE', 0, settings, print)
+    compare._train_or_reuse(work, 'MAE', 0, settings, print)
+    assert trained_runs == ['MAE']
+    record_path = osp.join(compare.method_run_dir(work, 'MAE', 0), 'train.json')
+    record = json.load(open(record_path))
+    json.dump(dict(record, code='0123456789abcdef'), open(record_path, 'w'))
+    compare._train_or_reuse(work, 'MAE', 0, settings, print)
+    assert trained_runs == ['MAE', 'MAE']
+    # The digest of a small tree: changes with a file's content and with its name.
+    tree = tmp_path / 'tree'
+    (tree / 'pkg').mkdir(parents=True)
+    (tree / 'pkg' / 'a.py').write_text('x = 1\n')
+    first = compare.code_fingerprint(str(tree), ['pkg'])
+    assert compare.code_fingerprint(str(tree), ['pkg']) == first
+    (tree / 'pkg' / 'a.py').write_text('x = 2\n')
+    second = compare.code_fingerprint(str(tree), ['pkg'])
+    (tree / 'pkg' / 'a.py').rename(tree / 'pkg' / 'b.py')
+    assert len({first, second, compare.code_fingerprint(str(tree), ['pkg'])}) == 3
