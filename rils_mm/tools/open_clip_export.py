@@ -242,8 +242,17 @@ def to_open_clip(model: nn.Module) -> OpenCLIPExport:
                                 f'MAE+CLIP, LiT) are exported to open_clip; an image-only '
                                 f"method's encoder goes to mmpretrain/mmdet/mmseg/timm with "
                                 f'tools/model_converters/rils_to_toolbox.py')
-    vision_cfg, vision_act = _vision_cfg(model.backbone, model.image_head)
-    text_cfg, text_act = _text_cfg(model.text_encoder)
+    refusals = []  # every part open_clip cannot express, named in one line
+    try:
+        vision_cfg, vision_act = _vision_cfg(model.backbone, model.image_head)
+    except ExportRefused as err:
+        refusals.append(str(err))
+    try:
+        text_cfg, text_act = _text_cfg(model.text_encoder)
+    except ExportRefused as err:
+        refusals.append(str(err))
+    if refusals:
+        raise ExportRefused('; '.join(refusals))
     if vision_act != text_act:
         names = dict(quick_gelu='QuickGELU', gelu='GELU')
         raise _refuse(f'an image tower with {names[vision_act]} and a text tower with '
