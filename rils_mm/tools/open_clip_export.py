@@ -25,14 +25,23 @@ Our towers are written with open_clip's own options (``model_cfg``), part by par
   -> ``pool_type='avg'``, ``'cls_token'`` -> ``'tok'``; the bias-free projection -> ``proj``;
 - text tower (``CLIPTextEncoder``, which is open_clip's ``TextTransformer``) -> ``text_cfg``
   with the same arguments (keys unchanged);
-- activation: open_clip 3.3 builds both towers with one activation, ``quick_gelu`` (QuickGELU)
-  or GELU, so both towers must use the same one;
+- activation: open_clip 3.3 builds its own towers with one activation, ``quick_gelu``
+  (QuickGELU) or GELU. When our towers differ (this package's default: a GELU image tower, a
+  QuickGELU text tower), the image tower is written as a timm ViT instead, which open_clip
+  builds with GELU whatever ``quick_gelu`` says: ``vision_cfg.timm_model_name`` names the
+  timm model registered with exactly our tower (width, depth, heads, MLP width, patch and
+  image size, class token, q/v bias as a full qkv bias, LayerNorm eps, no ``norm_pre``; e.g.
+  ``vit_base_patch16_224`` for the ViT-B/16 recipes), ``timm_pool='avg'`` (timm normalises
+  every token and averages the patch tokens, as ours) or ``'token'``, ``timm_proj='linear'``
+  with ``timm_proj_bias=False`` for the projection; the keys are those of
+  :func:`~rils_mm.tools.converters.rils_vit_to_timm` under ``visual.trunk.``. Sizes no timm
+  name has (the demo's 192-wide, 4-block tower) are refused;
 - ``logit_scale`` as is. What only trains (decoders, reconstruction heads, a MILAN teacher)
   is left out and listed.
 
 Refused, one line naming the part, rather than written as something else: an image tower
-with GELU and a text tower with QuickGELU (this package's default configs:
-``text_encoder.quick_gelu=False`` trains a text tower open_clip can express) or the reverse;
+with GELU and a text tower with QuickGELU whose size no timm model has (the demo configs:
+``text_encoder.quick_gelu=False`` trains a text tower open_clip can express), or the reverse;
 attention pooling (open_clip's attentional pooler comes before ``ln_post``, ours after the
 final LayerNorm); a LayerNorm in the image head after the encoder's final one (MaMMUT: open_clip
 has one ``ln_post``); a projection bias; no final LayerNorm; layer scale; ViTDet's windowed
@@ -220,6 +229,81 @@ def _visual_state_dict(backbone: nn.Module, head: nn.Module) -> 'OrderedDict[str
     return out
 
 
+def _same_as_timm_vit(vit: nn.Module, backbone: nn.Module) -> bool:
+    """Whether a timm ``VisionTransformer`` (built with its defaults) is ``backbone``'s
+    architecture, so that our weights in its keys give our tokens."""
+    if type(vit).__name__ != 'VisionTransformer' or len(vit.blocks) != backbone.num_layers:
+        return False
+    block, ours = vit.blocks[0], backbone.layers[0]
+    width = backbone.embed_dims
+    patch = backbone.patch_embed.projection.kernel_size[0]
+    grid = tuple(backbone.patch_resolution)
+
+    def layer_norm(module):
+        return isinstance(module, nn.LayerNorm) and module.eps == backbone.ln1.eps
+
+    return (vit.embed_dim == width and block.attn.num_heads == backbone.arch_settings[
+        'num_heads'] and block.mlp.fc1.out_features == backbone.arch_settings[
+            'feedforward_channels'] and tuple(vit.patch_embed.patch_size) == (patch, patch)
+            and tuple(vit.patch_embed.img_size) == (grid[0] * patch, grid[1] * patch)
+            and vit.cls_token is not None and vit.num_prefix_tokens == 1
+            and not vit.no_embed_class and vit.attn_pool is None
+            and tuple(vit.pos_embed.shape) == tuple(backbone.pos_embed.shape)
+            and isinstance(vit.norm_pre, nn.Identity) == isinstance(backbone.pre_norm,
+                                                                     nn.Identity)
+            and (vit.patch_embed.proj.bias is None) == (
+                backbone.patch_embed.projection.bias is None)
+            and layer_norm(vit.norm) and isinstance(vit.fc_norm, nn.Identity)
+            and layer_norm(block.norm1) and layer_norm(block.norm2)
+            and block.attn.qkv.bias is not None and isinstance(block.attn.q_norm, nn.Identity)
+            and isinstance(block.ls1, nn.Identity) and isinstance(block.ls2, nn.Identity)
+            and type(block.mlp.act) is nn.GELU and block.mlp.act.approximate == 'none'
+            and isinstance(block.mlp.norm, nn.Identity)
+            and _activation(ours.ffn.layers[0][1], 'image tower') == 'gelu')
+
+
+def timm_model_name(backbone: nn.Module) -> Optional[str]:
+    """The name of the timm model whose architecture is ``backbone``'s, or None.
+
+    Candidates are timm's ``vit_*`` models of the same patch and image size (and its
+    ``test_vit*`` models), built on the meta device (no memory, no weights).
+    """
+    import timm
+    patch = backbone.patch_embed.projection.kernel_size[0]
+    size = backbone.patch_resolution[0] * patch
+    names = [name for name in timm.list_models('vit_*')
+             if f'patch{patch}_' in name and name.endswith(f'_{size}')]
+    for name in names + timm.list_models('test_vit*'):
+        try:
+            with torch.device('meta'):
+                vit = timm.create_model(name, pretrained=False)
+        except Exception:  # a model that needs arguments of its own: not ours
+            continue
+        if _same_as_timm_vit(vit, backbone):
+            return name
+    return None
+
+
+def _timm_visual(backbone: nn.Module, head: nn.Module, vision_cfg: dict
+                 ) -> Optional[Tuple[dict, 'OrderedDict[str, torch.Tensor]']]:
+    """The image tower as open_clip's ``TimmModel``: ``vision_cfg`` and ``visual.*``
+    tensors, or None when no timm model has its architecture."""
+    from .converters import rils_vit_to_timm
+    name = timm_model_name(backbone)
+    if name is None:
+        return None
+    cfg = dict(timm_model_name=name, timm_model_pretrained=False,
+               timm_pool='avg' if vision_cfg['pool_type'] == 'avg' else 'token',
+               timm_proj='linear', timm_proj_bias=False,
+               image_size=vision_cfg['image_size'])
+    trunk = rils_vit_to_timm({k: v.detach() for k, v in backbone.state_dict().items()})
+    if trunk.unmapped:
+        return None
+    visual = OrderedDict(('visual.trunk.' + k, v) for k, v in trunk.state_dict.items())
+    visual['visual.head.proj.weight'] = head.projection.weight.detach()
+    return cfg, visual
+
+
 def to_open_clip(model: nn.Module) -> OpenCLIPExport:
     """open_clip's ``model_cfg`` and state dict of an image-text model of this package.
 
@@ -253,20 +337,27 @@ def to_open_clip(model: nn.Module) -> OpenCLIPExport:
         refusals.append(str(err))
     if refusals:
         raise ExportRefused('; '.join(refusals))
-    if vision_act != text_act:
-        names = dict(quick_gelu='QuickGELU', gelu='GELU')
-        raise _refuse(f'an image tower with {names[vision_act]} and a text tower with '
-                      f'{names[text_act]}', 'it builds both towers with one activation, '
-                      "model_cfg's quick_gelu; train with text_encoder.quick_gelu="
-                      f'{vision_act == "quick_gelu"} to export')
-    state_dict = _visual_state_dict(model.backbone, model.image_head)
+    if vision_act == text_act:
+        state_dict = _visual_state_dict(model.backbone, model.image_head)
+    else:  # open_clip builds a timm image tower with GELU whatever quick_gelu says
+        timm_visual = (_timm_visual(model.backbone, model.image_head, vision_cfg)
+                       if vision_act == 'gelu' else None)
+        if timm_visual is None:
+            names = dict(quick_gelu='QuickGELU', gelu='GELU')
+            raise _refuse(
+                f'an image tower with {names[vision_act]} and a text tower with '
+                f'{names[text_act]}', 'it builds its own towers with one activation, '
+                "model_cfg's quick_gelu, and no timm ViT has this image tower's size for "
+                f'timm_model_name; train with text_encoder.quick_gelu='
+                f'{vision_act == "quick_gelu"} to export')
+        vision_cfg, state_dict = timm_visual
     for key, value in model.text_encoder.state_dict().items():
         state_dict[key] = value.detach()
     state_dict['logit_scale'] = model.logit_scale.detach()
     state_dict = OrderedDict((k, v.contiguous().clone()) for k, v in state_dict.items())
     exported = ('backbone.', 'text_encoder.', 'image_head.', 'logit_scale')
     left_out = [k for k in model.state_dict() if not k.startswith(exported)]
-    model_cfg = dict(embed_dim=model.embed_dims, quick_gelu=vision_act == 'quick_gelu',
+    model_cfg = dict(embed_dim=model.embed_dims, quick_gelu=text_act == 'quick_gelu',
                      vision_cfg=vision_cfg, text_cfg=text_cfg)
     return OpenCLIPExport(model_cfg, state_dict, left_out)
 

@@ -47,13 +47,25 @@ METHODS = {
     'mae_clip': ('configs/mae_clip/demo_cpu.py', MAE_NECK),
     'lit': ('configs/lit/demo_cpu_L-U.py', {}),
 }
+# The default towers (a GELU image tower, a QuickGELU text tower) at the size of timm's
+# 'test_vit' (width 64, 6 blocks, 2 heads, MLP 192, 16 px patches, 160 px images): the image
+# tower goes out as that timm model (as a ViT-B/16 goes out as 'vit_base_patch16_224').
+TIMM_TOWERS = dict(TOWERS, **{
+    'model.backbone.arch': dict(embed_dims=64, num_layers=6, num_heads=2,
+                                feedforward_channels=192),
+    'model.backbone.img_size': 160, 'model.backbone.patch_size': 16,
+    'model.text_encoder.quick_gelu': True, 'model.neck.num_patches': 100,
+    'model.neck.embed_dim': 64, 'model.neck.decoder_embed_dim': 32,
+    'model.neck.decoder_num_heads': 2})
+TIMM_METHODS = {'rils_timm': ('configs/rils/demo_cpu.py', TIMM_TOWERS)}
 
 
 def tiny_config(config, options):
     cfg = Config.fromfile(osp.join(REPO, config))
     cfg.merge_from_dict(options)
-    cfg.test_pipeline[1]['scale'] = IMG  # ResizeEdge, CenterCrop
-    cfg.test_pipeline[2]['crop_size'] = IMG
+    size = options.get('model.backbone.img_size', IMG)
+    cfg.test_pipeline[1]['scale'] = size  # ResizeEdge, CenterCrop
+    cfg.test_pipeline[2]['crop_size'] = size
     return cfg
 
 
@@ -92,7 +104,7 @@ def exported(tmp_path_factory):
     """name -> (our model, its config, the tool's output, exit status, output folder)."""
     root = tmp_path_factory.mktemp('open_clip_export')
     cases, models = {}, {}
-    for name, (config, options) in METHODS.items():
+    for name, (config, options) in dict(METHODS, **TIMM_METHODS).items():
         cfg = tiny_config(config, dict(TOWERS, **options))
         models[name] = (save_tiny(cfg, root / f'{name}.pth').eval(), cfg)
         cases[name] = [root / f'{name}.pth', root / name]
@@ -143,10 +155,11 @@ def token_ids(model, captions=('a large red circle on the left', 'a small blue s
     return model.tokenize(list(captions))
 
 
-@pytest.mark.parametrize('name', list(METHODS))
+@pytest.mark.parametrize('name', list(METHODS) + list(TIMM_METHODS))
 def test_open_clip_loads_the_export_and_embeds_as_ours(name, exported):
     import open_clip
     ours, cfg, output, code, out_dir = exported[name]
+    size = cfg.model.backbone.img_size
     assert code == 0, output[-3000:]
     assert sorted(os.listdir(out_dir)) == ['open_clip_config.json',
                                            'open_clip_model.safetensors']
@@ -156,7 +169,7 @@ def test_open_clip_loads_the_export_and_embeds_as_ours(name, exported):
     theirs, _, preprocess = open_clip.create_model_and_transforms(f'local-dir:{out_dir}')
     theirs.eval()
     assert type(theirs).__name__ == 'CLIP'
-    images = torch.randn(3, 3, IMG, IMG, generator=torch.Generator().manual_seed(1))
+    images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
     texts = token_ids(ours)
     tokenizer = open_clip.get_tokenizer(f'local-dir:{out_dir}')
     assert torch.equal(tokenizer(['a large red circle on the left', 'a small blue square', '']),
@@ -172,7 +185,7 @@ def test_open_clip_loads_the_export_and_embeds_as_ours(name, exported):
     # The preprocessing written is our test pipeline's and the data preprocessor's.
     written = json.loads(open(osp.join(out_dir, 'open_clip_config.json')).read())
     pre = written['preprocess_cfg']
-    assert pre['size'] == IMG == cfg.test_pipeline[1]['scale'] == cfg.test_pipeline[2][
+    assert pre['size'] == size == cfg.test_pipeline[1]['scale'] == cfg.test_pipeline[2][
         'crop_size']
     assert pre['interpolation'] == cfg.test_pipeline[1]['interpolation'] == 'bicubic'
     assert pre['resize_mode'] == 'shortest'  # ResizeEdge(edge='short') + CenterCrop
@@ -181,6 +194,13 @@ def test_open_clip_loads_the_export_and_embeds_as_ours(name, exported):
     np.testing.assert_allclose(pre['std'], np.array(ours.data_preprocessor.std).ravel() / 255,
                                rtol=1e-6)  # the preprocessor holds float32
     model_cfg = written['model_cfg']
+    if name in TIMM_METHODS:  # QuickGELU text tower, the image tower timm's (GELU)
+        assert model_cfg['quick_gelu'] is True
+        assert model_cfg['vision_cfg'] == dict(
+            timm_model_name='test_vit', timm_model_pretrained=False, timm_pool='avg',
+            timm_proj='linear', timm_proj_bias=False, image_size=size)
+        assert type(theirs.visual).__name__ == 'TimmModel'
+        return
     assert model_cfg['quick_gelu'] is False
     assert model_cfg['vision_cfg']['pool_type'] == 'avg'  # mean over the patch tokens
     assert model_cfg['vision_cfg']['no_ln_pre'] is True
@@ -226,7 +246,7 @@ def one_error_line(output):
                    'averages the valid tokens']),
     ('unknown_keys', 1, ['unknown_keys.pth holds 1 weights', 'head.extra.weight']),
     ('quick_gelu_text', 1, ['an image tower with GELU and a text tower with QuickGELU',
-                            'text_encoder.quick_gelu=False']),
+                            'no timm ViT has this image tower', 'text_encoder.quick_gelu=False']),
     ('no_cfg', 2, ["no_cfg.pth holds no config (meta['cfg']", '--config']),
     ('missing', 2, ['checkpoint not found:', 'missing.pth']),
 ])
