@@ -310,3 +310,141 @@ def test_round_trip_open_clip_ours_open_clip_is_bitwise(quick_gelu):
         else:
             assert back.state_dict[key].dtype == value.dtype
             assert torch.equal(back.state_dict[key], value), key
+
+
+# --- clip_benchmark on an exported model --------------------------------------------------------
+def write_wds(folder, samples, kind):
+    """A one-shard webdataset split in clip_benchmark's layout (``test/0.tar``,
+    ``test/nshards.txt``): ``samples`` are (image file, label or caption)."""
+    import io
+    import tarfile
+    os.makedirs(osp.join(folder, 'test'))
+    with open(osp.join(folder, 'test', 'nshards.txt'), 'w') as f:
+        f.write('1\n')
+    with tarfile.open(osp.join(folder, 'test', '0.tar'), 'w') as tar:
+        for index, (image, target) in enumerate(samples):
+            for suffix, data in (('png', open(image, 'rb').read()),
+                                 ('cls' if kind == 'classification' else 'txt',
+                                  str(target).encode())):
+                info = tarfile.TarInfo(f'{index:06d}.{suffix}')
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with open(osp.join(folder, 'dataset_type.txt'), 'w') as f:
+        f.write(kind + '\n')
+
+
+def run_tool(*args):
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO,
+                            env=dict(os.environ, PYTHONUNBUFFERED='1'), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result.stdout + result.stderr
+
+
+def clip_benchmark(task, dataset_root, model_dir, output):
+    """clip_benchmark's own command line (its console script's module) on a local
+    webdataset; its metrics."""
+    run_tool('-m', 'clip_benchmark.cli', 'eval', '--dataset', 'wds/demo_shapes',
+             '--dataset_root', dataset_root, '--model', f'local-dir:{model_dir}',
+             '--pretrained', '', '--task', task, '--output', output, '--batch_size', '16',
+             '--num_workers', '0', '--no_amp', '--recall_k', '1', '5')
+    return json.loads(open(output).read())['metrics']
+
+
+def clip_benchmark_classification(dataset_root, model_dir):
+    """Zero-shot top-1 and top-5 (%) of clip_benchmark's own loader, dataset builder,
+    classifier and inference (``zero_shot_classifier``, ``run_classification``) on a local
+    webdataset.
+
+    Its command line (``clip_benchmark eval --task zeroshot_classification``) computes the
+    same logits and then stops in its ``accuracy()`` with numpy >= 2.4 (``float()`` of a
+    one-element array, an error since numpy 2.4); the top-k here is taken from its logits.
+    """
+    from clip_benchmark.datasets.builder import build_dataset
+    from clip_benchmark.metrics.zeroshot_classification import (run_classification,
+                                                                 zero_shot_classifier)
+    from clip_benchmark.models import load_clip
+    model, transform, tokenizer = load_clip(model_type='open_clip',
+                                            model_name=f'local-dir:{model_dir}', pretrained='',
+                                            cache_dir=None, device='cpu')
+    model.eval()
+    dataset = build_dataset('wds/demo_shapes', root=dataset_root, transform=transform,
+                            split='test', task='zeroshot_classification')
+    loader = torch.utils.data.DataLoader(dataset.batched(16), batch_size=None, num_workers=0)
+    classifier = zero_shot_classifier(model, tokenizer, dataset.classes, dataset.templates,
+                                      'cpu', amp=False)
+    logits, target = run_classification(model, classifier, loader, 'cpu', amp=False)
+    top5 = logits.topk(5, dim=1).indices
+    return {1: (top5[:, 0] == target).float().mean().item() * 100,
+            5: (top5 == target[:, None]).any(dim=1).float().mean().item() * 100}
+
+
+def figures_of_test_tool(base, options, checkpoint, tmp_path, name):
+    """The metrics ``tools/test.py`` prints for ``base`` (a demo zero-shot or retrieval
+    config) with ``options``, on ``checkpoint``."""
+    import re
+    cfg = Config.fromfile(osp.join(REPO, base))
+    cfg.merge_from_dict(options)
+    config = str(tmp_path / f'{name}.py')
+    cfg.dump(config)
+    out = run_tool('tools/test.py', config, checkpoint, '--work-dir', tmp_path / name)
+    lines = [line for line in out.splitlines() if 'Epoch(test)' in line]
+    assert lines, out[-3000:]
+    return {key: float(value)
+            for key, value in re.findall(r'(\S+): (-?[\d.]+)', lines[-1].split(']', 2)[-1])}
+
+
+def test_clip_benchmark_gives_our_test_tool_figures(exported, tmp_path):
+    """clip_benchmark's CLI on the exported tiny RILS and on webdatasets of the held-out demo
+    images: zero-shot top-1 and retrieval R@1 equal tools/test.py's on the same images."""
+    pytest.importorskip('clip_benchmark', reason='clip_benchmark is installed by '
+                        'tools/setup_env.sh: pip install --no-deps clip-benchmark==1.6.2')
+    from rils_mm.datasets.demo_shapes import generate_demo_shapes
+    _, cfg, _, code, out_dir = exported['rils']
+    assert code == 0
+    checkpoint = osp.join(osp.dirname(out_dir), 'rils.pth')
+    root = str(tmp_path / 'shapes')
+    generate_demo_shapes(root, num_train=16, num_val=8, num_heldout=48, image_size=IMG,
+                         samples_per_shard=16, seed=0)
+    heldout = [json.loads(line) for line in open(osp.join(root, 'heldout.jsonl'))]
+    images = [osp.join(root, 'heldout', item['filepath']) for item in heldout]
+
+    # Classification: the demo's class names and templates ('{}' -> clip_benchmark's '{c}').
+    write_wds(str(tmp_path / 'cls'), [(i, item['label']) for i, item in zip(images, heldout)],
+              'classification')
+    with open(osp.join(root, 'classnames.txt')) as f:
+        (tmp_path / 'cls' / 'classnames.txt').write_text(f.read())
+    with open(osp.join(root, 'templates.txt')) as f:
+        (tmp_path / 'cls' / 'zeroshot_classification_templates.txt').write_text(
+            f.read().replace('{}', '{c}'))
+    theirs = clip_benchmark_classification(str(tmp_path / 'cls'), out_dir)
+    tiny = {f'model.model.{key[len("model."):]}': value
+            for key, value in dict(TOWERS, **RILS_NECK).items()}
+    ours = figures_of_test_tool('configs/rils/demo_cpu_zeroshot.py', dict(
+        tiny, **{'model.classnames': f'{root}/classnames.txt',
+                 'model.templates': f'{root}/templates.txt',
+                 'test_dataloader.num_workers': 0,
+                 'test_dataloader.dataset.ann_file': f'{root}/heldout.jsonl',
+                 'test_dataloader.dataset.data_prefix.img_path': f'{root}/heldout',
+                 'test_dataloader.dataset.pipeline.1.scale': IMG,
+                 'test_dataloader.dataset.pipeline.2.crop_size': IMG}), checkpoint, tmp_path,
+        'zero_shot')
+    assert 0 < theirs[1] < 100  # neither all right nor all wrong: the figure can differ
+    assert round(theirs[1], 4) == ours['accuracy/top1']
+    assert round(theirs[5], 4) == ours['accuracy/top5']
+
+    # Retrieval: one caption per image.
+    write_wds(str(tmp_path / 'ret'), [(i, item['caption']) for i, item in zip(images, heldout)],
+              'retrieval')
+    theirs = clip_benchmark('zeroshot_retrieval', tmp_path / 'ret', out_dir,
+                            tmp_path / 'ret.json')
+    ours = figures_of_test_tool('configs/rils/demo_cpu_retrieval.py', dict(
+        tiny, **{'test_dataloader.num_workers': 0,
+                 'test_dataloader.dataset.data_root': root}), checkpoint, tmp_path,
+        'retrieval')
+    assert round(theirs['text_retrieval_recall@1'] * 100, 4) == ours[
+        'retrieval/image_to_text_R@1']
+    assert round(theirs['image_retrieval_recall@1'] * 100, 4) == ours[
+        'retrieval/text_to_image_R@1']
+    assert round(theirs['image_retrieval_recall@5'] * 100, 4) == ours[
+        'retrieval/text_to_image_R@5']
