@@ -34,8 +34,9 @@ Our towers are written with open_clip's own options (``model_cfg``), part by par
   ``vit_base_patch16_224`` for the ViT-B/16 recipes), ``timm_pool='avg'`` (timm normalises
   every token and averages the patch tokens, as ours) or ``'token'``, ``timm_proj='linear'``
   with ``timm_proj_bias=False`` for the projection; the keys are those of
-  :func:`~rils_mm.tools.converters.rils_vit_to_timm` under ``visual.trunk.``. Sizes no timm
-  name has (the demo's 192-wide, 4-block tower) are refused;
+  :func:`~rils_mm.tools.converters.rils_vit_to_timm` under ``visual.trunk.`` (timm's
+  position table is a parameter that fine-tuning there would train; the embeddings are the
+  same). Sizes no timm name has (the demo's 192-wide, 4-block tower) are refused;
 - ``logit_scale`` as is. What only trains (decoders, reconstruction heads, a MILAN teacher)
   is left out and listed.
 
@@ -68,8 +69,9 @@ from torch import nn
 from ..compat import CheckpointLoadError
 from .converters import CLIP_VISUAL_NAMES, name_renames
 
-__all__ = ['ExportRefused', 'OpenCLIPExport', 'to_open_clip', 'preprocess_cfg_of',
-           'write_open_clip_dir', 'compare_with_open_clip', 'CONFIG_NAME', 'WEIGHTS_NAME']
+__all__ = ['ExportRefused', 'OpenCLIPExport', 'to_open_clip', 'timm_model_name',
+           'preprocess_cfg_of', 'write_open_clip_dir', 'compare_with_open_clip',
+           'check_agreement', 'CONFIG_NAME', 'WEIGHTS_NAME']
 
 CONFIG_NAME = 'open_clip_config.json'
 WEIGHTS_NAME = 'open_clip_model.safetensors'
@@ -419,9 +421,14 @@ def preprocess_cfg_of(cfg, image_size: int) -> Tuple[dict, str]:
 
 
 def _save_atomically(write, path: str) -> None:
+    """``write(partial)``, then the file moved to ``path`` with the permissions a new file
+    gets (safetensors creates its files readable by their owner only)."""
     partial = f'{path}.partial-{os.getpid()}'
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(partial)
+        os.chmod(partial, 0o666 & ~umask)
         os.replace(partial, path)
     finally:
         if osp.exists(partial):

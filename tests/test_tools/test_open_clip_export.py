@@ -163,6 +163,8 @@ def test_open_clip_loads_the_export_and_embeds_as_ours(name, exported):
     assert code == 0, output[-3000:]
     assert sorted(os.listdir(out_dir)) == ['open_clip_config.json',
                                            'open_clip_model.safetensors']
+    modes = {os.stat(osp.join(out_dir, f)).st_mode & 0o777 for f in os.listdir(out_dir)}
+    assert len(modes) == 1  # the weights as readable as the config (a new file's default)
     assert 'largest absolute difference' in output
 
     # open_clip's own loading of a local directory, strict (every key of its CLIP).
