@@ -69,6 +69,8 @@ log "installing mmcv from $wheel_dir"
 
 log "installing runtime and test requirements"
 "${pip[@]}" install -q -r "$repo/requirements/runtime.txt" -r "$repo/requirements/tests.txt"
+# Without its transformers requirement: see requirements/tests.txt.
+"${pip[@]}" install -q --no-deps clip-benchmark==1.6.2
 "${pip[@]}" install -q --no-deps --no-build-isolation -e "$repo"
 
 "$venv/bin/python" - <<'EOF'

@@ -38,7 +38,7 @@ from ..models.utils.checkpoint_loading import extract_state_dict
 __all__ = [
     'Conversion', 'load_state_dict_file', 'load_clip_state_dict_file', 'extract_vision_encoder',
     'missing_encoder_keys', 'to_toolbox_checkpoint', 'rils_vit_to_timm', 'open_clip_to_rils',
-    'ConversionError'
+    'ConversionError', 'CLIP_VISUAL_NAMES', 'name_renames'
 ]
 
 StateDict = Dict[str, torch.Tensor]
@@ -241,17 +241,36 @@ def rils_vit_to_timm(encoder: StateDict, allow_missing: bool = False) -> Convers
 
 
 # --- open_clip / OpenAI CLIP ---------------------------------------------------------------
-_CLIP_VISUAL_RENAMES = [
-    (r'^conv1\.weight$', 'patch_embed.projection.weight'),
-    (r'^ln_pre\.', 'pre_norm.'),
-    (r'^ln_post\.', 'ln1.'),
-    (r'^transformer\.resblocks\.(\d+)\.ln_1\.', r'layers.\1.ln1.'),
-    (r'^transformer\.resblocks\.(\d+)\.ln_2\.', r'layers.\1.ln2.'),
-    (r'^transformer\.resblocks\.(\d+)\.attn\.in_proj_weight$', r'layers.\1.attn.qkv.weight'),
-    (r'^transformer\.resblocks\.(\d+)\.attn\.out_proj\.', r'layers.\1.attn.proj.'),
-    (r'^transformer\.resblocks\.(\d+)\.mlp\.c_fc\.', r'layers.\1.ffn.layers.0.0.'),
-    (r'^transformer\.resblocks\.(\d+)\.mlp\.c_proj\.', r'layers.\1.ffn.layers.1.'),
+# open_clip's ``visual.*`` names and ours (``RILSViT``), both directions; a name ending in a
+# dot is a prefix, '{i}' a block index.
+CLIP_VISUAL_NAMES = [
+    ('conv1.weight', 'patch_embed.projection.weight'),
+    ('ln_pre.', 'pre_norm.'),
+    ('ln_post.', 'ln1.'),
+    ('transformer.resblocks.{i}.ln_1.', 'layers.{i}.ln1.'),
+    ('transformer.resblocks.{i}.ln_2.', 'layers.{i}.ln2.'),
+    ('transformer.resblocks.{i}.attn.in_proj_weight', 'layers.{i}.attn.qkv.weight'),
+    ('transformer.resblocks.{i}.attn.out_proj.', 'layers.{i}.attn.proj.'),
+    ('transformer.resblocks.{i}.mlp.c_fc.', 'layers.{i}.ffn.layers.0.0.'),
+    ('transformer.resblocks.{i}.mlp.c_proj.', 'layers.{i}.ffn.layers.1.'),
 ]
+
+
+def name_renames(pairs: List[tuple], reverse: bool = False) -> List[tuple]:
+    """``(pattern, replacement)`` regexes for ``re.sub`` from ``(source, target)`` name
+    templates (a trailing dot: a prefix; '{i}': a block index); ``reverse`` maps target to
+    source."""
+    renames = []
+    for source, target in pairs:
+        if reverse:
+            source, target = target, source
+        pattern = '^' + re.escape(source).replace(re.escape('{i}'), r'(\d+)')
+        renames.append((pattern if source.endswith('.') else pattern + '$',
+                        target.replace('{i}', r'\1')))
+    return renames
+
+
+_CLIP_VISUAL_RENAMES = name_renames(CLIP_VISUAL_NAMES)
 # Text-tower keys of open_clip's CLIP (top level) = CLIPTextEncoder's (open_clip's
 # TextTransformer) names.
 _CLIP_TEXT = re.compile(r'^(token_embedding|positional_embedding|transformer\.|ln_final|'

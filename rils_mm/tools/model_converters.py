@@ -125,6 +125,71 @@ def open_clip_to_rils_main(argv: Optional[List[str]] = None) -> None:
         verify_with_config(args.config, args.dst, allow_missing=args.allow_missing)
 
 
+def _config_of(checkpoint: str, config: Optional[str]):
+    """The model's config: ``config``, or the text ``tools/train.py`` saved in the checkpoint
+    (``meta['cfg']``)."""
+    from mmengine.config import Config
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from .arguments import UsageError, check_config_file
+    if config:
+        check_config_file(config)
+        return Config.fromfile(config)
+    loaded = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+    text = (loaded.get('meta') or {}).get('cfg') if isinstance(loaded, dict) else None
+    if not isinstance(text, str):
+        raise UsageError(f"{checkpoint} holds no config (meta['cfg'], which tools/train.py "
+                         f'saves): give the config it was trained with as --config')
+    return Config.fromstring(text, '.py')
+
+
+def rils_to_open_clip_main(argv: Optional[List[str]] = None) -> None:
+    """``tools/model_converters/rils_to_open_clip.py CKPT OUT_DIR [--config C]``."""
+    from ..models.utils.inference_loading import build_and_load
+    from ..utils.methods import load_method_table
+    from .arguments import UsageError
+    from .open_clip_export import (ExportRefused, check_agreement, compare_with_open_clip,
+                                   preprocess_cfg_of, to_open_clip, write_open_clip_dir)
+    parser = argparse.ArgumentParser(
+        prog='tools/model_converters/rils_to_open_clip.py',
+        description='Write an image-text checkpoint (CLIP, RILS, MAE+CLIP, LiT) as an open_clip '
+        'model directory (open_clip_config.json + open_clip_model.safetensors), which '
+        "open_clip.create_model_and_transforms('local-dir:OUT_DIR') loads; open_clip's "
+        'embeddings are compared with ours before it returns.')
+    parser.add_argument('checkpoint', help='a checkpoint of tools/train.py (epoch_N.pth)')
+    parser.add_argument('out_dir', help='folder to write (created)')
+    parser.add_argument('--config', help="the model's config (default: the one the checkpoint "
+                        "holds, meta['cfg'])")
+    args = parser.parse_args(argv)
+    if not osp.isfile(args.checkpoint):
+        raise UsageError(f'checkpoint not found: {args.checkpoint}')
+    if osp.exists(args.out_dir) and not osp.isdir(args.out_dir):
+        raise UsageError(f'{args.out_dir} is a file; OUT_DIR is the folder to write into')
+
+    cfg = _config_of(args.checkpoint, args.config)
+    model = build_and_load(cfg.model, args.checkpoint, drop=('target_generator',))
+    method = load_method_table().method_of(model)
+    if method is not None and not method.text_tower:
+        raise ExportRefused(
+            f'{args.checkpoint}: a {method.name} checkpoint has no text tower (an image-only '
+            f'method); open_clip models are image-text. Its encoder goes to mmpretrain, mmdet, '
+            f'mmseg or timm with tools/model_converters/rils_to_toolbox.py')
+    try:
+        exported = to_open_clip(model)
+        preprocess, source = preprocess_cfg_of(cfg, exported.model_cfg['vision_cfg']
+                                               ['image_size'])
+    except ExportRefused as err:
+        raise ExportRefused(f'{args.checkpoint}: {err}') from None
+    print(f'{args.checkpoint}: {exported.summary()}')
+    print(f'preprocessing from {source}: {preprocess}')
+    write_open_clip_dir(exported, preprocess, args.out_dir)
+    differences = compare_with_open_clip(model, args.out_dir)
+    check_agreement(differences, args.out_dir)
+    print(f"wrote {args.out_dir}; open_clip.create_model_and_transforms('local-dir:"
+          f"{args.out_dir}') gives our normalised embeddings (largest absolute difference: "
+          f"image {differences['image']:.1e}, text {differences['text']:.1e})")
+
+
 def run(main, argv: Optional[List[str]] = None) -> None:
     """Run a converter main (with :func:`rils_mm.compat.install_tool_conveniences`); a
     conversion or load failure is one line and exit status 1."""
