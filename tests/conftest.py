@@ -1,12 +1,16 @@
 """Shared test helpers."""
 import os
+import os.path as osp
 import socket
+import sys
 import time
 
 import pytest
 import torch.multiprocessing as mp
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # nothing may reach a model hub
+# Helper modules of this folder (tool_processes.py) import by name from every test folder.
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 
 def _free_port() -> int:

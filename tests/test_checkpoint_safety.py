@@ -18,21 +18,23 @@ import pytest
 import torch
 
 import rils_mm  # noqa: F401  (the types of Runner checkpoints are allowed by weights-only loading)
+from tool_processes import run_python as run_process  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-def run_python(code: str, env=None, timeout=300) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter (cwd: the repository)."""
-    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], cwd=REPO,
-                          env=dict(os.environ, **(env or {})), capture_output=True, text=True,
-                          timeout=timeout)
+def run_python(code: str, env=None, timeout=300, fresh=False) -> subprocess.CompletedProcess:
+    """Run ``code`` in a new process (cwd: the repository; ``fresh``: a fresh interpreter, not
+    one forked from the tests' process server)."""
+    return run_process([sys.executable, '-c', textwrap.dedent(code)], cwd=REPO,
+                       env=dict(os.environ, **(env or {})), capture_output=True, text=True,
+                       timeout=timeout, fresh=fresh)
 
 
 def run_tool(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONUNBUFFERED='1', **(env or {})),
-                          timeout=timeout)
+    return run_process([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONUNBUFFERED='1', **(env or {})),
+                       timeout=timeout)
 
 
 class Payload:
@@ -101,7 +103,7 @@ def test_runner_checkpoint_loads_in_a_fresh_process(runner_checkpoint):
         ckpt = CheckpointLoader.load_checkpoint({str(runner_checkpoint)!r}, map_location='cpu')
         scalars = ckpt['message_hub']['log_scalars']
         print('OK', ckpt['meta']['iter'], type(scalars['train/loss']).__name__)
-    ''')
+    ''', fresh=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'OK 4 HistoryBuffer' in result.stdout
 

@@ -29,6 +29,7 @@ from torch import nn
 import rils_mm  # noqa: F401
 from rils_mm.compat import (CheckpointLoadError, DamagedCheckpointError, UnsafeCheckpointError,
                             is_torchscript_archive, torchscript_state_dict)
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ARCH = 'rils-ts-tiny-clip'  # OpenAI-style (QuickGELU), 32 px, width 32, one layer per tower
@@ -123,9 +124,9 @@ def assert_bitwise_equal(got: dict, expected: dict) -> None:
 
 
 def run(*args, cwd=REPO, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'),
-                          timeout=timeout)
+    return run_python([sys.executable, *map(str, args)], cwd=cwd, capture_output=True,
+                      text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'),
+                      timeout=timeout)
 
 
 def error_lines(stderr: str):

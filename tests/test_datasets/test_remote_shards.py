@@ -3,7 +3,6 @@ scans by range reads, exact resume, and retries then skipping of a shard whose s
 import os
 import os.path as osp
 import re
-import subprocess
 import sys
 import threading
 import uuid
@@ -25,6 +24,7 @@ from rils_mm.datasets import ImageTextShardDataset, ShardWriter, counts_from_bat
 from rils_mm.datasets.shards import ShardReader, expand_shard_urls, scan_shard
 
 from shard_helpers import keys_of, state_after, tiny_pipeline, write_good_shards
+from tool_processes import run_python  # noqa: E402
 
 PATTERN = '{00000..00004}.tar'  # 46 samples, 10 per shard (the last one short)
 ALL_KEYS = [f'{i:06d}' for i in range(46)]
@@ -418,9 +418,9 @@ def train_on_url(tmp_path, server, workers):
     config.write_text(TRAIN_ON_URL.format(
         demo=osp.join(REPO, 'configs', 'rils', 'demo_cpu.py'), workers=workers,
         persistent=workers > 0, shards=f'{server.url}/shards/{PATTERN}'))
-    return subprocess.run([sys.executable, 'tools/train.py', str(config), '--work-dir',
+    return run_python([sys.executable, 'tools/train.py', str(config), '--work-dir',
                            str(tmp_path / 'work')], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+                      timeout=300, env=dict(os.environ, PYTHONUNBUFFERED='1'))
 
 
 def stopping_line(result):

@@ -11,6 +11,7 @@ import numpy as np
 from rils_mm.datasets import ImageTextShardDataset, ShardWriter, scan_shard
 
 from shard_helpers import encode, good_jpeg
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOLS = osp.join(REPO, 'tools', 'dataset_converters')
@@ -52,7 +53,7 @@ def test_make_shards_missing_image_is_one_line_and_leaves_no_dataset(tmp_path):
     (tmp_path / 'captions.tsv').write_text(
         'filepath\ttitle\n0.jpg\ta\n1.jpg\tb\n2.jpg\tc\nnope.jpg\td\n')
     out = tmp_path / 'out'
-    result = subprocess.run(
+    result = run_python(
         [sys.executable, 'tools/dataset_converters/make_shards.py', str(tmp_path),
          str(tmp_path / 'captions.tsv'), str(out), '--samples-per-shard', '2'],
         cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -126,8 +127,8 @@ def test_inspect_shards_names_a_missing_shard_in_one_line(tmp_path):
         for index in range(6):  # 00000.tar and 00001.tar; 00002.tar does not exist
             writer.write(f'{index:03d}', dict(jpg=good_jpeg(index), txt=f'c {index}'))
     pattern = str(tmp_path / '{00000..00002}.tar')
-    result = subprocess.run([sys.executable, osp.join(TOOLS, 'inspect_shards.py'), pattern],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_python([sys.executable, osp.join(TOOLS, 'inspect_shards.py'), pattern],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert 'Traceback' not in result.stderr
     assert result.stderr.strip().splitlines() == [

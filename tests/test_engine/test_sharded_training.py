@@ -21,6 +21,7 @@ import torch
 from mmengine.config import Config
 
 import rils_mm  # noqa: F401
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DDP_CONFIG = 'configs/rils/demo_cpu.py'
@@ -167,7 +168,7 @@ def test_an_fsdp_run_resumes_its_optimizer_state(runs, tmp_path):
 
 def test_the_fsdp_checkpoint_is_tested_by_tools_test(runs, tmp_path):
     data_root, checkpoint = runs['data_root'], runs['fsdp']['work_dir'] / 'epoch_1.pth'
-    result = subprocess.run(
+    result = run_python(
         [sys.executable, 'tools/test.py', 'configs/rils/demo_cpu_zeroshot.py', str(checkpoint),
          '--work-dir', str(tmp_path), '--cfg-options',
          *model_options('model.model.'),
@@ -183,9 +184,9 @@ def test_the_fsdp_checkpoint_is_tested_by_tools_test(runs, tmp_path):
 
 
 def test_an_fsdp_config_without_a_launcher_is_refused_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, 'tools/train.py', FSDP_CONFIG, '--work-dir',
+    result = run_python([sys.executable, 'tools/train.py', FSDP_CONFIG, '--work-dir',
                              str(tmp_path)], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
+                        timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert ('tools/train.py: error: strategy RILSFSDPStrategy shards the model over processes: '
             'start it with tools/dist_train.sh CONFIG GPUS') in result.stderr

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 from tiny_demo import tiny_data, tiny_run
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = 'configs/rils/demo_cpu.py'
@@ -160,7 +161,7 @@ def test_a_kill_between_micro_batches_redoes_the_step_whole(tmp_path):
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     killed_dir = tmp_path / 'killed'
-    killed = subprocess.run(
+    killed = run_python(
         [sys.executable, '-c', KILLED_BETWEEN_MICRO_BATCHES, DEMO, '--work-dir', str(killed_dir),
          '--no-validate', *options(tmp_path, 2, *every_step)],
         cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED='1'), capture_output=True, text=True,

@@ -5,10 +5,10 @@ import math
 import os
 import os.path as osp
 import re
-import subprocess
 import sys
 
 import pytest
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(REPO, 'tools', 'benchmark_train.py')
@@ -17,8 +17,8 @@ RATIO = re.compile(r'([0-9.]+) \(([0-9.]+)-([0-9.]+)\)')
 
 def run_tool(*args, timeout=300):
     env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, TOOL, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_python([sys.executable, TOOL, *args], cwd=REPO, env=env,
+                      capture_output=True, text=True, timeout=timeout)
 
 
 def table(stdout):

@@ -3,16 +3,16 @@ import json
 import os
 import os.path as osp
 import re
-import subprocess
 import sys
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def run_tool(*args, timeout=600):
     env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_python([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                      text=True, timeout=timeout)
 
 
 def test_milan_decoder_flops_benchmark():

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = 'tools/cache_image_features.py'
@@ -390,9 +391,9 @@ def test_training_reads_the_cache_in_its_own_process(setup):
         'default_hooks = dict(logger=dict(type="LoggerHook", interval=1))\n'
         'custom_hooks = [dict(type="DataResumeHook"), dict(type="BadSampleHook", interval=1)]\n')
     env = dict(os.environ, PYTHONPATH=REPO)
-    result = subprocess.run([sys.executable, 'tools/train.py', str(config), '--work-dir',
+    result = run_python([sys.executable, 'tools/train.py', str(config), '--work-dir',
                              str(root / 'train_cached')], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     losses = [float(v) for v in re.findall(r'loss_contrastive: ([0-9.]+)', log)]

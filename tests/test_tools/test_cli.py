@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from tiny_demo import tiny_run
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(REPO, 'configs', 'rils', 'demo_cpu.py')
@@ -26,8 +27,8 @@ def tiny_data(tmp_path):
 
 def run_tool(*args, cwd=REPO, timeout=300):
     env = dict(os.environ, PYTHONUNBUFFERED='1')
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_python([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                      text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize('args,expected', [

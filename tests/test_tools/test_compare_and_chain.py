@@ -3,11 +3,11 @@ import json
 import os
 import os.path as osp
 import re
-import subprocess
 import sys
 
 import pytest
 from PIL import Image
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -26,8 +26,8 @@ TINY_DATA = ['train_dataloader.batch_size=16', 'train_dataloader.num_workers=0',
 
 def run_tool(*args, timeout=600):
     env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_python([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                      text=True, timeout=timeout)
 
 
 def test_chain_hands_each_stage_the_previous_checkpoint(tmp_path):
@@ -266,9 +266,9 @@ def test_chain_tool_notices_an_edited_config_and_a_full_disk(tmp_path):
         def limit_file_size():  # writes past it fail with EFBIG, as a full disk fails them
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        return subprocess.run([sys.executable, 'tools/run_chain.py', str(chain), '--work-dir',
+        return run_python([sys.executable, 'tools/run_chain.py', str(chain), '--work-dir',
                                str(work)], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=300, preexec_fn=limit_file_size if limit else None)
+                          timeout=300, preexec_fn=limit_file_size if limit else None)
 
     first = run()
     assert first.returncode == 0, first.stderr[-3000:]

@@ -6,7 +6,6 @@ import io
 import os
 import os.path as osp
 import re
-import subprocess
 import sys
 import uuid
 
@@ -17,6 +16,7 @@ from mmengine.logging import MMLogger
 from rils_mm.compat import install_tool_conveniences
 from rils_mm.utils.progress import Progress, track
 from tiny_demo import tiny_data, tiny_run
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = 'configs/rils/demo_cpu.py'
@@ -28,7 +28,7 @@ TINY_RUN = tiny_run(32) + tiny_data(32)
 # --- init_weights -------------------------------------------------------------------------------
 def test_training_console_has_the_summary_and_the_log_file_the_detail(tmp_path):
     work_dir = tmp_path / 'work'
-    result = subprocess.run(
+    result = run_python(
         [sys.executable, 'tools/train.py', DEMO, '--work-dir', str(work_dir), '--no-validate',
          '--cfg-options', *TINY_RUN,
          f'train_dataloader.dataset.data_root={tmp_path / "shapes"}'],

@@ -22,6 +22,7 @@ import torch
 
 import rils_mm  # noqa: F401  (the types of Runner checkpoints are allowed by weights-only loading)
 from PIL import Image
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 ITERS_PER_EPOCH, EPOCHS = 4, 3
@@ -143,8 +144,8 @@ class Scenario:
                     OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
 
     def run(self, config, work_dir, *extra):
-        result = subprocess.run(self.command(config, work_dir, *extra), cwd=REPO,
-                                env=self.env(), capture_output=True, text=True, timeout=600)
+        result = run_python(self.command(config, work_dir, *extra), cwd=REPO,
+                            env=self.env(), capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
         return result
 

@@ -10,7 +10,6 @@ by tensor.
 import json
 import os
 import os.path as osp
-import subprocess
 import sys
 
 import numpy as np
@@ -20,6 +19,7 @@ from mmengine.config import Config
 from PIL import Image
 
 from rils_mm.models.utils.inference_loading import build_and_load
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = 'tools/model_converters/rils_to_open_clip.py'
@@ -133,7 +133,7 @@ def exported(tmp_path_factory):
     listing = root / 'cases.txt'
     listing.write_text(''.join(f'{name} {" ".join(map(str, argv))}\n'
                                for name, argv in cases.items()))
-    result = subprocess.run(
+    result = run_python(
         [sys.executable, '-c', f'TOOL = {TOOL!r}\n' + DRIVER, str(listing)], cwd=REPO,
         env=dict(os.environ, PYTHONUNBUFFERED='1'), capture_output=True, text=True,
         timeout=600)
@@ -336,9 +336,9 @@ def write_wds(folder, samples, kind):
 
 
 def run_tool(*args):
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO,
-                            env=dict(os.environ, PYTHONUNBUFFERED='1'), capture_output=True,
-                            text=True, timeout=600)
+    result = run_python([sys.executable, *map(str, args)], cwd=REPO,
+                        env=dict(os.environ, PYTHONUNBUFFERED='1'), capture_output=True,
+                        text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result.stdout + result.stderr
 

@@ -3,7 +3,6 @@ and the comparison's training-curves chart."""
 import json
 import os
 import os.path as osp
-import subprocess
 import sys
 
 import pytest
@@ -11,6 +10,7 @@ from PIL import Image
 
 from rils_mm.tools.plot_curves import (CurvesError, curve, find_scalars_file, plot_curves,
                                        read_scalars, run_name)
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -94,12 +94,12 @@ def test_tool_writes_the_chart_or_says_what_is_wrong(tmp_path):
     run = str(tmp_path / 'mae')
     write_run(run, '20260101_000000', [1.0, 0.5])
     out = str(tmp_path / 'curves.png')
-    ok = subprocess.run([sys.executable, 'tools/analysis_tools/plot_curves.py', run, '--keys',
+    ok = run_python([sys.executable, 'tools/analysis_tools/plot_curves.py', run, '--keys',
                          'loss', 'lr', '--out', out], cwd=REPO, capture_output=True, text=True,
-                        timeout=300)
+                    timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert Image.open(out).size == (1000, 600)
-    bad = subprocess.run([sys.executable, 'tools/analysis_tools/plot_curves.py', run, '--keys',
+    bad = run_python([sys.executable, 'tools/analysis_tools/plot_curves.py', run, '--keys',
                           'i2t_acc'], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [

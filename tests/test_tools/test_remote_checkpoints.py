@@ -10,7 +10,6 @@ import logging
 import os
 import os.path as osp
 import re
-import subprocess
 import sys
 
 import pytest
@@ -19,6 +18,7 @@ from moto import server as moto_server  # test requirements: moto[server], s3fs
 from tiny_demo import tiny_data, tiny_run
 
 import rils_mm  # noqa: F401  (weights-only loading of Runner checkpoints)
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(REPO, 'configs', 'rils', 'demo_cpu.py')
@@ -95,8 +95,8 @@ def train(s3, work_dir, *extra, wrapper=None):
                 *options(s3['root'] / 'data')]
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
                PYTHONUNBUFFERED='1')
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return run_python(command, cwd=REPO, env=env, capture_output=True, text=True,
+                      timeout=600)
 
 
 def remote_files(fs, prefix):
@@ -411,10 +411,10 @@ def test_a_validating_run_uploads_the_checkpoint_save_best_rewrites(tmp_path):
     common = ['--remote-dir', f'file://{remote}', '--cfg-options', *tiny_run(64),
               'default_hooks.checkpoint.interval=1', *data_options(root), *val_options(root)]
     env = dict(os.environ, PYTHONUNBUFFERED='1')
-    first = subprocess.run([sys.executable, 'tools/train.py', 'configs/rils/demo_cpu_val.py',
+    first = run_python([sys.executable, 'tools/train.py', 'configs/rils/demo_cpu_val.py',
                             '--work-dir', str(tmp_path / 'node1'), *common,
                             'train_cfg.max_epochs=2'],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     for name in ('epoch_1.pth', 'epoch_2.pth'):
         local, copy = tmp_path / 'node1' / name, remote / name
@@ -423,10 +423,10 @@ def test_a_validating_run_uploads_the_checkpoint_save_best_rewrites(tmp_path):
     best = record['message_hub']['runtime_info']['best_score']
     # A new node resumes from the remote copy and validates once more: the best record, and
     # with it the one best file, carry over.
-    second = subprocess.run([sys.executable, 'tools/train.py', 'configs/rils/demo_cpu_val.py',
+    second = run_python([sys.executable, 'tools/train.py', 'configs/rils/demo_cpu_val.py',
                              '--work-dir', str(tmp_path / 'node2'), '--resume', *common,
                              'train_cfg.max_epochs=3'],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     top1 = float(re.findall(r'accuracy/top1: ([\d.]+)', second.stdout + second.stderr)[-1])
     expected = 'best_accuracy_top1_epoch_3.pth' if top1 > best else None

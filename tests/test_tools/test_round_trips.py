@@ -29,6 +29,7 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(REPO, 'tests', 'test_transfer'))
 from transfer_helpers import (CLASSES, TINY_ARCH, shrink_sizes, tiny_loader,  # noqa: E402
                               tiny_mask_rcnn, write_ade, write_coco)
+from tool_processes import run_python  # noqa: E402
 
 DEMO = 'configs/rils/demo_cpu.py'
 DEMO_ZERO_SHOT = 'configs/rils/demo_cpu_zeroshot.py'
@@ -71,8 +72,8 @@ def run_tool(*args, timeout=600):
         logger prints to stdout, warnings and tracebacks go to stderr).
     """
     env = dict(os.environ, PYTHONUNBUFFERED='1')
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=timeout)
+    result = run_python([sys.executable, *map(str, args)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
     command = ' '.join(map(str, args))
     assert result.returncode == 0, (
         f'{command}\nexited with {result.returncode}; end of stderr:\n{result.stderr[-4000:]}')

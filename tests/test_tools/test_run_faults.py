@@ -16,6 +16,7 @@ import torch
 
 import rils_mm  # noqa: F401  (the types of Runner checkpoints are allowed by weights-only loading)
 from tiny_demo import TINY_MODEL
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = 'configs/rils/demo_cpu.py'
@@ -40,9 +41,9 @@ def tiny(tmp_path_factory):
 
 
 def run(tool, *args, timeout=300):
-    return subprocess.run([sys.executable, tool, *args], cwd=REPO, capture_output=True,
-                          text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'),
-                          timeout=timeout)
+    return run_python([sys.executable, tool, *args], cwd=REPO, capture_output=True,
+                      text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'),
+                      timeout=timeout)
 
 
 def one_error_line(result, tool='tools/train.py'):

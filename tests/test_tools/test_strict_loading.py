@@ -9,7 +9,6 @@ runs once they are allowed by ``load_from_ignore_keys``.
 import json
 import os
 import os.path as osp
-import subprocess
 import sys
 
 import open_clip
@@ -21,6 +20,7 @@ from mmpretrain.registry import MODELS
 
 from rils_mm.datasets.demo_shapes import ensure_demo_shapes
 from tiny_demo import TINY_MODEL, tiny_data
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 VIT = ('backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=1, num_heads=2, '
@@ -90,9 +90,9 @@ def files(tmp_path_factory):
 
 
 def run(tool, *args):
-    return subprocess.run([sys.executable, tool, *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    return run_python([sys.executable, tool, *map(str, args)], cwd=REPO,
+                      capture_output=True, text=True, timeout=300,
+                      env=dict(os.environ, PYTHONUNBUFFERED='1'))
 
 
 def one_error_line(result, tool):

@@ -4,11 +4,11 @@ import glob
 import json
 import os
 import os.path as osp
-import subprocess
 import sys
 
 import pytest
 from tiny_demo import tiny_data, tiny_run
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(REPO, 'configs', 'rils', 'demo_cpu.py')
@@ -33,7 +33,7 @@ def test_switch_names_become_backend_dicts():
 def test_tensorboard_event_file_holds_the_logged_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     work = str(tmp_path / 'work')
-    result = subprocess.run(
+    result = run_python(
         [sys.executable, 'tools/train.py', DEMO, '--work-dir', work, '--cfg-options', *TINY,
          f'train_dataloader.dataset.data_root={tmp_path}/shapes', SWITCH],
         cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED='1'), capture_output=True, text=True,

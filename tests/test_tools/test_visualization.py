@@ -7,7 +7,6 @@ demo configs with random weights, saved in the Runner's checkpoint layout.
 import json
 import os
 import os.path as osp
-import subprocess
 import sys
 
 import numpy as np
@@ -25,6 +24,7 @@ from rils_mm.visualization import (VisualizationInputError, draw_mask, draw_mask
                                    last_block_attention, load_image, load_model,
                                    masked_patch_caption_maps, patch_caption_maps,
                                    read_labelled_images, tsne)
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CAPTIONS = ['a photo of a red circle', 'a photo of a blue square', 'a green triangle']
@@ -60,8 +60,8 @@ OPEN_CLIP_CFG = dict(
 
 def run_tool(name, *args):
     env = dict(os.environ, PYTHONUNBUFFERED='1')
-    return subprocess.run([sys.executable, f'tools/visualization/{name}.py', *map(str, args)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return run_python([sys.executable, f'tools/visualization/{name}.py', *map(str, args)],
+                      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def png_size(path):

@@ -15,6 +15,7 @@ import torch
 from tiny_demo import TINY_MODEL, tiny_run
 
 from rils_mm.tools.plot_curves import curve, find_scalars_file, plot_curves, read_scalars
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 METRIC = r'accuracy/top1: ([\d.]+)\s+accuracy/top5: ([\d.]+)'
@@ -22,8 +23,8 @@ METRIC = r'accuracy/top1: ([\d.]+)\s+accuracy/top5: ([\d.]+)'
 
 def run_tool(*args):
     env = dict(os.environ, PYTHONUNBUFFERED='1')
-    result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = run_python([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result.stdout + result.stderr
 
@@ -175,7 +176,7 @@ def test_two_process_validation_equals_the_test_tool(tmp_path):
 def test_missing_validation_data_is_one_line_before_training(tmp_path):
     root = str(tmp_path / 'shapes')
     env = dict(os.environ, PYTHONUNBUFFERED='1')
-    result = subprocess.run(
+    result = run_python(
         [sys.executable, 'tools/train.py', 'configs/rils/demo_cpu_val.py', '--work-dir',
          str(tmp_path / 'work'), '--cfg-options', *tiny_run(64), *data_options(root),
          *val_options(str(tmp_path / 'no_such_folder'))],

@@ -10,7 +10,6 @@ import glob
 import io
 import os
 import os.path as osp
-import subprocess
 import sys
 
 import numpy as np
@@ -25,6 +24,7 @@ from PIL import Image
 import rils_mm  # noqa: F401
 from rils_mm.datasets import ShardWriter
 from rils_mm.datasets.resources import load_classnames, load_templates, read_lines
+from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 IMAGE_TEXT_RECIPES = sorted(
@@ -176,7 +176,7 @@ def write_one_shard(root):
 
 def test_recipe_without_imagenet_stops_in_one_line_before_training(tmp_path):
     shard = write_one_shard(tmp_path / 'shards')
-    result = subprocess.run(
+    result = run_python(
         [sys.executable, 'tools/train.py', 'configs/clip/pretrain_b16.py', '--work-dir',
          str(tmp_path / 'work'), '--cfg-options', f'train_dataloader.dataset.shards={shard}',
          'train_dataloader.num_workers=0', f'val_dataloader.dataset.data_root={tmp_path}/none'],

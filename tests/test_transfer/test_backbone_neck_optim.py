@@ -1,7 +1,6 @@
 """ViTDet options of RILSViT, the simple feature pyramid, registration in every toolbox, and the
 layer-decay optimizer constructor."""
 import importlib
-import subprocess
 import sys
 
 import pytest
@@ -11,6 +10,7 @@ from mmengine.registry import DefaultScope
 from torch import nn
 
 from transfer_helpers import TINY_ARCH
+from tool_processes import run_python  # noqa: E402
 
 TOOLBOXES = ['mmpretrain', 'mmdet', 'mmseg']
 
@@ -49,7 +49,7 @@ def test_import_rils_mm_registers_in_every_toolbox():
             '    assert registry.MODELS.get("SimpleFeaturePyramid") is SimpleFeaturePyramid\n'
             '    assert registry.OPTIM_WRAPPER_CONSTRUCTORS.get(\n'
             '        "RILSLayerDecayOptimWrapperConstructor"), toolbox\n')
-    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    result = run_python([sys.executable, '-c', code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-1500:]
 
 

@@ -16,7 +16,6 @@ Also: ``RILSViT``'s ``pretrained`` argument (which mmseg's segmentors fill from
 import copy
 import json
 import os.path as osp
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +26,7 @@ from mmpretrain.registry import MODELS
 
 from transfer_helpers import (CLASSES, TINY_ARCH, build_pretrainer, pretrainer_cfg,
                               shrink_sizes_but_backbone, write_ade, write_coco)
+from tool_processes import run_python  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 README = osp.join(ROOT, 'docs', 'transfer.md')  # the page that holds the swap blocks
@@ -186,8 +186,8 @@ def run_tools(toolbox, source, encoder, config, work_dir):
     done = {}
 
     def run(step, *args):
-        done[step] = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,
-                                    text=True, timeout=TOOL_TIMEOUT)
+        done[step] = run_python([sys.executable, *args], cwd=ROOT, capture_output=True,
+                                text=True, timeout=TOOL_TIMEOUT)
         return done[step].returncode == 0
 
     if (run('convert', 'tools/model_converters/rils_to_toolbox.py', source, encoder,

@@ -1,0 +1,96 @@
+"""``run_python``: the tests' way to run a command-line tool in a new process, cheaply.
+
+Each run is a new process that imports ``rils_mm`` and reads its files from scratch; only the
+third-party stack's imports (about 80 % of a tool's start-up) are shared, by forking from a
+server that imported them once (``process_server.py``; one per pytest process). What a run
+cannot get that way goes to a plain ``subprocess.run``: interpreter options (``-X ...``),
+``preexec_fn``, and every run when ``RILS_TEST_FRESH_PROCESSES=1`` is set (the whole suite then
+starts each tool in a fresh interpreter).
+"""
+import atexit
+import json
+import os
+import os.path as osp
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Optional, Sequence
+
+SERVER = osp.join(osp.dirname(osp.abspath(__file__)), 'process_server.py')
+_server: Optional[subprocess.Popen] = None
+
+
+def fresh_processes_only() -> bool:
+    return os.environ.get('RILS_TEST_FRESH_PROCESSES', '') not in ('', '0')
+
+
+def _get_server() -> subprocess.Popen:
+    global _server
+    if _server is None or _server.poll() is not None:
+        _server = subprocess.Popen([sys.executable, SERVER], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True, bufsize=1)
+        atexit.register(_stop_server, _server)
+    return _server
+
+
+def _stop_server(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        server.stdin.close()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _answer(server: subprocess.Popen, deadline: Optional[float]) -> Optional[dict]:
+    """The server's next answer line, or None at the deadline."""
+    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+    ready, _, _ = select.select([server.stdout], [], [], wait)
+    if not ready:
+        return None
+    line = server.stdout.readline()
+    if not line:
+        raise RuntimeError('the test process server exited')
+    return json.loads(line)
+
+
+def run_python(args: Sequence, cwd: Optional[str] = None, env: Optional[dict] = None,
+               timeout: Optional[float] = None, capture_output: bool = True, text: bool = True,
+               fresh: bool = False, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run([sys.executable, ...], capture_output=True, text=True)`` for a script,
+    ``-c`` code or ``-m`` module, in a new process forked from the stack-loaded server
+    (``fresh=True``: in a fresh interpreter, for tests about what a bare process has).
+
+    Raises:
+        subprocess.TimeoutExpired: As ``subprocess.run``: the run (its process group) is killed.
+    """
+    args = [str(a) for a in args]
+    direct = (fresh or fresh_processes_only() or kwargs or not capture_output or not text
+              or args[0] != sys.executable or len(args) < 2
+              or (args[1].startswith('-') and args[1] not in ('-c', '-m')))
+    if direct:
+        return subprocess.run(args, cwd=cwd, env=env, timeout=timeout,
+                              capture_output=capture_output, text=text, **kwargs)
+    server = _get_server()
+    with tempfile.TemporaryDirectory(prefix='tool_run_') as folder:
+        out, err = osp.join(folder, 'stdout'), osp.join(folder, 'stderr')
+        request = dict(argv=args[1:], cwd=osp.abspath(cwd or os.getcwd()),
+                       env=dict(os.environ if env is None else env), stdout=out, stderr=err)
+        server.stdin.write(json.dumps(request) + '\n')
+        server.stdin.flush()
+        pid = _answer(server, None)['pid']
+        deadline = None if timeout is None else time.monotonic() + timeout
+        answer = _answer(server, deadline)
+        if answer is None:
+            os.killpg(pid, signal.SIGKILL)
+            _answer(server, None)
+        with open(out, errors='replace') as f:
+            stdout = f.read()
+        with open(err, errors='replace') as f:
+            stderr = f.read()
+    if answer is None:
+        raise subprocess.TimeoutExpired(args, timeout, stdout, stderr)
+    return subprocess.CompletedProcess(args, answer['status'], stdout, stderr)
