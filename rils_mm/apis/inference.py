@@ -26,7 +26,7 @@ from ..models.utils.zero_shot_weights import build_text_classifier
 
 __all__ = ['init_model', 'embed_images', 'embed_texts', 'zero_shot_classify', 'list_images',
            'IMAGE_EXTENSIONS', 'ImageReadError', 'ImagePreparer', 'image_test_pipeline',
-           'image_inputs', 'image_encoder', 'text_model', 'load_config']
+           'image_inputs', 'image_encoder', 'text_model', 'load_config', 'to_rgb_array']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.gif', '.tif', '.tiff')
 # Transforms that read the image file: skipped for images given as arrays.
@@ -152,7 +152,7 @@ def image_inputs(images) -> list:
     return images
 
 
-def _to_rgb_array(image) -> np.ndarray:
+def to_rgb_array(image) -> np.ndarray:
     """A PIL image, an H x W x 3 array or a 3 x H x W tensor as an H x W x 3 uint8 RGB array."""
     if isinstance(image, Image.Image):
         return np.asarray(image.convert('RGB'), dtype=np.uint8).copy()
@@ -217,7 +217,7 @@ class ImagePreparer:
         if isinstance(image, (str, Path)):
             packed = self.from_array(self.read(str(image)))
         else:
-            img = _to_rgb_array(image)
+            img = to_rgb_array(image)
             if self.to_bgr:
                 img = np.ascontiguousarray(img[..., ::-1])
             packed = self.from_array(dict(img=img, img_shape=img.shape[:2],

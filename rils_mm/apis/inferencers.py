@@ -26,6 +26,8 @@ what differs here:
 :class:`CaptionInferencer`               MaMMUT's generated captions
 =======================================  ====================================================
 """
+import os
+import os.path as osp
 import warnings
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
@@ -39,7 +41,7 @@ from torch import nn
 from ..datasets.resources import load_classnames, load_templates
 from ..models.utils.zero_shot_weights import build_text_classifier
 from .inference import (ImagePreparer, embed_texts, image_encoder, image_inputs,
-                        image_test_pipeline, init_model, load_config, text_model)
+                        image_test_pipeline, init_model, load_config, text_model, to_rgb_array)
 
 __all__ = ['ImageTextInferencer', 'EmbeddingInferencer', 'ZeroShotInferencer',
            'ImageToTextRetrievalInferencer', 'TextToImageRetrievalInferencer',
@@ -121,6 +123,32 @@ class ImageTextInferencer(BaseInferencer):
     def _embed_images(self, batch: torch.Tensor) -> torch.Tensor:
         return image_encoder(self.model)(self._images(batch))
 
+    def _draw_each(self, inputs: list, preds: List[dict], draw: Callable,
+                   show_dir: Optional[str], show: bool) -> Optional[List[np.ndarray]]:
+        """mmpretrain's ``UniversalVisualizer`` on each input: ``draw(image, pred, name,
+        out_file)``, ``out_file`` being ``show_dir/<file name stem or index>.png``."""
+        if not show and show_dir is None:
+            return None
+        from mmpretrain.visualization import UniversalVisualizer
+        if self.visualizer is None:
+            self.visualizer = UniversalVisualizer()
+        if show_dir is not None:
+            os.makedirs(show_dir, exist_ok=True)
+        drawn = []
+        for index, (image, pred) in enumerate(zip(inputs, preds)):
+            if isinstance(image, (str, Path)):
+                from PIL import Image
+                name = Path(image).stem
+                image = np.asarray(Image.open(image).convert('RGB'))
+            else:
+                name, image = str(index), to_rgb_array(image)
+            draw(image, pred, name,
+                 osp.join(show_dir, f'{name}.png') if show_dir is not None else None)
+            drawn.append(self.visualizer.get_image())
+        if show:
+            self.visualizer.close()
+        return drawn
+
     def postprocess(self, preds: List[dict], visualization=None,
                     return_datasamples: bool = False, **kwargs) -> List[dict]:
         if return_datasamples:
@@ -167,12 +195,14 @@ class ZeroShotInferencer(ImageTextInferencer):
         logit_scale (float): Temperature of the scores (open_clip's 100).
 
     Returns (of a call): per image ``pred_class``, ``pred_label``, ``pred_score``,
-    ``pred_scores`` (``C`` probabilities, float64 numpy) and ``img_path``.
+    ``pred_scores`` (``C`` probabilities, float64 numpy) and ``img_path``. ``show=True`` or
+    ``show_dir=DIR`` draw the labels as mmpretrain's ``ImageClassificationInferencer`` does.
 
     Raises:
         TypeError: The model has no text tower.
         ValueError: No class names.
     """
+    visualize_kwargs = {'show', 'wait_time', 'resize', 'show_dir'}
 
     def __init__(self, model: ModelType, pretrained: Union[str, bool, None] = True,
                  device: Union[str, torch.device] = 'cpu', cfg_options: Optional[dict] = None,
@@ -190,6 +220,22 @@ class ZeroShotInferencer(ImageTextInferencer):
                                                     self.classes, prompts,
                                                     next(inner.parameters()).device)
         self.logit_scale = logit_scale
+
+    def visualize(self, inputs: list, preds: List[dict], show: bool = False,
+                  wait_time: int = 0, resize: Optional[int] = None,
+                  show_dir: Optional[str] = None) -> Optional[List[np.ndarray]]:
+        """mmpretrain's classification drawing (``visualize_cls``) of each label, shown or
+        written to ``show_dir``; None when neither is asked."""
+        from mmpretrain.structures import DataSample
+
+        def draw(image, pred, name, out_file):
+            sample = DataSample().set_pred_score(torch.from_numpy(pred['pred_scores']))
+            sample.set_pred_label(pred['pred_label'])
+            self.visualizer.visualize_cls(image, sample, classes=self.classes, resize=resize,
+                                          show=show, wait_time=wait_time, draw_gt=False,
+                                          name=name, out_file=out_file)
+
+        return self._draw_each(inputs, preds, draw, show_dir, show)
 
     @torch.no_grad()
     def forward(self, data, **kwargs) -> List[dict]:
@@ -292,12 +338,14 @@ class CaptionInferencer(ImageTextInferencer):
     ``test_pipeline``.
 
     Returns (of a call; ``max_length`` and ``beam_size`` default to the model's): per image
-    ``pred_caption`` (text), ``pred_caption_ids`` (token ids) and ``img_path``.
+    ``pred_caption`` (text), ``pred_caption_ids`` (token ids) and ``img_path``. ``show=True``
+    or ``show_dir=DIR`` draw the captions as mmpretrain's ``ImageCaptionInferencer`` does.
 
     Raises:
         TypeError: The model does not generate captions.
     """
     forward_kwargs = {'max_length', 'beam_size'}
+    visualize_kwargs = {'show', 'wait_time', 'resize', 'show_dir'}
 
     def __init__(self, model: ModelType, pretrained: Union[str, bool, None] = True,
                  device: Union[str, torch.device] = 'cpu',
@@ -306,6 +354,22 @@ class CaptionInferencer(ImageTextInferencer):
         if not hasattr(self.model, 'generate'):
             raise TypeError(f'{type(self.model).__name__} does not generate captions: '
                             f'CaptionInferencer needs a captioning model (MaMMUT)')
+
+    def visualize(self, inputs: list, preds: List[dict], show: bool = False,
+                  wait_time: int = 0, resize: Optional[int] = None,
+                  show_dir: Optional[str] = None) -> Optional[List[np.ndarray]]:
+        """mmpretrain's caption drawing (``visualize_image_caption``), shown or written to
+        ``show_dir``; None when neither is asked."""
+        from mmpretrain.structures import DataSample
+
+        def draw(image, pred, name, out_file):
+            sample = DataSample()
+            sample.set_field(pred['pred_caption'], 'pred_caption', field_type='metainfo')
+            self.visualizer.visualize_image_caption(image, sample, resize=resize, show=show,
+                                                    wait_time=wait_time, name=name,
+                                                    out_file=out_file)
+
+        return self._draw_each(inputs, preds, draw, show_dir, show)
 
     @torch.no_grad()
     def forward(self, data, max_length: Optional[int] = None, beam_size: Optional[int] = None,

@@ -66,6 +66,8 @@ def test_inferencers_give_the_functions_results(tmp_path):
         results = embedder(folder, batch_size=2)
         assert [r['img_path'] for r in results] == files
         np.testing.assert_array_equal(vectors(results), expected)
+    with pytest.warns(UserWarning, match=f'^{RILS_DEMO} has no published weights'):
+        EmbeddingInferencer(RILS_DEMO)  # pretrained=True, as mmpretrain's
     # Arrays and PIL images go through the same pipeline; their img_path is None.
     array = np.array(Image.open(files[1]).convert('RGB'))
     results = embedders[0]([array, Image.open(files[1]), files[1]], batch_size=3)
@@ -94,6 +96,11 @@ def test_inferencers_give_the_functions_results(tmp_path):
         assert {k: v for k, v in got.items() if k != 'pred_scores'} == \
             {k: v for k, v in want.items() if k != 'pred_scores'}
         np.testing.assert_array_equal(got['pred_scores'], want['pred_scores'])
+    # Drawn as mmpretrain's ImageClassificationInferencer draws (file names from the inputs).
+    drawn = zero_shot(files[:2], show_dir=str(tmp_path / 'drawn'), resize=128)
+    assert [r['pred_class'] for r in drawn] == [r['pred_class'] for r in labels[:2]]
+    assert sorted(os.listdir(tmp_path / 'drawn')) == ['00_red.png', '01_blue.png']
+    assert Image.open(tmp_path / 'drawn' / '00_red.png').size == (128, 128)
 
     # Retrieval: the ranking of cosine similarities of embed_images and embed_texts.
     similarity = embed_images(model, files, batch_size=4) @ embed_texts(model, CAPTIONS).T
@@ -147,6 +154,10 @@ def test_captions_of_the_demo_mammut_config(tmp_path):
     beams = captioner(files[:1], max_length=4, beam_size=2)
     images = inputs['images'] if isinstance(inputs, dict) else inputs
     assert beams[0]['pred_caption_ids'] == model.generate(images[:1], 4, 2)[0]
+    array = np.array(Image.open(files[0]).convert('RGB'))
+    drawn = captioner([array], max_length=6, show_dir=str(tmp_path / 'drawn'))
+    assert drawn[0]['pred_caption'] == results[0]['pred_caption']
+    assert os.listdir(tmp_path / 'drawn') == ['0.png']
     with pytest.raises(TypeError, match='^RILS does not generate captions'):
         CaptionInferencer(RILS_DEMO, None)
 
