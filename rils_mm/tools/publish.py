@@ -7,7 +7,8 @@ weights are written as safetensors (no pickle: loading the file runs nothing), w
 file of the same name beside it, and the same metadata inside the safetensors header (where
 :func:`rils_mm.compat.safetensors_load` gives it back as the checkpoint's ``meta``):
 
-- ``config``: the run's config name (its experiment name without the time stamp);
+- ``config_name``: the run's config name (its experiment name without the time stamp; not
+  ``config``, which mmengine's resume would run as config text);
 - ``model_type`` and ``method`` (the method table's name for the model's class);
 - ``epoch``, ``iter``: where the run was when the checkpoint was saved;
 - ``data``: the training set (dataset type, ``data_root``/``ann_file``);
@@ -18,6 +19,7 @@ file of the same name beside it, and the same metadata inside the safetensors he
 The JSON beside also has the file name, its sha256 and ``Weights``/``Results`` entries for a
 ``metafile.yml`` (mmpretrain's model-index schema).
 """
+import ast
 import hashlib
 import json
 import os.path as osp
@@ -33,7 +35,7 @@ from .converters import ConversionError
 __all__ = ['published_name', 'checkpoint_metadata', 'publish_checkpoint']
 
 # Fields of an already published file's metadata that a new publication keeps.
-_CARRIED = ('config', 'model_type', 'method', 'epoch', 'iter', 'data', 'validation')
+_CARRIED = ('config_name', 'model_type', 'method', 'epoch', 'iter', 'data', 'validation')
 # Scalars of the message hub that time the validation rather than measure the model.
 _TIMING = ('time', 'data_time')
 
@@ -45,12 +47,30 @@ def published_name(out_file: str, sha256: str) -> str:
     return f'{stem}-{sha256[:8]}{SAFETENSORS_SUFFIX}'
 
 
-def _parse_config(text: str):
-    from mmengine.config import Config
+def _value(node: ast.AST):
+    """A literal, or ``dict(k=v, ...)`` of literals, as its value; None for anything else."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+            node.func.id == 'dict' and not node.args:
+        return {kw.arg: _value(kw.value) for kw in node.keywords if kw.arg}
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_value(item) for item in node.elts]
+    if isinstance(node, ast.Dict):
+        return {_value(k): _value(v) for k, v in zip(node.keys, node.values) if k is not None}
     try:
-        return Config.fromstring(text, file_format='.py')
-    except Exception:  # a config whose imports are missing here: no config-derived fields
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return None
+
+
+def _parse_config(text: str) -> Optional[dict]:
+    """The top-level assignments of a dumped config (``meta['cfg']``), read, never run: the
+    text comes from the checkpoint, and ``Config.fromstring`` would execute it."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    return {target.id: _value(node.value) for node in tree.body if isinstance(node, ast.Assign)
+            for target in node.targets if isinstance(target, ast.Name)}
 
 
 def _method_of(model_type: str) -> Optional[str]:
@@ -65,7 +85,8 @@ def _method_of(model_type: str) -> Optional[str]:
 
 
 def _dataset(dataloader) -> Optional[dict]:
-    dataset = (dataloader or {}).get('dataset') or {}
+    dataset = dataloader.get('dataset') if isinstance(dataloader, dict) else None
+    dataset = dataset if isinstance(dataset, dict) else {}
     described = {key: dataset[key] for key in ('type', 'data_root', 'ann_file', 'shards')
                  if isinstance(dataset.get(key), (str, list))}
     return described or None
@@ -93,12 +114,12 @@ def checkpoint_metadata(checkpoint: dict, state_dict: Dict[str, torch.Tensor]) -
     found.update(num_tensors=len(state_dict),
                  num_parameters=int(sum(v.numel() for v in state_dict.values())))
     if isinstance(meta.get('experiment_name'), str):
-        found['config'] = re.sub(r'_\d{8}_\d{6}$', '', meta['experiment_name'])
+        found['config_name'] = re.sub(r'_\d{8}_\d{6}$', '', meta['experiment_name'])
     for key in ('epoch', 'iter'):
         if isinstance(meta.get(key), int):
             found[key] = meta[key]
     if cfg is not None and isinstance(cfg.get('model'), dict):
-        model_type = str(cfg.model.get('type', '')).split('.')[-1]
+        model_type = str(cfg['model'].get('type', '')).split('.')[-1]
         found['model_type'] = model_type
         method = _method_of(model_type) if model_type else None
         if method:

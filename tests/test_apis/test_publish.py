@@ -77,7 +77,8 @@ def test_publish_keeps_the_weights_and_records_the_run(tmp_path, capsys):
     assert all(torch.equal(loaded['state_dict'][k], v) for k, v in saved['state_dict'].items())
     metadata = record['metadata']
     assert loaded['meta'] == metadata
-    assert metadata['config'] == 'demo_cpu' and metadata['method'] == 'RILS'
+    assert metadata['config_name'] == 'demo_cpu' and metadata['method'] == 'RILS'
+    assert 'config' not in metadata  # mmengine's resume runs meta['config'] as config text
     assert (metadata['epoch'], metadata['iter']) == (6, 24)
     assert metadata['data']['data_root'] == 'data/demo_shapes'
     assert metadata['validation']['metrics'] == {'accuracy/top1': 25.0}  # no timings
@@ -89,6 +90,14 @@ def test_publish_keeps_the_weights_and_records_the_run(tmp_path, capsys):
     assert again['metadata'] == metadata and again['sha256'] == record['sha256']
     assert 'validation' not in publish_checkpoint(str(tmp_path / 'noval.pth'),
                                                   str(tmp_path / 'noval'))['metadata']
+    # The config text in the checkpoint is read, never run (Config.fromstring would run it).
+    marker = tmp_path / 'ran'
+    crafted = f"open({str(marker)!r}, 'w')\nmodel = dict(type='RILS', embed_dims=128)\n"
+    torch.save(dict(state_dict=saved['state_dict'], meta=dict(cfg=crafted)),
+               str(tmp_path / 'crafted.pth'))
+    assert publish_checkpoint(str(tmp_path / 'crafted.pth'),
+                              str(tmp_path / 'crafted'))['metadata']['method'] == 'RILS'
+    assert not marker.exists()
     # Bad input is one line, exit status 1.
     for argv, line in [([str(tmp_path / 'nope.pth'), str(tmp_path / 'x')],
                         f'error: checkpoint file not found: {tmp_path / "nope.pth"}'),
