@@ -26,7 +26,7 @@ from rils_mm.tools.publish import publish_checkpoint
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(REPO, 'tests', 'test_tools'))
-from tiny_demo import TINY_MODEL  # noqa: E402
+from tiny_demo import TINY_MODEL, tiny_data, tiny_run  # noqa: E402
 
 RILS_DEMO = 'rils-mm_rils_vit-demo-p8_1xb64-coslr-6e_demo-shapes'
 METRIC = r'accuracy/top1: ([\d.]+)\s+accuracy/top5: ([\d.]+)'
@@ -232,3 +232,18 @@ def test_published_file_evaluates_as_the_checkpoint_in_other_processes(tmp_path)
         assert lines, out[-3000:]
         figures.append(re.search(METRIC, lines[-1]).groups())
     assert figures[0] == figures[1]
+    # A training run starts from it (load_from, checked); --resume refuses it in one line.
+    train = ['tools/train.py', 'configs/rils/demo_cpu.py', '--cfg-options', *tiny_run(16),
+             *tiny_data(16), f'train_dataloader.dataset.data_root={tmp_path / "train"}']
+    out = run_tool(*train[:2], '--work-dir', str(tmp_path / 'load_from'), *train[2:],
+                   f'load_from={published.group(1)}')
+    assert f'Load checkpoint from {published.group(1)}' in out
+    result = subprocess.run([sys.executable, *train[:2], '--work-dir', str(tmp_path / 'resume'),
+                             '--resume', published.group(1), *train[2:]], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f'tools/train.py: error: --resume {published.group(1)}: it holds weights only (no '
+        f'message_hub, optimizer: a published or converted file), not the training state a '
+        f'run resumes from (epoch_N.pth, iter_N.pth); to start a new run from these weights '
+        f'give --cfg-options load_from={published.group(1)}')
