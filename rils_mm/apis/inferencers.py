@@ -17,14 +17,11 @@ what differs here:
 - the results: lists of dicts of Python numbers and strings (and numpy vectors), in input
   order, each with ``img_path`` (None for in-memory images) or ``text``.
 
-=======================================  ====================================================
-:class:`EmbeddingInferencer`             joint image embeddings; :meth:`~EmbeddingInferencer.
-                                         embed_texts` for captions
-:class:`ZeroShotInferencer`              labels among given class names (prompt ensembling)
-:class:`ImageToTextRetrievalInferencer`  the gallery captions nearest each image
-:class:`TextToImageRetrievalInferencer`  the gallery images nearest each caption
-:class:`CaptionInferencer`               MaMMUT's generated captions
-=======================================  ====================================================
+- :class:`EmbeddingInferencer`: image embeddings (and text ones, ``embed_texts``);
+- :class:`ZeroShotInferencer`: labels among given class names (prompt ensembling);
+- :class:`ImageToTextRetrievalInferencer`: the gallery captions nearest each image;
+- :class:`TextToImageRetrievalInferencer`: the gallery images nearest each caption;
+- :class:`CaptionInferencer`: MaMMUT's generated captions.
 """
 import os
 import os.path as osp
