@@ -10,6 +10,7 @@ ensembling over the templates, scores ``100 * cos``.
 import copy
 import os
 import os.path as osp
+import re
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
@@ -24,7 +25,8 @@ from ..models.utils.inference_loading import build_and_load
 from ..models.utils.zero_shot_weights import build_text_classifier
 
 __all__ = ['init_model', 'embed_images', 'embed_texts', 'zero_shot_classify', 'list_images',
-           'IMAGE_EXTENSIONS']
+           'IMAGE_EXTENSIONS', 'ImageReadError', 'ImagePreparer', 'image_test_pipeline',
+           'image_inputs', 'image_encoder', 'text_model', 'load_config', 'to_rgb_array']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.gif', '.tif', '.tiff')
 # Transforms that read the image file: skipped for images given as arrays.
@@ -35,7 +37,12 @@ _TRAINING_ONLY = ('target_generator', )
 ImageInput = Union[str, Path, np.ndarray, Image.Image, torch.Tensor]
 
 
-def _load_config(model: Union[str, Path, Config]) -> Config:
+def load_config(model: Union[str, Path, Config]) -> Config:
+    """A copy of the config of ``model``: a ``Config``, a config file or a model-index name.
+
+    Raises:
+        FileNotFoundError: A ``.py`` path that is no file.
+    """
     if isinstance(model, Config):
         return copy.deepcopy(model)
     model = str(model)
@@ -77,7 +84,7 @@ def init_model(model: Union[str, Path, Config],
             weights of another shape.
         CheckpointLoadError: The file is missing, damaged or holds non-tensor Python objects.
     """
-    cfg = _load_config(model)
+    cfg = load_config(model)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     net = build_and_load(cfg.model, checkpoint, drop=_TRAINING_ONLY)
@@ -117,7 +124,18 @@ def list_images(folder: str) -> List[str]:
     return sorted(found)
 
 
-def _as_list(images) -> list:
+class ImageReadError(ValueError):
+    """An image file that does not decode; the message names it, in one line."""
+
+
+def image_inputs(images) -> list:
+    """Images as a list: a folder gives its image files (sorted, sub-folders included); a
+    file, PIL image, array or 3 x H x W tensor gives itself.
+
+    Raises:
+        FileNotFoundError: A folder without image files, or a path (given alone or in a list)
+            that is no file; one line naming it.
+    """
     if isinstance(images, (str, Path)) and osp.isdir(images):
         files = list_images(str(images))
         if not files:
@@ -126,11 +144,15 @@ def _as_list(images) -> list:
         return files
     if isinstance(images, (str, Path, np.ndarray, Image.Image)) or (
             isinstance(images, torch.Tensor) and images.dim() == 3):
-        return [images]
-    return list(images)
+        images = [images]
+    images = list(images)
+    for image in images:  # before any batch runs
+        if isinstance(image, (str, Path)) and not osp.isfile(image):
+            raise FileNotFoundError(f'image file not found: {image}')
+    return images
 
 
-def _to_rgb_array(image) -> np.ndarray:
+def to_rgb_array(image) -> np.ndarray:
     """A PIL image, an H x W x 3 array or a 3 x H x W tensor as an H x W x 3 uint8 RGB array."""
     if isinstance(image, Image.Image):
         return np.asarray(image.convert('RGB'), dtype=np.uint8).copy()
@@ -157,17 +179,45 @@ class ImagePreparer:
             loader['type'].split('.')[-1] == 'LoadImageFromFile' and \
             loader.get('channel_order', 'bgr') == 'bgr'
         with DefaultScope.overwrite_default_scope('mmpretrain'):
-            self.from_file = Compose([TRANSFORMS.build(step) for step in pipeline])
+            self.load = TRANSFORMS.build(loader) if loader is not None else None
             self.from_array = Compose([
                 TRANSFORMS.build(step)
                 for step in (pipeline[1:] if loader is not None else pipeline)])
 
+    def read(self, path: str) -> dict:
+        """The loader's result for one file.
+
+        Raises:
+            FileNotFoundError: No such file.
+            ImageReadError: The file does not decode as an image (or the config has no
+                loader for files).
+        """
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'image file not found: {path}')
+        if self.load is None:
+            raise ImageReadError(f'{path}: the test pipeline has no loader '
+                                 f'({" or ".join(_LOADERS)}) to read files with')
+        try:
+            loaded = self.load(dict(img_path=path))
+        except Exception as error:  # noqa: B902  (decoders raise many kinds)
+            detail = str(getattr(error, 'detail', '') or error).replace(f'{path}: ', '')
+            detail = re.sub(r' <_io\.BytesIO object at 0x[0-9a-f]+>', '', detail)  # PIL's
+            raise ImageReadError(f'cannot read image {path}: '
+                                 f'{" ".join(detail.split())[:200]}') from None
+        if loaded is None or loaded.get('img') is None:  # mmcv's loader with ignore_empty
+            raise ImageReadError(f'cannot read image {path}: it does not decode')
+        return loaded
+
     def __call__(self, image) -> torch.Tensor:
-        """One image (a path, PIL image, array or tensor) as the pipeline's C x H x W input."""
+        """One image (a path, PIL image, array or tensor) as the pipeline's C x H x W input.
+
+        Raises:
+            FileNotFoundError, ImageReadError: A file that is missing or does not decode.
+        """
         if isinstance(image, (str, Path)):
-            packed = self.from_file(dict(img_path=str(image)))
+            packed = self.from_array(self.read(str(image)))
         else:
-            img = _to_rgb_array(image)
+            img = to_rgb_array(image)
             if self.to_bgr:
                 img = np.ascontiguousarray(img[..., ::-1])
             packed = self.from_array(dict(img=img, img_shape=img.shape[:2],
@@ -203,17 +253,29 @@ def embed_images(model: torch.nn.Module,
         that are compared with :func:`embed_texts`); for image-only models (MAE, MILAN) the
         ``N x C`` mean of the encoder's patch tokens (the features of the linear probe).
     """
-    images = _as_list(images)
+    return _encode_batches(model, image_inputs(images), image_encoder(model), batch_size)
+
+
+def image_encoder(model: torch.nn.Module):
+    """What :func:`embed_images` computes from a preprocessed ``B x 3 x H x W`` batch:
+    ``encode_image`` (``B x D``, unit norm) of an image-text model, or the ``B x C`` mean of
+    the encoder's patch tokens of an image-only one (MAE, MILAN)."""
     inner = _image_text_model(model)
     if hasattr(inner, 'encode_image'):
-        encode = inner.encode_image
-    else:
-        def encode(batch):
-            return inner.backbone(batch, mask=False)[-1][:, 1:].mean(dim=1)
-    return _encode_batches(model, images, encode, batch_size)
+        return inner.encode_image
+
+    def encode(batch):
+        return inner.backbone(batch, mask=False)[-1][:, 1:].mean(dim=1)
+
+    return encode
 
 
-def _text_model(model: torch.nn.Module) -> torch.nn.Module:
+def text_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The image-text model inside ``model`` (itself, or a zero-shot wrapper's ``model``).
+
+    Raises:
+        TypeError: The model has no text tower (MAE, MILAN).
+    """
     inner = _image_text_model(model)
     if not hasattr(inner, 'encode_text'):
         raise TypeError(f'{type(inner).__name__} has no text tower: text embeddings and '
@@ -230,7 +292,7 @@ def embed_texts(model: torch.nn.Module, texts: Union[str, Sequence[str]],
     Raises:
         TypeError: The model has no text tower (MAE, MILAN).
     """
-    inner = _text_model(model)
+    inner = text_model(model)
     texts = [texts] if isinstance(texts, str) else list(texts)
     device = next(inner.parameters()).device
     tokens = inner.tokenize(texts)
@@ -261,12 +323,12 @@ def zero_shot_classify(model: torch.nn.Module,
         ``pred_label`` (its index), ``pred_score`` (its probability), ``pred_scores`` (the
         ``C`` probabilities, a float numpy array) and ``img_path`` (None for in-memory images).
     """
-    inner = _text_model(model)
+    inner = text_model(model)
     names = load_classnames(class_names) if isinstance(class_names, str) else list(class_names)
     prompts = load_templates(templates) if isinstance(templates, str) else list(templates)
     if not names:
         raise ValueError('zero_shot_classify: no class names given')
-    images = _as_list(images)
+    images = image_inputs(images)
     features = embed_images(model, images, batch_size)
     classifier = build_text_classifier(inner.encode_text, inner.tokenize,
                                        names, prompts, features.device)

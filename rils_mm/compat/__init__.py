@@ -19,6 +19,8 @@ a run would crash, or a file could run code (:func:`install_required_fixes`):
 - :mod:`.safe_loading`: every checkpoint scheme (local, URLs, model-zoo names) loads
   weights-only; refusals and damaged files are one line naming the file. Our configs load
   checkpoints (``init_cfg``, ``load_from``) in any program that builds them.
+- :mod:`.safetensors_weights`: a safetensors file loads wherever a ``.pth`` does (through the
+  loaders above), as ``dict(state_dict=..., meta=...)`` (it patches nothing itself).
 - :mod:`.torchscript_weights`: the weights of a TorchScript archive (OpenAI's CLIP releases)
   without ``torch.jit.load``, which runs code from the file (used by the loaders above, by
   ``OpenCLIPModel`` and by our converters; it patches nothing itself).
@@ -59,6 +61,7 @@ from .parameter_reports import install_parameter_reports
 from .safe_loading import (URL_PREFIXES, CheckpointKeysError, CheckpointLoadError,
                            DamagedCheckpointError, MissingCheckpointError, UnsafeCheckpointError,
                            install_weights_only_loaders, weights_only_load)
+from .safetensors_weights import is_safetensors, safetensors_bytes, safetensors_load
 from .torchscript_weights import is_torchscript_archive, torchscript_state_dict
 
 __all__ = [
@@ -66,7 +69,8 @@ __all__ = [
     'CheckpointLoadError', 'DamagedCheckpointError',
     'MissingCheckpointError', 'UnsafeCheckpointError', 'weights_only_load', 'atomic_write_bytes',
     'is_torchscript_archive', 'torchscript_state_dict', 'DataFileError', 'UnsafeDataFileError',
-    'CheckpointSaveError', 'URL_PREFIXES'
+    'CheckpointSaveError', 'URL_PREFIXES', 'is_safetensors', 'safetensors_load',
+    'safetensors_bytes'
 ]
 
 

@@ -6,7 +6,8 @@ a checkpoint fetched by ``https://``, ``torchvision://``, ``open-mmlab://`` or `
 found under that name in the hub cache) could run code. Here every scheme of mmengine's
 ``CheckpointLoader`` is registered anew (so ``load_from``, ``--resume``, ``init_cfg``
 ``Pretrained``, ``load_checkpoint`` and our converters all use it), each one downloading or
-reading the file as before and then unpickling it with :func:`weights_only_load`.
+reading the file as before and then unpickling it with :func:`weights_only_load` (or, for a
+safetensors file, reading its tensors: :mod:`.safetensors_weights`).
 
 What is allowed besides tensors and containers: exactly the types mmengine's Runner writes
 into checkpoints (``HistoryBuffer`` and the numpy array/scalar/dtype types of its message hub).
@@ -111,6 +112,9 @@ def weights_only_load(source: Union[str, IO[bytes]],
         map_location: As for :func:`torch.load`.
         name (str, optional): How to call the file in messages (default: ``source``).
 
+    A safetensors file (recognised by its header, whatever its name) is read by
+    :func:`~.safetensors_weights.safetensors_load` as ``dict(state_dict=..., meta=...)``.
+
     Returns:
         The loaded object (dicts, lists, tensors, numbers, strings, allowed mmengine types).
 
@@ -122,6 +126,9 @@ def weights_only_load(source: Union[str, IO[bytes]],
     name = name or str(source)
     if isinstance(source, str) and osp.isfile(source) and osp.getsize(source) == 0:
         raise DamagedCheckpointError(f'checkpoint {name} is empty (0 bytes)')
+    from .safetensors_weights import is_safetensors, safetensors_load
+    if is_safetensors(source):  # no pickle at all: tensors and a JSON header
+        return safetensors_load(source, map_location, name=name)
     from .torchscript_weights import is_torchscript_archive
     if is_torchscript_archive(source):  # torch.load would refuse it, after a misleading warning
         raise UnsafeCheckpointError(

@@ -124,6 +124,8 @@ def install_checked_loading(runner: Runner, config: str, load_from_strict: bool 
                         revise_keys: list = [(r'^module.', '')]):  # noqa: B006 (mmengine's)
         # As Runner.load_checkpoint, with the load checked.
         checkpoint = _load_checkpoint(filename, map_location=map_location)
+        if runner._resume:
+            _check_training_state(filename, checkpoint)
         runner.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         state_dict = _state_dict(checkpoint, revise_keys)
@@ -138,6 +140,19 @@ def install_checked_loading(runner: Runner, config: str, load_from_strict: bool 
         return checkpoint
 
     runner.load_checkpoint = load_checkpoint
+
+
+def _check_training_state(filename: str, checkpoint: dict) -> None:
+    """``--resume`` needs what a Runner saves besides the weights; a published or converted
+    file (weights only) would fail deep in mmengine with a KeyError."""
+    missing = [key for key in ('meta', 'message_hub', 'optimizer')
+               if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise CheckpointKeysError(
+            f'--resume {filename}: it holds weights only (no {", ".join(missing)}: a published '
+            f'or converted file), not the training state a run resumes from (epoch_N.pth, '
+            f'iter_N.pth); to start a new run from these weights give '
+            f'--cfg-options load_from={filename}')
 
 
 def _check_load_from(config: str, filename: str, report: LoadReport,

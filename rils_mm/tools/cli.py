@@ -25,7 +25,9 @@ check, a data stream with nothing left to read. In detail:
   - ``load_from_strict = False``: load what fits and only log the rest (mmengine's default).
 
   ``--resume`` ignores both: the model and the optimizer's parameter groups (count and sizes)
-  must be those of the checkpoint, checked before the first step. Backbones that load
+  must be those of the checkpoint, checked before the first step, and a file of weights only
+  (published by ``tools/model_converters/publish_model.py``, or converted) is refused: it has
+  no training state to resume. Backbones that load
   pretrained weights through ``init_cfg`` (``Pretrained``/``CheckedPretrained`` with a
   ``prefix``, as in the detection and segmentation configs) are partial by design and checked
   by :func:`rils_mm.models.utils.load_checked` instead.

@@ -190,6 +190,30 @@ def rils_to_open_clip_main(argv: Optional[List[str]] = None) -> None:
           f"image {differences['image']:.1e}, text {differences['text']:.1e})")
 
 
+def publish_model_main(argv: Optional[List[str]] = None) -> None:
+    """``tools/model_converters/publish_model.py IN_CKPT OUT_FILE``."""
+    from .publish import publish_checkpoint
+    parser = argparse.ArgumentParser(
+        prog='tools/model_converters/publish_model.py',
+        description='Publish a checkpoint (mmpretrain\'s convention): its weights without the '
+        'optimizer and the other training state, as safetensors named '
+        '<OUT_FILE stem>-<first 8 hex digits of the sha256>.safetensors, and the metadata '
+        '(config, method, epoch/iter, data, the last validation figures) in a .json of the '
+        'same name.')
+    parser.add_argument('in_file', help='checkpoint to publish (epoch_N.pth, ...)')
+    parser.add_argument('out_file', help='name to publish under (e.g. '
+                        'checkpoints/rils_vit-demo.safetensors)')
+    args = parser.parse_args(argv)
+    record = publish_checkpoint(args.in_file, args.out_file)
+    metadata = record['metadata']
+    print(f'{args.in_file}: {metadata["num_tensors"]} tensors, '
+          f'{metadata["num_parameters"]} parameters'
+          + ''.join(f', {key} {metadata[key]}' for key in ('method', 'epoch', 'iter')
+                    if key in metadata))
+    path = record['metafile']['Weights']
+    print(f'wrote {path} (sha256 {record["sha256"]}) and {path[:-len(".safetensors")]}.json')
+
+
 def run(main, argv: Optional[List[str]] = None) -> None:
     """Run a converter main (with :func:`rils_mm.compat.install_tool_conveniences`); a
     conversion or load failure is one line and exit status 1."""

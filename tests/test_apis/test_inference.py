@@ -16,7 +16,7 @@ from rils_mm.apis import (MODEL_INDEX, embed_images, embed_texts, init_model, li
                           zero_shot_classify)
 from rils_mm.compat import CheckpointKeysError, UnsafeCheckpointError
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 RILS_DEMO = 'rils-mm_rils_vit-demo-p8_1xb64-coslr-6e_demo-shapes'
 CLIP_DEMO = 'rils-mm_clip_vit-demo-p8_1xb64-coslr-6e_demo-shapes'
 MAE_DEMO = 'rils-mm_mae_vit-demo-p8_1xb64-coslr-6e_demo-shapes'
