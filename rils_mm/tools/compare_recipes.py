@@ -182,8 +182,12 @@ def test_size(cfg) -> str:
     text = f'fit {_size(resize.scale)}' if resize and resize.get('scale') else 'as loaded'
     if pad and pad.get('size'):
         return text + f', pad {_size(pad.size)}'
-    return text + ', pad to /32' if cfg.model.get('data_preprocessor', {}).get(
-        'pad_size_divisor') else text
+    divisor = cfg.model.get('data_preprocessor', {}).get('pad_size_divisor')
+    if not divisor:
+        return text
+    if resize and resize.get('scale') and tuple(resize.scale) == (divisor, divisor):
+        return text + f', pad {_size(divisor)}'  # fitted in the square, padded to it
+    return text + f', pad to /{divisor}'
 
 
 def _rcnn_test(cfg) -> dict:
