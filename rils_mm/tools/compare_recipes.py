@@ -9,7 +9,8 @@ The anchors:
 - mmdet's ViTDet project (``projects/ViTDet/configs/``), which pip's mmdet wheel does not ship:
   constants likewise;
 - mmseg's MAE UperNet config (``mmseg::mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py``),
-  loaded from the installed mmseg and read with the same functions as ours.
+  and for ViT-L its BEiT-L config (mmseg has no MAE-L), loaded from the installed mmseg and
+  read with the same functions as ours.
 
 Configs are parsed with ``mmengine.Config`` only (no model, no torch import): a second.
 A row is *equal* when our value equals every anchor's; otherwise our config must say why in its
@@ -319,8 +320,8 @@ def _d2(path: str, line: str) -> str:
 _D2_COCO_B = {
     'lr': ('0.0001', _d2('configs/common/optim.py', '25')),
     'weight_decay': ('0.1', _d2('configs/common/optim.py', '27')),
-    # weight_decay_norm=0.0 (optim.py:23), overrides pos_embed (COCO/mask_rcnn_vitdet_b_100ep.py:40);
-    # biases keep weight decay (get_default_optimizer_params: weight_decay_bias=None).
+    # weight_decay_norm=0.0 (optim.py:23), the pos_embed override (mask_rcnn_vitdet_b_100ep.py:
+    # 40); biases keep weight decay (get_default_optimizer_params: weight_decay_bias=None).
     'wd_exemptions': ('norm, pos_embed', _d2('ViTDet/COCO/mask_rcnn_vitdet_b_100ep.py', '40')),
     'layer_decay': ('0.7', _d2('ViTDet/COCO/mask_rcnn_vitdet_b_100ep.py', '39')),
     'drop_path': ('0.1', _d2('configs/common/models/mask_rcnn_vitdet.py', '15')),
@@ -388,6 +389,8 @@ _MMDET_COCO_B = {  # COCO only: the project has no LVIS config
 }
 
 MMSEG_MAE_B = 'mmseg::mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py'
+# mmseg has no MAE ViT-L config; its only ViT-L UperNet is BEiT-L's.
+MMSEG_BEIT_L = 'mmseg::beit/beit-large_upernet_8xb1-amp-160k_ade20k-640x640.py'
 
 
 class Recipe:
@@ -417,6 +420,12 @@ RECIPES: Dict[str, Recipe] = {
                    DETECTION_ROWS, {D2: _D2_LVIS_B}),
     'ade20k': Recipe('configs/upernet/rils_vit-b16_upernet_8xb2-160k_ade20k-512x512.py',
                      SEGMENTATION_ROWS, anchor_configs={'mmseg MAE-B': MMSEG_MAE_B}),
+    'coco-l': Recipe('configs/mask_rcnn/rils_vit-l16_mask-rcnn_vitdet-lsj-100e_coco.py',
+                     DETECTION_ROWS, {D2: dict(_D2_COCO_B, **_D2_L)}),
+    'lvis-l': Recipe('configs/mask_rcnn/rils_vit-l16_mask-rcnn_vitdet-lsj-100e_lvis-v1.py',
+                     DETECTION_ROWS, {D2: dict(_D2_LVIS_B, **_D2_L)}),
+    'ade20k-l': Recipe('configs/upernet/rils_vit-l16_upernet_8xb2-160k_ade20k-512x512.py',
+                       SEGMENTATION_ROWS, anchor_configs={'mmseg BEiT-L': MMSEG_BEIT_L}),
 }
 
 
