@@ -33,8 +33,7 @@ test_dataloader = val_dataloader
 # and mmseg's layer-decay constructors, nor on the position embedding, as detectron2.
 optim_wrapper = dict(
     _delete_=True,
-    type='AmpOptimWrapper',
-    loss_scale='dynamic',
+    type='AmpOptimWrapper',  # loss scale: dynamic (its default)
     constructor='RILSLayerDecayOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1),
     paramwise_cfg=dict(

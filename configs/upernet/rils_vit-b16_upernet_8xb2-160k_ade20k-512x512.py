@@ -17,8 +17,7 @@ default_scope = 'mmseg'
 # position embedding and class token.
 optim_wrapper = dict(
     _delete_=True,
-    type='AmpOptimWrapper',
-    loss_scale='dynamic',
+    type='AmpOptimWrapper',  # loss scale: dynamic (its default)
     constructor='RILSLayerDecayOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(

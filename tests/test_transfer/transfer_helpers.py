@@ -175,8 +175,8 @@ def tiny_mask_rcnn(cfg, checkpoint):
 
 def cpu_optim_wrapper(cfg):
     """The config's mixed-precision wrapper as the plain one (mmengine's AmpOptimWrapper
-    needs a GPU), what ``--cfg-options optim_wrapper.type=OptimWrapper`` does plus dropping
-    ``loss_scale``, which the plain wrapper does not take."""
+    needs a GPU), as ``--cfg-options optim_wrapper.type=OptimWrapper`` does (``loss_scale``,
+    which the plain wrapper does not take, is dropped if a config sets it)."""
     if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':
         cfg.optim_wrapper.type = 'OptimWrapper'
         cfg.optim_wrapper.pop('loss_scale', None)
