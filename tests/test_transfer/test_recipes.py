@@ -36,6 +36,7 @@ CONFIGS = {
     MASK_RCNN.format('l', 'coco'): ('mmdet', 24, [5, 11, 17, 23], 81, 0.8),
     MASK_RCNN.format('l', 'lvis-v1'): ('mmdet', 24, [5, 11, 17, 23], 1203, 0.8),
     UPERNET.format('l', ''): ('mmseg', 24, list(range(24)), 150, 0.75),
+    UPERNET.format('l', '-ms'): ('mmseg', 24, list(range(24)), 150, 0.75),
     MASK_RCNN.format('b', 'coco-2pct'): ('mmdet', 12, [2, 5, 8, 11], 81, 0.7),
 }
 
