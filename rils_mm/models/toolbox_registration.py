@@ -4,7 +4,8 @@ mmengine resolves a config's ``type`` in the registry of its ``default_scope`` (
 registry's parents), so a detector config (``default_scope='mmdet'``) cannot find a module that
 only mmpretrain's registry knows. The *same* class objects are added to each toolbox's
 ``MODELS`` registry (no copies): the RILS vision encoder, the ViTDet feature pyramid and
-mmpretrain's channel LayerNorm ``LN2d`` (ViTDet's necks and heads use it). A toolbox that is not
+mmpretrain's channel LayerNorm ``LN2d`` (ViTDet's necks and heads use it), and in mmdet's
+the LVIS federated loss ``FederatedLoss``. A toolbox that is not
 installed is skipped. The layer-decay optimizer constructor is registered likewise by
 :mod:`rils_mm.engine.toolbox_registration`.
 """
@@ -14,6 +15,7 @@ from typing import Optional
 from mmpretrain.models.utils import LayerNorm2d
 
 from .backbones.rils_vit import RILSViT
+from .losses.federated import FederatedLoss
 from .necks.simple_feature_pyramid import SimpleFeaturePyramid
 
 __all__ = ['register_in_toolboxes', 'register_same_module', 'REGISTERED_TOOLBOXES']
@@ -58,6 +60,8 @@ def register_in_toolboxes(toolboxes=('mmpretrain', 'mmdet', 'mmseg')) -> list:
             continue
         for module in (RILSViT, SimpleFeaturePyramid):
             register_same_module(registry.MODELS, module)
+        if toolbox == 'mmdet':  # a box-head classification loss (mmdet's BBoxHead hooks)
+            register_same_module(registry.MODELS, FederatedLoss)
         if 'LN2d' not in registry.MODELS.module_dict:
             register_same_module(registry.MODELS, LayerNorm2d, name='LN2d')
         if toolbox not in REGISTERED_TOOLBOXES:

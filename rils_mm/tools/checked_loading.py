@@ -27,7 +27,7 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint
 
@@ -127,7 +127,11 @@ def install_checked_loading(runner: Runner, config: str, load_from_strict: bool 
         if runner._resume:
             _check_training_state(filename, checkpoint)
         runner.call_hook('after_load_checkpoint', checkpoint=checkpoint)
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = runner.model
+        # A DDP wrapper, or a test-time-augmentation model (mmseg's SegTTAModel, the -ms
+        # configs) around the model the checkpoint holds: as mmengine's load_state_dict.
+        if is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+            model = model.module
         state_dict = _state_dict(checkpoint, revise_keys)
         report = load_state_dict_report(model, state_dict, filename)
         if runner._resume:

@@ -90,6 +90,10 @@ RUN_OTHER_TOOLS = {
     'tools/analysis_tools/repeat_dist_train.py': 'runs tools/dist_train.sh (train.py: run_cli)',
     # Its logger shows warnings only (no init_weights report), and it formats no config.
     'tools/benchmark_train.py': 'logs at WARNING',
+    # No torch, no logger, no config printed: they parse configs / json and print a table or a
+    # line (importing rils_mm for the fixes would cost them their second).
+    'tools/analysis_tools/compare_recipes.py': 'parses configs, prints a table',
+    'tools/dataset_converters/coco_subset.py': 'json in, json out',
 }
 
 

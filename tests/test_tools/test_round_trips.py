@@ -27,8 +27,8 @@ from mmengine.config import Config
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(REPO, 'tests', 'test_transfer'))
-from transfer_helpers import (CLASSES, TINY_ARCH, shrink_sizes, tiny_loader,  # noqa: E402
-                              tiny_mask_rcnn, write_ade, write_coco)
+from transfer_helpers import (CLASSES, TINY_ARCH, cpu_optim_wrapper, shrink_sizes,  # noqa: E402
+                              tiny_loader, tiny_mask_rcnn, write_ade, write_coco)
 from tool_processes import run_python  # noqa: E402
 
 DEMO = 'configs/rils/demo_cpu.py'
@@ -156,7 +156,7 @@ def encoder_keys(converter_output):
 # --- transfer: mmdet Mask R-CNN and mmseg UperNet -----------------------------------------------
 def tiny_mask_rcnn_config(encoder, data_root):
     """The COCO Mask R-CNN config with the tiny encoder (windows of 4 patches, block 2 global),
-    32-channel pyramid and heads, 128 px images, 4 generated images: 2 iterations an epoch."""
+    32-channel pyramid and heads, 128 px images, 4 generated images: 2 iterations (an epoch)."""
     ann_file = write_coco(str(data_root))
     cfg = Config.fromfile(osp.join(REPO, COCO_CONFIG))
     tiny_mask_rcnn(cfg, str(encoder))
@@ -188,11 +188,12 @@ def tiny_upernet_config(encoder, data_root):
     cfg.train_cfg.update(max_iters=2, val_interval=2)
     cfg.default_hooks.checkpoint.interval = 2
     cfg.default_hooks.logger.interval = 1
+    cpu_optim_wrapper(cfg)
     return cfg
 
 
 TRANSFERS = {
-    'mmdet': dict(make_config=tiny_mask_rcnn_config, checkpoint='epoch_1.pth',
+    'mmdet': dict(make_config=tiny_mask_rcnn_config, checkpoint='iter_2.pth',
                   metrics=('coco/bbox_mAP', 'coco/segm_mAP')),
     'mmseg': dict(make_config=tiny_upernet_config, checkpoint='iter_2.pth',
                   metrics=('mIoU', 'aAcc')),
@@ -329,8 +330,8 @@ def test_rils_pretraining_resumes_in_a_new_process(pretraining):
 
 # The resumed run of each toolbox: a larger maximum, and the progress lines it must print.
 RESUMES = {
-    'mmdet': dict(larger_max='train_cfg.max_epochs=2', epoch=1, saved='epoch_2.pth',
-                  lines=['[2][1/2]', '[2][2/2]']),
+    'mmdet': dict(larger_max='train_cfg.max_iters=4', epoch=0, saved='iter_4.pth',
+                  lines=['[3/4]', '[4/4]']),
     'mmseg': dict(larger_max='train_cfg.max_iters=4', epoch=0, saved='iter_4.pth',
                   lines=['[3/4]', '[4/4]']),
 }

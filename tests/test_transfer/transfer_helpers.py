@@ -146,8 +146,10 @@ def tiny_loader(loader):
 
 def tiny_mask_rcnn(cfg, checkpoint):
     """ViTDet Mask R-CNN with a 4-block, 32-wide ViT (windows of 4 patches, block 2 global),
-    32-channel pyramid and heads, few proposals, 128 px inputs."""
+    32-channel pyramid and heads, few proposals, 128 px inputs, 2 iterations (validated and
+    saved after the second) in fp32."""
     shrink_sizes(cfg)
+    cfg.model.data_preprocessor.pad_size_divisor = TINY_SIZES[(1024, 1024)][0]  # the square
     cfg.model.backbone.update(arch=TINY_ARCH, window_size=4, window_block_indexes=[0, 1, 3],
                               out_indices=[3])
     cfg.model.backbone.init_cfg.checkpoint = checkpoint
@@ -161,10 +163,23 @@ def tiny_mask_rcnn(cfg, checkpoint):
     cfg.model.train_cfg.rpn_proposal.max_per_img = 64
     cfg.model.train_cfg.rcnn.sampler.num = 32
     cfg.model.test_cfg.rpn.update(nms_pre=100, max_per_img=50)
-    cfg.train_cfg.update(max_epochs=1, val_interval=1)
+    if roi.bbox_head.loss_cls.type == 'FederatedLoss':
+        roi.bbox_head.loss_cls.num_classes = len(CLASSES)
+    cfg.train_cfg.update(max_iters=2, val_interval=2)
+    cfg.default_hooks.checkpoint.interval = 2
     cfg.default_hooks.logger.interval = 1
+    cpu_optim_wrapper(cfg)
     for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
         tiny_loader(loader)
+
+
+def cpu_optim_wrapper(cfg):
+    """The config's mixed-precision wrapper as the plain one (mmengine's AmpOptimWrapper
+    needs a GPU), as ``--cfg-options optim_wrapper.type=OptimWrapper`` does (``loss_scale``,
+    which the plain wrapper does not take, is dropped if a config sets it)."""
+    if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':
+        cfg.optim_wrapper.type = 'OptimWrapper'
+        cfg.optim_wrapper.pop('loss_scale', None)
 
 
 def pretrainer_cfg(arch):

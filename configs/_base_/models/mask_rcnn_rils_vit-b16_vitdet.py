@@ -16,7 +16,13 @@ model = dict(
         mean=[122.770938, 116.7460125, 104.09373615],
         std=[68.5005327, 66.6321579, 70.32316305],
         bgr_to_rgb=True,
-        pad_size_divisor=32,
+        # Every batch padded to the 1024 x 1024 square, at test time too (images are fitted in
+        # it), as ViTDet's square_pad=1024 (detectron2): windowed attention and the global
+        # blocks' relative positions see the grid they were trained on, boxes are clipped to
+        # the image (img_shape), and the padding is zero after normalisation. (A Pad step in
+        # the test pipeline, mmdet's ViTDet project, also sets img_shape to the square, which
+        # lets boxes reach into the padding.)
+        pad_size_divisor=input_size[0],
         batch_augments=[
             dict(type='BatchFixedSizePad', size=input_size, img_pad_value=0, pad_mask=True,
                  mask_pad_value=0, pad_seg=False)
