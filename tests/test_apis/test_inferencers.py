@@ -5,7 +5,6 @@ decode."""
 import os
 import os.path as osp
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -24,6 +23,7 @@ from rils_mm.compat import safetensors_bytes
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(REPO, 'tests', 'test_tools'))
 from tiny_demo import TINY_MODEL  # noqa: E402
+from tool_processes import run_python  # noqa: E402
 
 RILS_DEMO = 'rils-mm_rils_vit-demo-p8_1xb64-coslr-6e_demo-shapes'
 MAE_DEMO = 'rils-mm_mae_vit-demo-p8_1xb64-coslr-6e_demo-shapes'
@@ -163,8 +163,8 @@ def test_captions_of_the_demo_mammut_config(tmp_path):
 
 
 def run_tool(*args):
-    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED='1'), timeout=600)
+    result = run_python([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONUNBUFFERED='1'), timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines()
              if 'Epoch(test)' in line and '/' in line.split('Epoch(test)')[-1]]

@@ -10,7 +10,6 @@ import json
 import os
 import os.path as osp
 import re
-import subprocess
 import sys
 
 import pytest
@@ -27,6 +26,7 @@ from rils_mm.tools.publish import publish_checkpoint
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(REPO, 'tests', 'test_tools'))
 from tiny_demo import TINY_MODEL, tiny_data, tiny_run  # noqa: E402
+from tool_processes import run_python  # noqa: E402
 
 RILS_DEMO = 'rils-mm_rils_vit-demo-p8_1xb64-coslr-6e_demo-shapes'
 METRIC = r'accuracy/top1: ([\d.]+)\s+accuracy/top5: ([\d.]+)'
@@ -194,8 +194,8 @@ def test_model_index_weights_load_strictly(tmp_path):
 
 
 def run_tool(*args):
-    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED='1'), timeout=600)
+    result = run_python([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONUNBUFFERED='1'), timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return result.stdout + result.stderr
 
@@ -238,9 +238,9 @@ def test_published_file_evaluates_as_the_checkpoint_in_other_processes(tmp_path)
     out = run_tool(*train[:2], '--work-dir', str(tmp_path / 'load_from'), *train[2:],
                    f'load_from={published.group(1)}')
     assert f'Load checkpoint from {published.group(1)}' in out
-    result = subprocess.run([sys.executable, *train[:2], '--work-dir', str(tmp_path / 'resume'),
+    result = run_python([sys.executable, *train[:2], '--work-dir', str(tmp_path / 'resume'),
                              '--resume', published.group(1), *train[2:]], cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == (
         f'tools/train.py: error: --resume {published.group(1)}: it holds weights only (no '

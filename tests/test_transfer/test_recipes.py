@@ -9,7 +9,6 @@ encoder's size, and in the annotation file, which is loaded here.)"""
 import importlib
 import json
 import os.path as osp
-import subprocess
 import sys
 
 import numpy as np
@@ -23,6 +22,7 @@ import rils_mm  # noqa: F401
 from rils_mm.tools import compare_recipes
 
 from transfer_helpers import CLASSES, cpu_optim_wrapper, write_coco
+from tool_processes import run_python  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 MASK_RCNN = 'configs/mask_rcnn/rils_vit-{}16_mask-rcnn_vitdet-lsj-100e_{}.py'
@@ -101,8 +101,8 @@ def test_detection_batches_are_padded_to_the_square_at_test_time():
 
 def test_compare_recipes_explains_every_difference():
     """The tool in its own process: the tables, every row equal or carrying its reason."""
-    proc = subprocess.run([sys.executable, 'tools/analysis_tools/compare_recipes.py', '--check'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_python([sys.executable, 'tools/analysis_tools/compare_recipes.py', '--check'],
+                      cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert 'UNEXPLAINED' not in proc.stdout
     for recipe in compare_recipes.RECIPES:
@@ -110,8 +110,8 @@ def test_compare_recipes_explains_every_difference():
     assert '| lr (AdamW) | 0.0002 | 0.0002 | equal |' in proc.stdout  # LVIS beside detectron2
     assert '| test size / pad | fit 1024x1024, pad 1024x1024 |' in proc.stdout
 
-    proc = subprocess.run([sys.executable, 'tools/analysis_tools/compare_recipes.py', 'cocoo'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_python([sys.executable, 'tools/analysis_tools/compare_recipes.py', 'cocoo'],
+                      cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "tools/analysis_tools/compare_recipes.py: error: unknown recipe 'cocoo'; choose from "
@@ -144,7 +144,7 @@ def test_coco_subset_is_seeded_and_lists_its_images(tmp_path):
     ids = [image['id'] for image in json.load(open(source))['images']]
 
     def subset(out, *options):
-        return subprocess.run(
+        return run_python(
             [sys.executable, 'tools/dataset_converters/coco_subset.py', source, str(out),
              *options], cwd=ROOT, capture_output=True, text=True, timeout=60)
 

@@ -5,7 +5,6 @@ COCO test pipeline pads to the (shrunk) square, LVIS trains with the federated l
 is also tested with multi-scale + flip (the -ms config)."""
 import json
 import os.path as osp
-import subprocess
 import sys
 
 import pytest
@@ -15,6 +14,7 @@ from rils_mm.tools.model_converters import rils_to_toolbox_main
 
 from transfer_helpers import (CLASSES, TINY_ARCH, shrink_sizes, tiny_loader, tiny_mask_rcnn,
                               write_ade, write_coco)
+from tool_processes import run_python  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 COCO_CONFIG = osp.join(ROOT, 'configs/mask_rcnn/rils_vit-b16_mask-rcnn_vitdet-lsj-100e_coco.py')
@@ -39,8 +39,8 @@ def set_coco_data(dataset, root, ann_file, image_dir):
 
 def run_tool(*args):
     """A tool of the repository in its own process; returns its stdout + stderr."""
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=TOOL_TIMEOUT)
+    proc = run_python([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                      text=True, timeout=TOOL_TIMEOUT)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f'{args[0]} exited with {proc.returncode}:\n{output[-4000:]}'
     return output
