@@ -5,12 +5,13 @@ their size (the contrastive loss gathers equal-sized batches across ranks) and e
 sample must be seen exactly once per epoch. Only a stream whose batches are formed *after*
 filtering gives all three (a map-style index with a sampler would have to replace a bad
 sample by a duplicate, or shrink the batch), so this is a ``torch.utils.data.IterableDataset``
-that the DataLoader batches inside each worker. Shards are read sequentially, as webdataset
-does, by member offsets from the tar headers (resume and shuffling rely on them): local files
-(or a network file system) with plain ``open()``, or object stores and HTTP servers
-(``s3://bucket/x/{000000..000099}.tar``, ``gs://...``, ``https://...``) by range reads through
-fsspec (see :mod:`rils_mm.datasets.remote_io`: the optional ``rils_mm[remote]`` extra; not
-``pipe:`` URLs). Credentials for remote shards come only from the environment (the defaults
+that the DataLoader batches inside each worker. Shards are read as webdataset reads them, each
+front to back in one stream (``access='stream'``, :mod:`rils_mm.datasets.tar_stream`): local
+files with plain ``open()``, ``https://`` with one GET, object stores (``s3://``, ``gs://``)
+through fsspec, ``pipe:COMMAND`` from a command's output; each sample carries the byte offset of
+the next whole sample, which resume reopens a shard at. ``access='random'`` scans the tar
+headers first and reads samples by their offsets (range reads through fsspec for remote shards,
+see :mod:`rils_mm.datasets.remote_io`: the optional ``rils_mm[remote]`` extra). Credentials for remote shards come only from the environment (the defaults
 of fsspec, s3fs, gcsfs), never from the config. Configure the
 dataloader with ``sampler=None``; use ``IterBasedTrainLoop`` (one endless pass), or
 ``EpochBasedTrainLoop`` with ``samples_per_epoch`` and ``batch_size`` (nominal epochs: equal
@@ -21,9 +22,10 @@ num_workers``. For epoch ``e`` the shard list is cut into units (whole shards; w
 fewer shards than roles, every shard is split into interleaved parts so that no role idles),
 the units are shuffled with ``Random(seed, e)`` -- the same on every rank -- and role ``r``
 takes units ``r, r + S, r + 2S, ...``. So the roles partition the epoch: no duplicates, no
-gaps. A role reads its units' tar headers (:func:`scan_shard`), passes the sample references
-through a shuffle buffer driven by ``Random(seed, e, r)`` and decodes only what leaves the
-buffer. The stream is endless: after epoch ``e`` a role goes on with ``e + 1``.
+gaps. A role reads its units (streams, or with ``access='random'`` the tar headers), passes the
+samples through a shuffle buffer driven by ``Random(seed, e, r)`` (:class:`ShuffleBuffer`) and
+decodes only what leaves the buffer. The stream is endless: after epoch ``e`` a role goes on
+with ``e + 1``.
 
 Resume. Every sample carries ``stream_state = (role in rank, epoch, position, num_workers)``
 in its metainfo, where position counts raw stream entries (good and bad) of that epoch. The
@@ -31,9 +33,12 @@ DataLoader returns worker batches round-robin in order, so :class:`DataResumeHoo
 the consumed batches alone, where each role stands and which role is due next; it stores that
 per rank in checkpoints. On ``--resume`` it hands the state back with
 :meth:`ImageTextShardDataset.set_resume_state`, restarts the dataloader iterator and makes the
-loop's "advance ``iter`` batches" a no-op. Each role then replays its epoch's order from the
-tar headers alone up to its position (no image decoded) and continues, so the resumed run sees
-exactly the samples an uninterrupted run would have seen. Augmentation randomness is drawn
+loop's "advance ``iter`` batches" a no-op. A streaming role carries a cursor too (counts of the
+shuffle buffer, byte offsets of its oldest held sample and of its reader; see
+:meth:`ImageTextShardDataset._stream_entries`): it rebuilds the buffer by reading again from
+the oldest held sample, one request per shard, and goes on; with ``access='random'`` a role
+replays its epoch's order from the tar headers alone up to its position (no image decoded).
+Either way the resumed run sees exactly the samples an uninterrupted run would have seen. Augmentation randomness is drawn
 from a per-sample seed ``(seed, epoch, role, position)``, so crops match too.
 
 Bad samples raise :class:`BadSampleError` in the pipeline (or, for a missing image or

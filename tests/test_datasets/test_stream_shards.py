@@ -165,3 +165,40 @@ def test_failing_pipe_command_is_one_unreadable_shard(served, monkeypatch):
     assert len(lines) == 1 and '\n' not in lines[0]
     assert failing in lines[0] and 'exited with status 3: fatal: no such bucket' in lines[0]
     assert not osp.exists(failing)
+
+
+@pytest.fixture
+def s3_shards(served, monkeypatch):
+    """The test shards on a real S3 API (moto's server on 127.0.0.1); their URL pattern."""
+    moto_server = pytest.importorskip('moto.server')  # test requirements: moto[server], s3fs
+    s3fs = pytest.importorskip('s3fs')
+    import logging
+
+    import rils_mm.datasets.remote_io as remote_io
+    logging.getLogger('werkzeug').setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in dict(AWS_ACCESS_KEY_ID='fake', AWS_SECRET_ACCESS_KEY='fake',
+                           AWS_ENDPOINT_URL=f'http://{host}:{port}',
+                           AWS_DEFAULT_REGION='us-east-1',
+                           AWS_EC2_METADATA_DISABLED='true').items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(remote_io, '_FILESYSTEMS', {})  # no file system of another endpoint
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir('stream-test')
+    fs.put(str(served[1] / 'shards') + '/', 'stream-test/shards/', recursive=True)
+    yield f's3://stream-test/shards/{PATTERN}'
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+def test_s3_stream_resumes_exactly(served, s3_shards):
+    local = items(dataset_of(str(served[1] / 'shards' / PATTERN)), 40)
+    reference = items(dataset_of(s3_shards), 40)
+    assert [i[0] for i in reference] == [i[0] for i in local]
+    for cut in (3, 17, 30):
+        resumed = items(resume_from(dataset_of(s3_shards), reference[cut - 1][1]), 10)
+        assert [i[:2] for i in resumed] == [i[:2] for i in reference[cut:cut + 10]]
+        assert all(torch.equal(a[2], b[2]) for a, b in zip(resumed, reference[cut:cut + 10]))
