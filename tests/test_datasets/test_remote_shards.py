@@ -466,3 +466,26 @@ def test_train_tool_whose_server_dies_mid_epoch_stops_in_one_line(tmp_path, serv
     assert re.match(r'tools/train\.py: error: Rank 0 dataloader worker \d \(role \d of 2\) '
                     r'found no usable sample in 3 epochs of 5 shard\(s\)', line), line
     assert 'Last shard error: Cannot read shard ' in line
+
+
+def test_train_tool_on_pipe_shards_counts_a_failing_command_in_one_warning(tmp_path, www):
+    """tools/train.py on ``pipe:cat ...`` shards (braces expanded), one of them a command that
+    fails: the run finishes; the failure is one warning line with the command's last stderr
+    line, and the bad-sample log counts the shard."""
+    shards = [f'pipe:cat {www}/shards/{{00000..00001}}.tar',
+              'pipe:echo "fatal: bucket gone" >&2; exit 2',
+              f'pipe:cat {www}/shards/{{00002..00004}}.tar']
+    config = tmp_path / 'train_on_pipe.py'
+    config.write_text(TRAIN_ON_URL.format(
+        demo=osp.join(REPO, 'configs', 'rils', 'demo_cpu.py'), workers=0, persistent=False,
+        shards=shards, access='stream'))
+    result = subprocess.run([sys.executable, 'tools/train.py', str(config), '--work-dir',
+                             str(tmp_path / 'work')], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    lines = [line for line in output.splitlines()
+             if 'UserWarning: Skipping unreadable shard' in line]
+    assert lines and all("pipe:echo \"fatal: bucket gone\" >&2; exit 2" in line and
+                         'exited with status 2: fatal: bucket gone' in line for line in lines)
+    assert 'unreadable_shard' in output and 'Traceback' not in output
