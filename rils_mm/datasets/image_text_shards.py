@@ -11,9 +11,9 @@ files with plain ``open()``, ``https://`` with one GET, object stores (``s3://``
 through fsspec, ``pipe:COMMAND`` from a command's output; each sample carries the byte offset of
 the next whole sample, which resume reopens a shard at. ``access='random'`` scans the tar
 headers first and reads samples by their offsets (range reads through fsspec for remote shards,
-see :mod:`rils_mm.datasets.remote_io`: the optional ``rils_mm[remote]`` extra). Credentials for remote shards come only from the environment (the defaults
-of fsspec, s3fs, gcsfs), never from the config. Configure the
-dataloader with ``sampler=None``; use ``IterBasedTrainLoop`` (one endless pass), or
+see :mod:`rils_mm.datasets.remote_io`: the optional ``rils_mm[remote]`` extra). Credentials
+for remote shards come only from the environment (the defaults of fsspec, s3fs, gcsfs), never
+from the config. Configure the dataloader with ``sampler=None``; use ``IterBasedTrainLoop`` (one endless pass), or
 ``EpochBasedTrainLoop`` with ``samples_per_epoch`` and ``batch_size`` (nominal epochs: equal
 numbers of batches per rank, each pass continuing the stream where the last stopped).
 
@@ -38,8 +38,8 @@ shuffle buffer, byte offsets of its oldest held sample and of its reader; see
 :meth:`ImageTextShardDataset._stream_entries`): it rebuilds the buffer by reading again from
 the oldest held sample, one request per shard, and goes on; with ``access='random'`` a role
 replays its epoch's order from the tar headers alone up to its position (no image decoded).
-Either way the resumed run sees exactly the samples an uninterrupted run would have seen. Augmentation randomness is drawn
-from a per-sample seed ``(seed, epoch, role, position)``, so crops match too.
+Either way the resumed run sees exactly the samples an uninterrupted run would have seen.
+Augmentation randomness is drawn from a per-sample seed ``(seed, epoch, role, position)``, so crops match too.
 
 Bad samples raise :class:`BadSampleError` in the pipeline (or, for a missing image or
 caption, before any decoding); they are skipped and their reasons travel with the next good sample
