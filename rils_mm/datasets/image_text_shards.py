@@ -13,8 +13,8 @@ the next whole sample, which resume reopens a shard at. ``access='random'`` scan
 headers first and reads samples by their offsets (range reads through fsspec for remote shards,
 see :mod:`rils_mm.datasets.remote_io`: the optional ``rils_mm[remote]`` extra). Credentials
 for remote shards come only from the environment (the defaults of fsspec, s3fs, gcsfs), never
-from the config. Configure the dataloader with ``sampler=None``; use ``IterBasedTrainLoop`` (one endless pass), or
-``EpochBasedTrainLoop`` with ``samples_per_epoch`` and ``batch_size`` (nominal epochs: equal
+from the config. Configure the dataloader with ``sampler=None``; use ``IterBasedTrainLoop``
+(one endless pass), or ``EpochBasedTrainLoop`` with ``samples_per_epoch`` and ``batch_size`` (nominal epochs: equal
 numbers of batches per rank, each pass continuing the stream where the last stopped).
 
 Order. Each DataLoader worker of each rank plays a *role* ``r`` of ``S = world_size x
