@@ -14,8 +14,9 @@ headers first and reads samples by their offsets (range reads through fsspec for
 see :mod:`rils_mm.datasets.remote_io`: the optional ``rils_mm[remote]`` extra). Credentials
 for remote shards come only from the environment (the defaults of fsspec, s3fs, gcsfs), never
 from the config. Configure the dataloader with ``sampler=None``; use ``IterBasedTrainLoop``
-(one endless pass), or ``EpochBasedTrainLoop`` with ``samples_per_epoch`` and ``batch_size`` (nominal epochs: equal
-numbers of batches per rank, each pass continuing the stream where the last stopped).
+(one endless pass), or ``EpochBasedTrainLoop`` with ``samples_per_epoch`` and ``batch_size``
+(nominal epochs: equal numbers of batches per rank, each pass continuing the stream where the
+last stopped).
 
 Order. Each DataLoader worker of each rank plays a *role* ``r`` of ``S = world_size x
 num_workers``. For epoch ``e`` the shard list is cut into units (whole shards; when there are
@@ -39,7 +40,8 @@ shuffle buffer, byte offsets of its oldest held sample and of its reader; see
 the oldest held sample, one request per shard, and goes on; with ``access='random'`` a role
 replays its epoch's order from the tar headers alone up to its position (no image decoded).
 Either way the resumed run sees exactly the samples an uninterrupted run would have seen.
-Augmentation randomness is drawn from a per-sample seed ``(seed, epoch, role, position)``, so crops match too.
+Augmentation randomness is drawn from a per-sample seed ``(seed, epoch, role, position)``, so
+crops match too.
 
 Bad samples raise :class:`BadSampleError` in the pipeline (or, for a missing image or
 caption, before any decoding); they are skipped and their reasons travel with the next good sample
