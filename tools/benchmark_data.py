@@ -13,13 +13,22 @@ times decoded samples per second of
 A benchmark, not a test: numbers depend on the machine (and on other load)::
 
     python tools/benchmark_data.py --num-samples 2048 --workers 1 2 4
+
+With ``--remote`` both read the same shards from an HTTP server on 127.0.0.1 (Range support,
+``--latency`` ms waited per request), interleaved (ours, webdataset, ours, webdataset), and
+the requests and bytes served per sample are printed beside the rates::
+
+    python tools/benchmark_data.py --remote --num-samples 800 --per-shard 200 \\
+        --latency 0 10 30 --workers 1 4
 """
 import argparse
 import io
 import os
 import os.path as osp
+import re
 import sys
 import tempfile
+import threading
 import time
 import types
 from argparse import Namespace
@@ -95,7 +104,109 @@ def open_clip_loader(shards: str, num_samples: int, batch_size: int, workers: in
     return data_info.dataloader
 
 
-def samples_per_second(loader, batch_size: int, measured_batches: int) -> float:
+class LatencyServer:
+    """HTTP/1.1 server on 127.0.0.1 over a folder: ``Range: bytes=a-[b]`` answered with 206,
+    ``latency`` seconds waited before each answer; counts requests and body bytes."""
+
+    def __init__(self, root: str) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        self.root, self.latency, self.requests, self.bytes = root, 0.0, 0, 0
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+            disable_nagle_algorithm = True
+
+            def do_GET(self):
+                server.answer(self, body=True)
+
+            def do_HEAD(self):
+                server.answer(self, body=False)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}'
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def answer(self, handler, body: bool) -> None:
+        time.sleep(self.latency)
+        path = osp.join(self.root, handler.path.split('?')[0].lstrip('/'))
+        if not osp.isfile(path):
+            handler.send_error(404)
+            return
+        size = osp.getsize(path)
+        start, end, status = 0, size - 1, 200
+        match = re.fullmatch(r'bytes=(\d+)-(\d*)', handler.headers.get('Range') or '')
+        if match:
+            start, status = int(match.group(1)), 206
+            end = min(size - 1, int(match.group(2))) if match.group(2) else size - 1
+        handler.send_response(status)
+        handler.send_header('Accept-Ranges', 'bytes')
+        handler.send_header('Content-Length', str(end - start + 1))
+        if status == 206:
+            handler.send_header('Content-Range', f'bytes {start}-{end}/{size}')
+        handler.end_headers()
+        with self._lock:
+            self.requests += 1
+            self.bytes += (end - start + 1) if body else 0
+        if body:
+            with open(path, 'rb') as file:
+                file.seek(start)
+                try:
+                    handler.wfile.write(file.read(end - start + 1))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # a loader stopped reading
+
+    def counts(self):
+        with self._lock:
+            return self.requests, self.bytes
+
+
+def remote_benchmark(args, tmp: str) -> None:
+    """Ours and webdataset over HTTP with per-request latency, interleaved A B A B."""
+    paths = write_benchmark_shards(tmp, args.num_samples, args.per_shard)
+    server = LatencyServer(tmp)
+    shards = f'{server.url}/{{00000..{len(paths) - 1:05d}}}.tar'
+    total = args.batches + 1
+    print(f'{args.num_samples} JPEG pairs in {len(paths)} shards on {server.url}; batch '
+          f'{args.batch_size}, {args.batches} timed batches after the first, '
+          f'{len(os.sched_getaffinity(0))} CPU(s); requests and bytes per sample served')
+    print('| latency | workers | ours samples/s | wds samples/s | ours / wds | requests/sample '
+          'ours / wds | KB/sample ours / wds | ours: first batch after |')
+    print('|---|---|---|---|---|---|---|---|')
+    for latency in args.latency:
+        server.latency = latency / 1000
+        for workers in args.workers:
+            rates, per_sample, firsts = {'ours': [], 'wds': []}, {}, []
+            for _ in range(args.rounds):
+                for name in ('ours', 'wds'):
+                    before = server.counts()
+                    loader = (rils_loader(shards, args.batch_size, workers) if name == 'ours'
+                              else open_clip_loader(shards, args.num_samples, args.batch_size,
+                                                    workers))
+                    start = time.perf_counter()
+                    rate, first = samples_per_second(loader, args.batch_size, args.batches,
+                                                     with_first=True)
+                    if name == 'ours':
+                        firsts.append(first - start)
+                    after = server.counts()
+                    rates[name].append(rate)
+                    per_sample[name] = [(a - b) / (total * args.batch_size)
+                                        for a, b in zip(after, before)]
+                    del loader
+            ours, wds = (sum(rates[n]) / len(rates[n]) for n in ('ours', 'wds'))
+            print(f'| {latency} ms | {workers} | {ours:.0f} | {wds:.0f} | {ours / wds:.2f} | '
+                  f'{per_sample["ours"][0]:.3f} / {per_sample["wds"][0]:.3f} | '
+                  f'{per_sample["ours"][1] / 1024:.1f} / {per_sample["wds"][1] / 1024:.1f} | '
+                  f'{sum(firsts) / len(firsts):.2f} s |', flush=True)
+    server.httpd.shutdown()
+
+
+def samples_per_second(loader, batch_size: int, measured_batches: int, with_first=False):
     """Throughput after one warm-up batch (worker start-up and first shard scan excluded)."""
     iterator = iter(loader)
     next(iterator)
@@ -104,7 +215,7 @@ def samples_per_second(loader, batch_size: int, measured_batches: int) -> float:
         next(iterator)
     rate = measured_batches * batch_size / (time.perf_counter() - start)
     del iterator
-    return rate
+    return (rate, start) if with_first else rate
 
 
 def parse_args(argv=None):
@@ -115,6 +226,11 @@ def parse_args(argv=None):
     parser.add_argument('--batches', type=int, default=12, help='timed batches per run')
     parser.add_argument('--workers', type=int, nargs='+', default=[1, 2, 4])
     parser.add_argument('--shards', help='existing shard pattern (default: generate)')
+    parser.add_argument('--remote', action='store_true',
+                        help='read over HTTP from a local server with per-request latency')
+    parser.add_argument('--latency', type=float, nargs='+', default=[0, 10, 30],
+                        help='--remote: milliseconds waited per request')
+    parser.add_argument('--rounds', type=int, default=2, help='--remote: A B rounds')
     return parser.parse_args(argv)
 
 
@@ -122,6 +238,9 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.remote:
+            remote_benchmark(args, tmp)
+            return
         shards = args.shards
         if shards is None:
             start = time.perf_counter()

@@ -5,25 +5,28 @@ their size (the contrastive loss gathers equal-sized batches across ranks) and e
 sample must be seen exactly once per epoch. Only a stream whose batches are formed *after*
 filtering gives all three (a map-style index with a sampler would have to replace a bad
 sample by a duplicate, or shrink the batch), so this is a ``torch.utils.data.IterableDataset``
-that the DataLoader batches inside each worker. Shards are read sequentially, as webdataset
-does, by member offsets from the tar headers (resume and shuffling rely on them): local files
-(or a network file system) with plain ``open()``, or object stores and HTTP servers
-(``s3://bucket/x/{000000..000099}.tar``, ``gs://...``, ``https://...``) by range reads through
-fsspec (see :mod:`rils_mm.datasets.remote_io`: the optional ``rils_mm[remote]`` extra; not
-``pipe:`` URLs). Credentials for remote shards come only from the environment (the defaults
-of fsspec, s3fs, gcsfs), never from the config. Configure the
-dataloader with ``sampler=None``; use ``IterBasedTrainLoop`` (one endless pass), or
-``EpochBasedTrainLoop`` with ``samples_per_epoch`` and ``batch_size`` (nominal epochs: equal
-numbers of batches per rank, each pass continuing the stream where the last stopped).
+that the DataLoader batches inside each worker. Shards are read as webdataset reads them, each
+front to back in one stream (``access='stream'``, :mod:`rils_mm.datasets.tar_stream`): local
+files with plain ``open()``, ``https://`` with one GET, object stores (``s3://``, ``gs://``)
+through fsspec, ``pipe:COMMAND`` from a command's output; each sample carries the byte offset of
+the next whole sample, which resume reopens a shard at. ``access='random'`` scans the tar
+headers first and reads samples by their offsets (range reads through fsspec for remote shards,
+see :mod:`rils_mm.datasets.remote_io`: the optional ``rils_mm[remote]`` extra). Credentials
+for remote shards come only from the environment (the defaults of fsspec, s3fs, gcsfs), never
+from the config. Configure the dataloader with ``sampler=None``; use ``IterBasedTrainLoop``
+(one endless pass), or ``EpochBasedTrainLoop`` with ``samples_per_epoch`` and ``batch_size``
+(nominal epochs: equal numbers of batches per rank, each pass continuing the stream where the
+last stopped).
 
 Order. Each DataLoader worker of each rank plays a *role* ``r`` of ``S = world_size x
 num_workers``. For epoch ``e`` the shard list is cut into units (whole shards; when there are
 fewer shards than roles, every shard is split into interleaved parts so that no role idles),
 the units are shuffled with ``Random(seed, e)`` -- the same on every rank -- and role ``r``
 takes units ``r, r + S, r + 2S, ...``. So the roles partition the epoch: no duplicates, no
-gaps. A role reads its units' tar headers (:func:`scan_shard`), passes the sample references
-through a shuffle buffer driven by ``Random(seed, e, r)`` and decodes only what leaves the
-buffer. The stream is endless: after epoch ``e`` a role goes on with ``e + 1``.
+gaps. A role reads its units (streams, or with ``access='random'`` the tar headers), passes the
+samples through a shuffle buffer driven by ``Random(seed, e, r)`` (:class:`ShuffleBuffer`) and
+decodes only what leaves the buffer. The stream is endless: after epoch ``e`` a role goes on
+with ``e + 1``.
 
 Resume. Every sample carries ``stream_state = (role in rank, epoch, position, num_workers)``
 in its metainfo, where position counts raw stream entries (good and bad) of that epoch. The
@@ -31,10 +34,14 @@ DataLoader returns worker batches round-robin in order, so :class:`DataResumeHoo
 the consumed batches alone, where each role stands and which role is due next; it stores that
 per rank in checkpoints. On ``--resume`` it hands the state back with
 :meth:`ImageTextShardDataset.set_resume_state`, restarts the dataloader iterator and makes the
-loop's "advance ``iter`` batches" a no-op. Each role then replays its epoch's order from the
-tar headers alone up to its position (no image decoded) and continues, so the resumed run sees
-exactly the samples an uninterrupted run would have seen. Augmentation randomness is drawn
-from a per-sample seed ``(seed, epoch, role, position)``, so crops match too.
+loop's "advance ``iter`` batches" a no-op. A streaming role carries a cursor too (counts of the
+shuffle buffer, byte offsets of its oldest held sample and of its reader; see
+:meth:`ImageTextShardDataset._stream_entries`): it rebuilds the buffer by reading again from
+the oldest held sample, one request per shard, and goes on; with ``access='random'`` a role
+replays its epoch's order from the tar headers alone up to its position (no image decoded).
+Either way the resumed run sees exactly the samples an uninterrupted run would have seen.
+Augmentation randomness is drawn from a per-sample seed ``(seed, epoch, role, position)``, so
+crops match too.
 
 Bad samples raise :class:`BadSampleError` in the pipeline (or, for a missing image or
 caption, before any decoding); they are skipped and their reasons travel with the next good sample
@@ -45,6 +52,7 @@ error with exponential backoff (``remote_backoff * 2 ** attempt`` s); one whose 
 after its headers were scanned is counted once as an unreadable shard (path in ``bad_shards``)
 and each of its samples met afterwards as an unreadable sample, without further waiting.
 """
+import heapq
 import json
 import math
 import os.path as osp
@@ -68,14 +76,27 @@ from .remote_io import (REMOTE_BACKOFF, REMOTE_RETRIES, call_with_retries, is_re
                         is_transient, read_remote_bytes)
 from .shards import (CAPTION_EXT, IMAGE_EXTS, SampleRef, ShardReader, expand_shard_urls,
                      image_ext_of, scan_shard)
+from .shuffle_buffer import ShuffleBuffer
+from .tar_stream import ShardStreamError, StreamSample, is_pipe, stream_shard_samples
 
 STREAM_STATE_KEY = 'stream_state'
+ACCESS_MODES = ('stream', 'random')
+# Ints of a stream cursor (see ImageTextShardDataset._stream_entries).
+CURSOR_LEN = 9
 
 
 class DataStreamError(RuntimeError):
     """The stream has nothing left to yield (every shard unreadable, say a server that went
     away or ignores range requests); the message names the shards and the last shard error.
     ``tools/train.py`` prints it as one line."""
+
+
+class LostSample:
+    """Stream entry standing for a buffered sample that a resumed stream could not read again
+    (its shard failed on the second reading); counted as an unreadable sample."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
 
 
 class ShardFailure:
@@ -122,6 +143,8 @@ def count_from_size_files(shards: Sequence[str], retries: int = 0,
     sizes: Dict[str, dict] = {}
     total = 0
     for shard in shards:
+        if is_pipe(shard):
+            return None  # a command's output: no folder to look in
         remote = is_remote(shard)
         folder, name = osp.split(shard)
         if folder not in sizes:
@@ -231,10 +254,15 @@ class ImageTextShardDataset(IterableDataset):
             skipped and counted as unreadable.
         remote_backoff (float): Remote shards: seconds before the first retry, doubled before
             each further one.
+        access (str): ``'stream'`` (default): each shard is read front to back in one stream
+            (one request per remote shard, members parsed as they arrive; a resume opens each
+            shard it reads from at the byte offset of a sample). ``'random'``: the tar headers
+            are scanned first and each sample is read by its offsets (range requests for
+            remote shards: about two requests per sample; not for ``pipe:`` shards).
     """
 
     UNKNOWN_LENGTH = 1 << 40
-    MAX_WORKERS = 128
+    MAX_WORKERS = 64
 
     def __init__(self,
                  shards: Union[str, Sequence[str]],
@@ -253,9 +281,15 @@ class ImageTextShardDataset(IterableDataset):
                  samples_per_epoch: Optional[int] = None,
                  batch_size: Optional[int] = None,
                  remote_retries: int = REMOTE_RETRIES,
-                 remote_backoff: float = REMOTE_BACKOFF) -> None:
+                 remote_backoff: float = REMOTE_BACKOFF,
+                 access: str = 'stream') -> None:
         super().__init__()
+        if access not in ACCESS_MODES:
+            raise ValueError(f'access={access!r}: expected one of {ACCESS_MODES}')
+        self.access = access
         self.shards = expand_shard_urls(shards)
+        if access == 'random' and any(is_pipe(shard) for shard in self.shards):
+            raise ValueError("pipe: shards can only be streamed: use access='stream'")
         self.remote_retries = int(remote_retries)
         self.remote_backoff = float(remote_backoff)
         self.num_samples = num_samples if num_samples is not None else count_from_size_files(
@@ -283,9 +317,11 @@ class ImageTextShardDataset(IterableDataset):
             self.batches_per_rank = math.ceil(samples_per_epoch / (self.world_size * batch_size))
         self._resume_state: Optional[dict] = None
         self._resume_batches_done = 0
-        # (epoch, position, valid) per role, in shared memory so that worker processes,
-        # persistent or not, pass their position on to the next pass over the dataloader.
-        self._positions = torch.zeros((self.MAX_WORKERS, 3), dtype=torch.int64).share_memory_()
+        # (epoch, position, valid, has cursor, cursor...) per role, in shared memory so that
+        # worker processes, persistent or not, pass their position on to the next pass over
+        # the dataloader.
+        self._positions = torch.zeros((self.MAX_WORKERS, 4 + CURSOR_LEN),
+                                      dtype=torch.int64).share_memory_()
         self._reader = ShardReader(retries=self.remote_retries, backoff=self.remote_backoff)
 
     @property
@@ -327,20 +363,21 @@ class ImageTextShardDataset(IterableDataset):
         # pass); the loop calls skip_batches(0) after the pass for later worker starts.
         self._resume_batches_done = int(done)
 
-    def _start_of(self, worker_id: int, num_workers: int) -> Tuple[int, int, int, int]:
-        """(role in this rank, first epoch, positions of that epoch to skip, batches of the
-        nominal epoch already trained) for a worker."""
+    def _start_of(self, worker_id: int, num_workers: int) -> Tuple[int, int, int, int,
+                                                                 Optional[tuple]]:
+        """(role in this rank, first epoch, positions of that epoch already done, batches of
+        the nominal epoch already trained, stream cursor or None) for a worker."""
         if num_workers > len(self._positions):
             raise ValueError(f'At most {len(self._positions)} dataloader workers are supported')
         finite = self.samples_per_epoch is not None
         done = self._resume_batches_done if finite else 0
         if finite and not done and self._positions[worker_id, 2]:
             # A later pass over the dataloader: go on where this role's last pass stopped.
-            epoch, position, _ = self._positions[worker_id].tolist()
-            return worker_id, epoch, position, 0
+            row = self._positions[worker_id].tolist()
+            return worker_id, row[0], row[1], 0, tuple(row[4:]) if row[3] else None
         state = self._resume_state
         if not state:
-            return worker_id, 0, 0, 0
+            return worker_id, 0, 0, 0, None
         if state['num_workers'] != num_workers:
             raise ValueError(
                 f'Cannot resume the shard stream exactly: the checkpoint was written with '
@@ -349,8 +386,12 @@ class ImageTextShardDataset(IterableDataset):
         # Endless stream, or the rest of a nominal epoch: the worker due next takes over role
         # 0's place in the round robin. A whole nominal epoch restarts it at worker 0.
         role = worker_id if finite and not done else (worker_id + state['next_role']) % num_workers
-        epoch, position = state['roles'].get(role, state['roles'].get(str(role), (0, 0)))
-        return role, int(epoch), int(position), done
+        saved = state['roles'].get(role, state['roles'].get(str(role), (0, 0)))
+        cursor = saved[2] if len(saved) > 2 and saved[2] is not None else None
+        if cursor is not None and (self.access != 'stream' or len(cursor) != CURSOR_LEN):
+            cursor = None  # a position from the other access mode: replayed, not reopened
+        return (role, int(saved[0]), int(saved[1]), done,
+                tuple(int(v) for v in cursor) if cursor is not None else None)
 
     # ------------------------------------------------------------------ order
     def epoch_units(self, epoch: int, num_roles: int) -> Tuple[List[Tuple[int, int]], int]:
@@ -361,12 +402,23 @@ class ImageTextShardDataset(IterableDataset):
             random.Random(mix_seed(self.seed, epoch)).shuffle(units)
         return units, parts
 
-    def raw_stream(self, epoch: int, role: int,
-                   num_roles: int) -> Iterator[Union[SampleRef, ShardFailure]]:
-        """Sample references (and shard failures) of one role in one epoch, shuffled.
+    def raw_stream(self, epoch: int, role: int, num_roles: int
+                   ) -> Iterator[Union[SampleRef, StreamSample, ShardFailure, LostSample]]:
+        """Samples (and shard failures) of one role in one epoch, shuffled: the order both
+        training and a replay up to a position follow.
 
-        Reads tar headers only; this is the order both training and resume-replay follow.
+        ``access='stream'``: samples read from the shard streams (:class:`StreamSample`, with
+        their bytes); ``'random'``: references from the tar headers (:class:`SampleRef`).
         """
+        if self.access == 'random':
+            yield from self._random_access_refs(epoch, role, num_roles)
+            return
+        for item, _ in self._stream_entries(epoch, role, num_roles):
+            yield item
+
+    def _random_access_refs(self, epoch: int, role: int,
+                            num_roles: int) -> Iterator[Union[SampleRef, ShardFailure]]:
+        """``access='random'``: references from the tar headers, shuffled."""
         units, parts = self.epoch_units(epoch, num_roles)
         rng = random.Random(mix_seed(self.seed, epoch, role, num_roles))
         buffer: List[SampleRef] = []
@@ -390,6 +442,122 @@ class ImageTextShardDataset(IterableDataset):
         rng.shuffle(buffer)
         yield from buffer
 
+    def _stream_entries(self, epoch: int, role: int, num_roles: int,
+                        cursor: Optional[tuple] = None) -> Iterator[tuple]:
+        """``access='stream'``: (entry, cursor) pairs of one role in one epoch.
+
+        The role's units are read one after the other as streams; the samples go through a
+        :class:`ShuffleBuffer`. The cursor after each entry is ``(n_in, n_out, u0, o0, s0, i0,
+        u1, o1, s1)``: samples that went into and came out of the buffer; where the oldest
+        sample still held lies (unit number ``u0`` in this role's list, byte offset ``o0`` of
+        its first header, index ``s0`` in its shard, number ``i0`` in this role's input); and
+        where the reader stands (the next sample: unit ``u1``, offset ``o1``, index ``s1``).
+
+        Given a cursor, the stream continues after it: the buffer's slots are found by
+        :meth:`ShuffleBuffer.simulate`, filled by reading again from the oldest held sample
+        (one request per shard, from that offset), and the reading goes on from the reader's
+        position (in the same stream when it is the same shard).
+        """
+        units, parts = self.epoch_units(epoch, num_roles)
+        mine = units[role::num_roles]
+        buffer = ShuffleBuffer(self.shuffle_buffer,
+                               random.Random(mix_seed(self.seed, epoch, role, num_roles)))
+        keep = self.image_exts + (self.caption_ext, ) + (('json', ) if self.load_json else ())
+        heap: List[tuple] = []  # (number, unit, offset, index) of held samples, lazily pruned
+        held = set()
+        restore: Dict[int, int] = {}  # sample number -> buffer slot, while refilling
+        if cursor is not None:
+            n_in, n_out, unit, offset, index, number, *reader = cursor
+            buffer.simulate(n_in, n_out)
+            restore = {item: slot for slot, item in enumerate(buffer.items)}
+            if not restore:
+                (unit, offset, index), number = reader, n_in
+        else:
+            n_in, unit, offset, index, number, reader = 0, 0, 0, 0, 0, [0, 0, 0]
+        readable_sizes: List[int] = []
+        skip_below = 0  # in the reader's shard after a refill: samples read before it
+
+        def state() -> tuple:
+            while heap and heap[0][0] not in held:
+                heapq.heappop(heap)
+            oldest = heap[0] if heap else (buffer.n_in, *reader)
+            return (buffer.n_in, buffer.n_out, oldest[1], oldest[2], oldest[3], oldest[0],
+                    *reader)
+
+        def let_out(item):
+            if isinstance(item, int):
+                return LostSample(item)
+            held.discard(item[0])
+            return item[2]
+
+        while unit < len(mine):
+            shard_index, part = mine[unit]
+            path = self.shards[shard_index]
+            jump = None
+            try:
+                for sample in stream_shard_samples(path, offset, index, keep,
+                                                   self.remote_retries, self.remote_backoff):
+                    reader = [unit, sample.next_offset, sample.index + 1]
+                    if sample.index % parts != part or sample.offset < skip_below:
+                        continue
+                    entry = (number, unit, sample)
+                    number += 1
+                    if restore:
+                        slot = restore.pop(entry[0], None)
+                        if slot is not None:
+                            buffer.items[slot] = entry
+                            held.add(entry[0])
+                            heapq.heappush(heap, (entry[0], unit, sample.offset, sample.index))
+                        if number >= n_in or not restore:
+                            # Refilled: go on where the interrupted reader stood, in this
+                            # stream when it is the same shard.
+                            restore.clear()
+                            number = n_in
+                            if unit != cursor[6]:
+                                jump = cursor[6:]
+                                break
+                            skip_below = cursor[7]
+                        continue
+                    out = buffer.push(entry)
+                    held.add(entry[0])
+                    heapq.heappush(heap, (entry[0], unit, sample.offset, sample.index))
+                    if out is not None:
+                        out = let_out(out)
+                        yield out, state()
+                else:
+                    readable_sizes.append(reader[2] if reader[0] == unit else index)
+            except ShardStreamError as error:
+                if restore:  # read before the interruption: its failure was reported then
+                    restore.clear()
+                    jump, number = cursor[6:], n_in
+                else:
+                    reached = reader[2] if reader[0] == unit else index
+                    reader = [unit + 1, 0, 0]
+                    yield ShardFailure(path, str(error), self._lost_in(
+                        path, part, parts, reached, readable_sizes)), state()
+            skip_below = 0
+            if jump is not None:
+                unit, offset, index = jump
+                reader = list(jump)
+                continue
+            unit, offset, index = unit + 1, 0, 0
+            reader = [unit, 0, 0]
+        for out in buffer.drain():
+            yield let_out(out), state()
+
+    @staticmethod
+    def _lost_in(path: str, part: int, parts: int, reached: int,
+                 readable_sizes: Sequence[int]) -> int:
+        """Estimated samples of part ``part`` (of ``parts``) of a shard whose stream failed
+        after ``reached`` samples: its size from ``sizes.json`` (or img2dataset's
+        ``*_stats.json``), else the mean size of the shards this role read whole; at least 1.
+        """
+        size = None if is_pipe(path) else count_from_size_files([path])
+        if size is None:
+            size = round(sum(readable_sizes) / len(readable_sizes)) if readable_sizes else 0
+        return max(1, len(range(part, size, parts)) - len(range(part, min(reached, size),
+                                                                parts)))
+
     # --------------------------------------------------------------- samples
     def load_sample(self, ref: SampleRef, seed: Optional[int] = None, restore_rng: bool = False):
         """Read, check and transform one sample.
@@ -398,21 +566,23 @@ class ImageTextShardDataset(IterableDataset):
             BadSampleError: The sample must be skipped.
         """
         where = f'{ref.shard}:{ref.key}'
+        streamed = isinstance(ref, StreamSample)  # bytes at hand; else read by offsets
+        read = (lambda ext: ref.members[ext]) if streamed else (
+            lambda ext: self._reader.read(ref, ext))
         try:
             image_ext = image_ext_of(ref, self.image_exts)
-            if image_ext is not None:
+            if image_ext is not None and not streamed:
                 # Remote shards: one request for the members used (nothing for local files).
                 self._reader.prefetch(ref, (self.caption_ext, image_ext) +
                                       (('json', ) if self.load_json else ()))
-            caption_raw = (self._reader.read(ref, self.caption_ext)
-                           if self.caption_ext in ref.members else None)
+            caption_raw = read(self.caption_ext) if self.caption_ext in ref.members else None
             if image_ext is None:
                 raise BadSampleError(MISSING_IMAGE, f'{where} has {sorted(ref.members)}')
             results = dict(key=ref.key, shard=ref.shard, text=decode_caption(caption_raw, where))
-            results['img_bytes'] = self._reader.read(ref, image_ext)
+            results['img_bytes'] = read(image_ext)
             if self.load_json and 'json' in ref.members:
                 try:
-                    results['json'] = json.loads(self._reader.read(ref, 'json'))
+                    results['json'] = json.loads(read('json'))
                 except ValueError:
                     results['json'] = None  # metadata is optional; a broken one costs nothing
         except OSError as error:
@@ -429,7 +599,7 @@ class ImageTextShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
         worker_id, num_workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
-        role, start_epoch, skip, done = self._start_of(worker_id, num_workers)
+        role, start_epoch, skip, done, cursor = self._start_of(worker_id, num_workers)
         global_role = self.rank * num_workers + role
         num_roles = self.world_size * num_workers
         # Nominal epochs: worker w yields batches w, w + W, ... of the rank's batches (of those
@@ -448,9 +618,24 @@ class ImageTextShardDataset(IterableDataset):
         last_shard_error = None  # named in the error when nothing is readable
         while True:
             good_in_epoch = position = 0
-            for position, item in enumerate(self.raw_stream(epoch, global_role, num_roles), 1):
+            if cursor is not None:
+                # Reopen the shards where the stream stood (the buffer is read again).
+                entries = self._stream_entries(epoch, global_role, num_roles, cursor)
+                first = skip + 1
+            elif self.access == 'stream':
+                entries = self._stream_entries(epoch, global_role, num_roles)
+                first = 1
+            else:
+                entries = ((ref, None) for ref in self.raw_stream(epoch, global_role, num_roles))
+                first = 1
+            for position, (item, item_cursor) in enumerate(entries, first):
                 if epoch == start_epoch and position <= skip:
-                    continue  # replaying up to the resume point: headers only
+                    # Replaying up to the resume point: tar headers only ('random'), or the
+                    # streams without decoding (a checkpoint without a stream cursor).
+                    continue
+                if isinstance(item, LostSample):
+                    skipped[UNREADABLE_SAMPLE] += 1
+                    continue
                 if isinstance(item, ShardFailure):
                     warnings.warn(f'Skipping unreadable shard (or its tail): {item.message} '
                                   f'(about {item.lost} sample(s) lost, counted as bad)')
@@ -476,14 +661,16 @@ class ImageTextShardDataset(IterableDataset):
                         warnings.warn(f'Skipping bad sample ({error}); further ones are '
                                       f'counted in the training log')
                     continue
-                info = {STREAM_STATE_KEY: (role, epoch, position, num_workers),
+                info = {STREAM_STATE_KEY: (role, epoch, position, num_workers, item_cursor),
                         SKIPPED_KEY: dict(skipped)}
                 if bad_shards:
                     info[BAD_SHARDS_KEY] = bad_shards
                 skipped, bad_shards = Counter(), []
                 good_in_epoch += 1
                 # Where this role stands, for the next pass over the dataloader.
-                self._positions[role] = torch.tensor([epoch, position, 1])
+                self._positions[role] = torch.tensor(
+                    [epoch, position, 1, item_cursor is not None] +
+                    list(item_cursor or (0, ) * CURSOR_LEN))
                 yield attach_metainfo(output, info)
                 if quota is not None:
                     quota -= 1
@@ -499,4 +686,4 @@ class ImageTextShardDataset(IterableDataset):
                     + (f'Last shard error: {last_shard_error}. ' if last_shard_error else '')
                     + 'Check the shards with tools/dataset_converters/inspect_shards.py.')
             epoch += 1
-            skip = 0
+            skip, cursor = 0, None

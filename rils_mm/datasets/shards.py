@@ -94,6 +94,9 @@ def expand_shard_urls(urls: Union[str, Sequence[str]], check_exists: bool = True
     paths: List[str] = []
     for pattern in patterns:
         for part in str(pattern).split('::'):
+            if part.startswith('pipe:'):  # webdataset's pipe:COMMAND; braces as for paths
+                paths.extend(braceexpand(part))
+                continue
             if is_remote(part):
                 expanded = list(braceexpand(part))
                 check_remote_support(part)  # imports only: fail early, in one line

@@ -121,7 +121,8 @@ class ShardStreamSource:
     """One pass over an :class:`ImageTextShardDataset`, in shard and file order.
 
     The position counts raw stream entries (good and bad samples, unreadable shards) as the
-    dataset's own ``stream_state`` does; resuming replays the tar headers up to it.
+    dataset's own ``stream_state`` does; resuming reads the stream again up to it, without
+    decoding (the tar headers only with ``access='random'``).
     """
 
     def __init__(self, dataset: ImageTextShardDataset) -> None:

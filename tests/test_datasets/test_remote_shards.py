@@ -41,6 +41,8 @@ class RangeServer:
             (close the connection without an answer).
         ranges (bool): False: ignore ``Range`` and send whole files, as Python's
             ``http.server`` does.
+        cut (dict): Path -> N: the next GET of that path sends only the first N bytes of its
+            body, then closes the connection (a connection lost mid-shard); used once.
     """
 
     def __init__(self, root: str) -> None:
@@ -48,6 +50,7 @@ class RangeServer:
         self.log = []
         self.fail = {}
         self.ranges = True
+        self.cut = {}
         self._lock = threading.Lock()
         server = self
 
@@ -112,6 +115,9 @@ class RangeServer:
                 with open(file, 'rb') as source:
                     source.seek(start)
                     data = source.read(end - start + 1)
+            if body and path in self.cut:
+                data = data[:self.cut.pop(path)]
+                handler.close_connection = True
             # Logged before the body goes out: a client that has its bytes finds the entry.
             logged = self._record(handler, path, wanted, len(data))
             handler.wfile.write(data)
@@ -199,9 +205,9 @@ def test_remote_stream_equals_local(monkeypatch, www, remote_shards):
     assert len(ImageTextShardDataset(remote_shards)) == 46
 
 
-def make_loader(shards, state=None):
+def make_loader(shards, state=None, **kwargs):
     dataset = ImageTextShardDataset(shards, tiny_pipeline(tokenize=True), seed=1,
-                                    shuffle_buffer=5, **FAST_RETRY)
+                                    shuffle_buffer=5, **FAST_RETRY, **kwargs)
     dataset.set_resume_state(state)
     return DataLoader(dataset, batch_size=3, num_workers=2, persistent_workers=True,
                       collate_fn=default_collate)
@@ -307,17 +313,21 @@ def backoff_sleeps(monkeypatch):
     return sleeps
 
 
+@pytest.mark.parametrize('access', ['stream', 'random'])
 @pytest.mark.parametrize('mode', ['500', 'close'])
-def test_failing_shard_is_retried_then_skipped_and_counted(server, backoff_sleeps, mode):
+def test_failing_shard_is_retried_then_skipped_and_counted(server, backoff_sleeps, mode, access):
     failing = 'shards/00002.tar'
     server.fail[failing] = mode
-    keys, counts, bad_shards = one_epoch(f'{server.url}/shards/{PATTERN}')
+    keys, counts, bad_shards = one_epoch(f'{server.url}/shards/{PATTERN}', access=access)
 
     assert sorted(keys) == ALL_KEYS[:20] + ALL_KEYS[30:]  # every sample of the other shards
     assert bad_shards == [f'{server.url}/{failing}']
     assert counts['unreadable_shard'] == 1
     assert counts['unreadable_shard_samples'] == 10  # its size, from sizes.json
     assert backoff_sleeps == [0.001, 0.002]  # 2 retries, exponential backoff
+    if access == 'stream':  # one GET per attempt
+        assert [entry[:3] for entry in server.requests(failing)] == [('GET', failing, None)] * 3
+        return
     # fsspec opens a file with HEAD (then GET when HEAD fails); aiohttp itself may resend a
     # request once on a connection closed under it: at least one HEAD per attempt.
     heads = len(server.requests(failing, 'HEAD'))
@@ -338,7 +348,8 @@ def test_shard_failing_after_its_scan_is_counted_once_without_more_waiting(
         return result
 
     monkeypatch.setattr(shard_module, 'scan_shard', scan_then_fail)
-    keys, counts, bad_shards = one_epoch(f'{server.url}/shards/{PATTERN}', shuffle=False)
+    keys, counts, bad_shards = one_epoch(f'{server.url}/shards/{PATTERN}', shuffle=False,
+                                         access='random')
 
     assert keys == ALL_KEYS[:20] + ALL_KEYS[30:]
     assert bad_shards == [url]
@@ -350,11 +361,11 @@ def test_shard_failing_after_its_scan_is_counted_once_without_more_waiting(
 
 
 def test_a_server_without_range_requests_is_named_in_the_stopping_error(server):
-    # Python's http.server ignores Range: no shard can be scanned, and the error that stops
-    # the stream says why, not only that nothing was usable.
+    # access='random' reads by ranges. Python's http.server ignores Range: no shard can be
+    # scanned, and the error that stops the stream says why, not only that nothing was usable.
     server.ranges = False
     with pytest.raises(RuntimeError, match='no usable sample.*answer range requests'):
-        take(make_loader(f'{server.url}/shards/{PATTERN}'), 1)
+        take(make_loader(f'{server.url}/shards/{PATTERN}', access='random'), 1)
 
 
 def test_remote_urls_expand_without_lookups_and_name_missing_packages(monkeypatch):
@@ -405,6 +416,7 @@ train_cfg = dict(max_epochs=3)
 train_dataloader = dict(batch_size=8, num_workers={workers}, persistent_workers={persistent},
                         dataset=dict(
     _delete_=True, type='ImageTextShardDataset', shards={shards!r}, remote_retries=0,
+    access={access!r},
     samples_per_epoch=16, batch_size=8, shuffle_buffer=4,
     pipeline=[dict(type='LoadImageRGB', min_size=4),
               dict(type='RandomResizedCrop', scale=32, crop_ratio_range=(0.5, 1.0),
@@ -413,13 +425,13 @@ train_dataloader = dict(batch_size=8, num_workers={workers}, persistent_workers=
 '''
 
 
-def train_on_url(tmp_path, server, workers):
+def train_on_url(tmp_path, server, workers, access='stream'):
     config = tmp_path / 'train_on_url.py'
     config.write_text(TRAIN_ON_URL.format(
         demo=osp.join(REPO, 'configs', 'rils', 'demo_cpu.py'), workers=workers,
-        persistent=workers > 0, shards=f'{server.url}/shards/{PATTERN}'))
+        persistent=workers > 0, shards=f'{server.url}/shards/{PATTERN}', access=access))
     return run_python([sys.executable, 'tools/train.py', str(config), '--work-dir',
-                           str(tmp_path / 'work')], cwd=REPO, capture_output=True, text=True,
+                       str(tmp_path / 'work')], cwd=REPO, capture_output=True, text=True,
                       timeout=300, env=dict(os.environ, PYTHONUNBUFFERED='1'))
 
 
@@ -432,7 +444,7 @@ def stopping_line(result):
 
 def test_train_tool_on_a_server_without_range_requests_stops_in_one_line(tmp_path, server):
     server.ranges = False
-    line = stopping_line(train_on_url(tmp_path, server, workers=0))
+    line = stopping_line(train_on_url(tmp_path, server, workers=0, access='random'))
     assert line.startswith('tools/train.py: error: Rank 0 dataloader worker 0 (role 0 of 1) '
                            'found no usable sample in 3 epochs of 5 shard(s)')
     assert 'the HTTP server does not answer range requests (the Range header)' in line
@@ -444,7 +456,7 @@ def test_train_tool_whose_server_dies_mid_epoch_stops_in_one_line(tmp_path, serv
     answer = server.answer
 
     def dies_after_some_reads(handler, body):
-        if len(server.requests('shards/00000.tar', 'GET')) >= 3:
+        if sum(len(server.requests(f'shards/{index:05d}.tar', 'GET')) for index in range(5)) >= 2:
             for index in range(5):
                 server.fail[f'shards/{index:05d}.tar'] = 'close'
         answer(handler, body)
@@ -454,3 +466,26 @@ def test_train_tool_whose_server_dies_mid_epoch_stops_in_one_line(tmp_path, serv
     assert re.match(r'tools/train\.py: error: Rank 0 dataloader worker \d \(role \d of 2\) '
                     r'found no usable sample in 3 epochs of 5 shard\(s\)', line), line
     assert 'Last shard error: Cannot read shard ' in line
+
+
+def test_train_tool_on_pipe_shards_counts_a_failing_command_in_one_warning(tmp_path, www):
+    """tools/train.py on ``pipe:cat ...`` shards (braces expanded), one of them a command that
+    fails: the run finishes; the failure is one warning line with the command's last stderr
+    line, and the bad-sample log counts the shard."""
+    shards = [f'pipe:cat {www}/shards/{{00000..00001}}.tar',
+              'pipe:echo "fatal: bucket gone" >&2; exit 2',
+              f'pipe:cat {www}/shards/{{00002..00004}}.tar']
+    config = tmp_path / 'train_on_pipe.py'
+    config.write_text(TRAIN_ON_URL.format(
+        demo=osp.join(REPO, 'configs', 'rils', 'demo_cpu.py'), workers=0, persistent=False,
+        shards=shards, access='stream'))
+    result = run_python([sys.executable, 'tools/train.py', str(config), '--work-dir',
+                         str(tmp_path / 'work')], cwd=REPO, capture_output=True, text=True,
+                        timeout=300, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    lines = [line for line in output.splitlines()
+             if 'UserWarning: Skipping unreadable shard' in line]
+    assert lines and all("pipe:echo \"fatal: bucket gone\" >&2; exit 2" in line and
+                         'exited with status 2: fatal: bucket gone' in line for line in lines)
+    assert 'unreadable_shard' in output and 'Traceback' not in output

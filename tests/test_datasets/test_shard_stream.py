@@ -155,7 +155,7 @@ def role_sequences(batches):
     sequences = {}
     for batch in batches:
         for sample in batch['data_samples']:
-            role, epoch, position, _ = sample.stream_state
+            role, epoch, position = sample.stream_state[:3]
             sequences.setdefault(role, []).append((epoch, position, sample.key))
     return sequences
 

@@ -111,11 +111,14 @@ class DataResumeHook(Hook):
         samples = (data_batch or {}).get('data_samples') or []
         stream_state = samples[-1].metainfo.get(STREAM_STATE_KEY) if samples else None
         if stream_state is not None:
-            role, epoch, position, num_workers = stream_state
+            role, epoch, position, num_workers = stream_state[:4]
+            # Streamed shards: where the shard streams and the shuffle buffer stand.
+            cursor = stream_state[4] if len(stream_state) > 4 else None
             if self.state is None or self.state['num_workers'] != num_workers:
                 self.state = dict(num_workers=num_workers, next_role=0, roles={})
             # A batch comes from one worker and holds its samples in stream order.
-            self.state['roles'][int(role)] = (int(epoch), int(position))
+            self.state['roles'][int(role)] = (int(epoch), int(position)) + (
+                (tuple(int(v) for v in cursor), ) if cursor is not None else ())
             self.state['next_role'] = (int(role) + 1) % num_workers
         if get_dist_info()[1] > 1 and checkpoint_due(runner):
             self._gathered = all_gather_object(self.state)
@@ -172,5 +175,6 @@ class DataResumeHook(Hook):
             # middle of an epoch it asks the dataset for the rest of that epoch only
             # (rils_mm.compat.epoch_resume, ImageTextShardDataset.skip_batches).
             skipped = 'continuing the nominal epoch where it stopped'
-        print_log(f'DataResumeHook: data stream resumes at {self.state["roles"]} '
+        where = {role: tuple(saved[:2]) for role, saved in self.state['roles'].items()}
+        print_log(f'DataResumeHook: data stream resumes at {where} '
                   f'(role: (epoch, position)); {skipped}', logger='current')
