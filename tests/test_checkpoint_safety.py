@@ -456,3 +456,33 @@ def test_random_bytes_are_one_refusal_never_a_traceback(tmp_path):
         path.write_bytes(b'\x80\x02' + data if index % 2 else data)
         with pytest.raises(CheckpointLoadError, match=str(path)):
             weights_only_load(str(path))
+
+
+def test_resume_never_runs_the_config_text_a_checkpoint_carries(runner_checkpoint, tmp_path):
+    """mmengine's resume executes ``meta['config']``; ours reads it as literals: the code in a
+    crafted checkpoint's config does not run, and its ``gpu_ids`` still reach mmengine's check
+    (a 3-GPU checkpoint resumed by 1 process is refused as mmengine refuses it)."""
+    checkpoint = torch.load(runner_checkpoint, map_location='cpu', weights_only=False)
+    marker = tmp_path / 'ran'
+    work_dirs = {}
+    for name, gpu_ids in (('code', [0]), ('gpus', [0, 1, 2])):
+        # (mmengine's Config.fromstring runs this line; an import statement would make it
+        # take the text for a lazy-import config and stop instead.)
+        checkpoint['meta']['config'] = (f"ran = __import__('pathlib').Path({str(marker)!r})"
+                                        f".write_text('ran')\ngpu_ids = {gpu_ids!r}\n")
+        work_dirs[name] = tmp_path / name
+        work_dirs[name].mkdir()
+        torch.save(checkpoint, work_dirs[name] / 'iter_4.pth')
+        (work_dirs[name] / 'last_checkpoint').write_text(str(work_dirs[name] / 'iter_4.pth'))
+    result = run_python(TOY_RUNNER + f'''
+r = runner({str(work_dirs['code'])!r}, 6, resume=True)
+r.train()
+print('ITER', r.iter)
+try:
+    runner({str(work_dirs['gpus'])!r}, 6, resume=True).train()
+except RuntimeError as error:
+    print('REFUSED', 'Number of GPUs' in str(error))
+''')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'ITER 6' in result.stdout and 'REFUSED True' in result.stdout
+    assert not marker.exists()

@@ -26,6 +26,8 @@ a run would crash, or a file could run code (:func:`install_required_fixes`):
   ``OpenCLIPModel`` and by our converters; it patches nothing itself).
 - :mod:`.atomic_saving`: checkpoints are written atomically and rotated save-first, so a kill
   or a full disk during a save cannot leave a run without a usable checkpoint.
+- :mod:`.resume_config`: ``--resume`` reads the config text a checkpoint carries
+  (``meta['config']``, which mmengine's resume would execute) as literals.
 - :mod:`.epoch_resume`: a mid-epoch checkpoint resumes the epoch where it stopped; mmengine
   would train again on the batches before it (a different result from the same run).
 - :mod:`.data_files`: ``mmengine.load`` refuses to read pickles and reads YAML with the safe
@@ -58,6 +60,7 @@ from .config_text import install_fast_config_text
 from .data_files import DataFileError, UnsafeDataFileError, install_data_file_handlers
 from .epoch_resume import install_mid_epoch_resume
 from .parameter_reports import install_parameter_reports
+from .resume_config import install_literal_resume_configs
 from .safe_loading import (URL_PREFIXES, CheckpointKeysError, CheckpointLoadError,
                            DamagedCheckpointError, MissingCheckpointError, UnsafeCheckpointError,
                            install_weights_only_loaders, weights_only_load)
@@ -156,6 +159,7 @@ def install_required_fixes() -> None:
     install_weights_only_loaders()
     install_atomic_checkpoints()
     install_mid_epoch_resume()
+    install_literal_resume_configs()
     install_data_file_handlers()
     _support_cpu_distributed()
     _REQUIRED_APPLIED = True

@@ -131,6 +131,7 @@ def _config_of(checkpoint: str, config: Optional[str]):
     from mmengine.config import Config
     from mmengine.runner.checkpoint import CheckpointLoader
 
+    from ..utils.config_literals import read_config_text
     from .arguments import UsageError, check_config_file
     if config:
         check_config_file(config)
@@ -140,7 +141,12 @@ def _config_of(checkpoint: str, config: Optional[str]):
     if not isinstance(text, str):
         raise UsageError(f"{checkpoint} holds no config (meta['cfg'], which tools/train.py "
                          f'saves): give the config it was trained with as --config')
-    return Config.fromstring(text, '.py')
+    # Read as literals, never run (Config.fromstring would execute text from the file).
+    fields = read_config_text(text)
+    if not fields or not isinstance(fields.get('model'), dict):
+        raise UsageError(f"{checkpoint}: its config (meta['cfg']) has no model written as "
+                         f'literals: give the config it was trained with as --config')
+    return Config(fields)
 
 
 def rils_to_open_clip_main(argv: Optional[List[str]] = None) -> None:

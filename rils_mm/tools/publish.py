@@ -19,7 +19,6 @@ file of the same name beside it, and the same metadata inside the safetensors he
 The JSON beside also has the file name, its sha256 and ``Weights``/``Results`` entries for a
 ``metafile.yml`` (mmpretrain's model-index schema).
 """
-import ast
 import hashlib
 import json
 import os.path as osp
@@ -30,6 +29,7 @@ import torch
 
 from ..compat import atomic_write_bytes, safetensors_bytes, weights_only_load
 from ..compat.safetensors_weights import SAFETENSORS_SUFFIX
+from ..utils.config_literals import read_config_text
 from .converters import ConversionError
 
 __all__ = ['published_name', 'checkpoint_metadata', 'publish_checkpoint']
@@ -45,32 +45,6 @@ def published_name(out_file: str, sha256: str) -> str:
     ``-<first 8 hex digits of sha256>.safetensors``."""
     stem = re.sub(r'\.(safetensors|pth|pt)$', '', out_file)
     return f'{stem}-{sha256[:8]}{SAFETENSORS_SUFFIX}'
-
-
-def _value(node: ast.AST):
-    """A literal, or ``dict(k=v, ...)`` of literals, as its value; None for anything else."""
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
-            node.func.id == 'dict' and not node.args:
-        return {kw.arg: _value(kw.value) for kw in node.keywords if kw.arg}
-    if isinstance(node, (ast.List, ast.Tuple)):
-        return [_value(item) for item in node.elts]
-    if isinstance(node, ast.Dict):
-        return {_value(k): _value(v) for k, v in zip(node.keys, node.values) if k is not None}
-    try:
-        return ast.literal_eval(node)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return None
-
-
-def _parse_config(text: str) -> Optional[dict]:
-    """The top-level assignments of a dumped config (``meta['cfg']``), read, never run: the
-    text comes from the checkpoint, and ``Config.fromstring`` would execute it."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError, RecursionError):
-        return None
-    return {target.id: _value(node.value) for node in tree.body if isinstance(node, ast.Assign)
-            for target in node.targets if isinstance(target, ast.Name)}
 
 
 def _method_of(model_type: str) -> Optional[str]:
@@ -109,7 +83,7 @@ def checkpoint_metadata(checkpoint: dict, state_dict: Dict[str, torch.Tensor]) -
     """What :mod:`this module <rils_mm.tools.publish>` records of a Runner checkpoint (fields
     the checkpoint does not have are left out)."""
     meta = checkpoint.get('meta') if isinstance(checkpoint.get('meta'), dict) else {}
-    cfg = _parse_config(meta['cfg']) if isinstance(meta.get('cfg'), str) else None
+    cfg = read_config_text(meta['cfg']) if isinstance(meta.get('cfg'), str) else None
     found = {key: meta[key] for key in _CARRIED if key in meta}  # a published file's
     found.update(num_tensors=len(state_dict),
                  num_parameters=int(sum(v.numel() for v in state_dict.values())))

@@ -128,6 +128,12 @@ def exported(tmp_path_factory):
     cases['quick_gelu_text'] = [root / 'quick_gelu_text.pth', root / 'quick_gelu_text']
     torch.save(dict(state_dict=models['clip'][0].state_dict()), root / 'no_cfg.pth')
     cases['no_cfg'] = [root / 'no_cfg.pth', root / 'no_cfg']
+    # A config text that runs code when executed (Config.fromstring would): read, not run.
+    crafted = (f"model = __import__('pathlib').Path({str(root / 'ran')!r}).write_text('ran')\n"
+               f"{models['clip'][1].pretty_text}".replace('\nmodel = dict(', '\nmodel_ = dict('))
+    torch.save(dict(state_dict=models['clip'][0].state_dict(), meta=dict(cfg=crafted)),
+               root / 'code_cfg.pth')
+    cases['code_cfg'] = [root / 'code_cfg.pth', root / 'code_cfg']
     cases['missing'] = [root / 'missing.pth', root / 'missing']
 
     listing = root / 'cases.txt'
@@ -250,6 +256,8 @@ def one_error_line(output):
     ('quick_gelu_text', 1, ['an image tower with GELU and a text tower with QuickGELU',
                             'no timm ViT has this image tower', 'text_encoder.quick_gelu=False']),
     ('no_cfg', 2, ["no_cfg.pth holds no config (meta['cfg']", '--config']),
+    ('code_cfg', 2, ["code_cfg.pth: its config (meta['cfg']) has no model written as literals",
+                     '--config']),
     ('missing', 2, ['checkpoint not found:', 'missing.pth']),
 ])
 def test_bad_input_is_one_line_naming_the_file(name, code, words, exported):
@@ -259,6 +267,7 @@ def test_bad_input_is_one_line_naming_the_file(name, code, words, exported):
     for word in words:
         assert word in line, line
     assert not osp.exists(out_dir)  # nothing written
+    assert not osp.exists(osp.join(osp.dirname(out_dir), 'ran'))  # nothing from a file ran
 
 
 @pytest.mark.parametrize('quick_gelu', [True, False])
