@@ -20,6 +20,7 @@ from mmengine.registry import DefaultScope
 from PIL import Image
 
 from ..datasets.resources import load_classnames, load_templates
+from ..models.backbones.rils_vit import intact_outputs
 from ..models.utils.inference_loading import build_and_load
 from ..models.utils.zero_shot_weights import build_text_classifier
 
@@ -209,7 +210,7 @@ def embed_images(model: torch.nn.Module,
         encode = inner.encode_image
     else:
         def encode(batch):
-            return inner.backbone(batch, mask=False)[-1][:, 1:].mean(dim=1)
+            return intact_outputs(inner.backbone, batch)[-1][:, 1:].mean(dim=1)
     return _encode_batches(model, images, encode, batch_size)
 
 

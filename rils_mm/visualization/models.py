@@ -176,7 +176,8 @@ def intact_tokens(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """
     if is_open_clip(model):
         return _open_clip_tokens(model, images)
-    tokens = _vit(model)(images, mask=False)[-1]
+    from ..models.backbones.rils_vit import intact_outputs
+    tokens = intact_outputs(_vit(model), images)[-1]
     if tokens.dim() != 3:
         raise VisualizationInputError(f'the backbone returns {tokens.dim()}-d outputs; '
                                       f"visualizations need out_type='raw' tokens")
