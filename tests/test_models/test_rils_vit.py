@@ -102,9 +102,9 @@ def test_shared_patch_embedding_gives_both_passes():
 
 @pytest.mark.parametrize('with_cp', [False, True])
 def test_block_output_at_some_tokens_equals_the_full_block(with_cp):
-    from rils_mm.models.utils import QVBiasTransformerLayer
+    from rils_mm.models.utils import QVBiasDecoderLayer
     torch.manual_seed(0)
-    block = QVBiasTransformerLayer(32, 4, 64, with_cp=with_cp)
+    block = QVBiasDecoderLayer(32, 4, 64, with_cp=with_cp)
     torch.nn.init.normal_(block.attn.q_bias)
     torch.nn.init.normal_(block.attn.v_bias)
     x = torch.randn(3, 9, 32, requires_grad=True)

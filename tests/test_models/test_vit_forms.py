@@ -132,3 +132,21 @@ def test_an_old_rils_config_builds_the_same_model():
     for key in grads[0]:
         assert torch.equal(grads[0][key], grads[1][key]), key
 
+
+def test_only_the_decoder_block_is_read_at_some_tokens():
+    from rils_mm.models.utils import QVBiasDecoderLayer, QVBiasTransformerLayer
+    torch.manual_seed(0)
+    encoder_block = QVBiasTransformerLayer(32, 4, 64)
+    torch.manual_seed(0)
+    decoder_block = QVBiasDecoderLayer(32, 4, 64)
+    x = torch.randn(2, 5, 32)
+    assert torch.equal(encoder_block(x), decoder_block(x))
+    with pytest.raises(TypeError):
+        encoder_block(x, query_index=torch.zeros(2, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match='encoder blocks'):
+        QVBiasDecoderLayer(32, 4, 64, window_size=4)
+    decoder = MODELS.build(dict(type='RILSDecoder', num_patches=16, embed_dim=32,
+                                decoder_embed_dim=32, decoder_num_heads=4, decoder_depth=2))
+    assert {type(block) for block in decoder.decoder_blocks} == {QVBiasDecoderLayer}
+    vit = build('RILSMultiPassViT')
+    assert {type(block) for block in vit.layers} == {QVBiasTransformerLayer}
