@@ -208,8 +208,8 @@ def encode_captions(model: nn.Module, captions: Sequence[str]) -> torch.Tensor:
         raise VisualizationInputError(f'{type(model).__name__} has no text tower')
     if not captions:
         raise VisualizationInputError('no captions given')
-    tokens = model.tokenize(list(captions))  # every text model here has its tokenizer
-    return F.normalize(model.encode_text(tokens.to(_device(model))).float(), dim=-1)
+    from ..models.algorithms.loss_maps import encode_captions as encode
+    return encode(model, captions)  # every text model here has its tokenizer
 
 
 def logit_temperature(model: nn.Module) -> float:
