@@ -10,8 +10,9 @@ tokens (the loss reads RILS's decoder at the hidden patches only); the encoder's
 plain.
 
 For transfer (ViTDet), the attention and the encoder block optionally take a 2-D token grid:
-attention with decomposed relative position bias (``use_rel_pos``) and blocks restricted to non-overlapping windows
-(``window_size``). Both default off; the helpers are mmpretrain's (from ``ViTSAM``).
+attention with decomposed relative position bias (``use_rel_pos``) and blocks restricted to
+non-overlapping windows (``window_size``). Both default off; the helpers are mmpretrain's (from
+``ViTSAM``).
 """
 from typing import Optional, Tuple
 
