@@ -21,7 +21,7 @@ model = dict(
         # The demo CLIP's model (configs/clip/demo_cpu.py); checked loading fails if they differ.
         model=dict(
             type='ImageTextPretrainer',
-            backbone=dict(type='RILSPretrainViT', arch=dict(embed_dims=192, num_layers=4,
+            backbone=dict(type='RILSMaskedViT', arch=dict(embed_dims=192, num_layers=4,
                                                             num_heads=3,
                                                             feedforward_channels=768),
                           img_size=64, patch_size=8, out_type='raw'),

@@ -21,6 +21,7 @@ from mmengine.registry import DefaultScope
 from PIL import Image
 
 from ..datasets.resources import load_classnames, load_templates
+from ..models.backbones.rils_vit import intact_outputs
 from ..models.utils.inference_loading import build_and_load
 from ..models.utils.zero_shot_weights import build_text_classifier
 
@@ -265,7 +266,7 @@ def image_encoder(model: torch.nn.Module):
         return inner.encode_image
 
     def encode(batch):
-        return inner.backbone(batch, mask=False)[-1][:, 1:].mean(dim=1)
+        return intact_outputs(inner.backbone, batch)[-1][:, 1:].mean(dim=1)
 
     return encode
 

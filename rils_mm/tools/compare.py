@@ -43,6 +43,7 @@ from ..datasets.transforms.tokenize import get_clip_tokenizer
 from ..evaluation.caption_metrics import caption_scores
 from ..evaluation.probes import (caption_recall, few_shot_probe, linear_probe,
                                  zero_shot_accuracy)
+from ..models.backbones.rils_vit import intact_outputs
 from ..models.utils.checkpoint_loading import load_checked
 from ..models.utils.zero_shot_weights import build_text_classifier
 from ..utils.methods import MethodTableError, load_method_table
@@ -238,7 +239,7 @@ def encode(model, images: torch.Tensor, batch_size: int = 128) -> dict:
     for start in range(0, len(images), batch_size):
         batch = model.data_preprocessor(
             dict(inputs=images[start:start + batch_size]), False)['inputs']
-        tokens = model.backbone(batch, mask=False)[-1]
+        tokens = intact_outputs(model.backbone, batch)[-1]
         features.append(tokens[:, 1:].mean(dim=1))
         if hasattr(model, 'embed_image_tokens'):
             embeddings.append(model.embed_image_tokens(tokens))

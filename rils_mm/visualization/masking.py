@@ -1,12 +1,15 @@
 """The masks a method draws and its reconstruction loss on every patch.
 
-Which of the following a model draws is its method's ``Masking`` and ``Reconstruction`` in the
-method table (``configs/methods.yml``; a subclass without an entry is its parent's method):
+Which methods draw masks, and how they are labelled, is their ``Masking`` and
+``Reconstruction`` in the method table (``configs/methods.yml``; a subclass without an entry is
+its parent's method); the mask and the loss per patch come from the method's own loss map
+(:func:`rils_mm.models.algorithms.loss_map`, registered by each algorithm's module, from the
+heads' and losses' ``reduction='none'``):
 
 - RILS (and its vision-space variant): uniform random masking (MAE's per-sample shuffle);
-  the loss map is KL(teacher || student) of every masked patch, computed by the method's own
-  ``LanguageSpaceReconstructionLoss.dense_kl`` against the prototypes its head scores with
-  (the given captions for RILS, the fixed random prototypes for the vision-space variant).
+  the loss map is KL(teacher || student) of every masked patch against the prototypes its
+  head scores with (the given captions for RILS, the fixed random prototypes for the
+  vision-space variant).
 - MAE and MAE+CLIP: uniform random masking; the map is the pixel loss of every masked patch
   (MSE, or L1, of the per-patch normalised pixels, ``MAEPretrainHead``'s target).
 - MILAN: the CLIP teacher's class-token attention weighs the patches and the kept ones are
@@ -19,40 +22,22 @@ Masks come from torch's generator seeded per draw, as in training: with the same
 model's own ``loss`` draws the same mask. The maps leave out what only training has: the loss
 weight and RILS's correct-retrieval filter (which needs a batch of captions).
 """
-from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..models.algorithms.loss_maps import LossMap, LossMapInputError, loss_map
 from ..utils.methods import MethodTable, MethodTableError, load_method_table
 from .figures import Panel, draw_panel_grid
-from .models import VisualizationInputError, encode_captions, patch_grid, seeded
+from .models import VisualizationInputError, patch_grid, seeded
 
 __all__ = ['MaskDraw', 'reconstruction_kind', 'draw_mask', 'draw_masks_figure',
            'rils_masked_passes']
 
-
-@dataclass
-class MaskDraw:
-    """One mask of a batch and the reconstruction loss it gives.
-
-    Attributes:
-        hidden (torch.Tensor): B x L, 1 on the patches the encoder did not see.
-        loss (torch.Tensor, optional): B x L per-patch loss, NaN where the loss does not count.
-        loss_name (str): What ``loss`` is.
-        loss_total (torch.Tensor, optional): B, the loss of each image as the method reduces
-            it (weight and filter left out).
-        importance (torch.Tensor, optional): B x L, MILAN's masking weights (the teacher's
-            class-token attention over the patches).
-    """
-    hidden: torch.Tensor
-    loss: Optional[torch.Tensor] = None
-    loss_name: str = ''
-    loss_total: Optional[torch.Tensor] = None
-    importance: Optional[torch.Tensor] = None
+# What draw_mask returns: the model's loss map.
+MaskDraw = LossMap
 
 
 def method_table() -> MethodTable:
@@ -94,20 +79,6 @@ def reconstruction_kind(model: nn.Module) -> str:
     return kind
 
 
-def _pixel_loss(model: nn.Module, predictions: torch.Tensor, images: torch.Tensor,
-                hidden: torch.Tensor):
-    """MAEPretrainHead's loss per patch: B x L map (NaN on visible patches) and B totals."""
-    head = model.head
-    per_patch = head.loss_module.penalty(predictions, head.construct_target(images))
-    per_patch = per_patch.mean(dim=-1)
-    channel = getattr(head.loss_module, 'channel', 1)
-    total = (per_patch * hidden).sum(1) / hidden.sum(1) / channel
-    criterion = 'L1' if isinstance(head.loss_module.penalty, nn.L1Loss) else 'MSE'
-    name = f'pixel {criterion}' + (' (normalised patches)' if head.norm_pix else '')
-    return per_patch.masked_fill(hidden == 0, float('nan')), total, name
-
-
-@torch.no_grad()
 def draw_mask(model: nn.Module, images: torch.Tensor, seed: int = 0,
               captions: Optional[Sequence[str]] = None) -> MaskDraw:
     """Draw one mask per image as the method does in training and score its reconstruction.
@@ -120,39 +91,15 @@ def draw_mask(model: nn.Module, images: torch.Tensor, seed: int = 0,
             required for RILS with caption prototypes, unused otherwise.
 
     Returns:
-        MaskDraw: the mask and the per-patch loss.
+        MaskDraw: the mask and the per-patch loss (the model's
+        :func:`~rils_mm.models.algorithms.loss_map`).
     """
-    kind = reconstruction_kind(model)
-    backbone = model.backbone
-    if kind == 'rils':
-        return _rils(model, images, seed, captions)
-    if kind == 'pixel':
+    reconstruction_kind(model)
+    try:
         with seeded(seed):
-            latent, hidden, ids_restore = backbone(images, mask=True)
-        predictions = model.neck(latent, ids_restore)
-        loss, total, name = _pixel_loss(model, predictions, images, hidden)
-        return MaskDraw(hidden, loss, name, total)
-    # MILAN: the teacher's attention (or equal weights) decides which patches are kept.
-    num_patches = backbone.patch_resolution[0] * backbone.patch_resolution[1]
-    targets = None
-    if getattr(model, 'target_generator', None) is not None:
-        targets, attention = model.target_generator(images)
-        importance = attention[:, 0, 1:]
-    else:
-        importance = images.new_ones(images.shape[0], num_patches)
-    with seeded(seed):
-        latent, ids_restore, ids_keep, ids_dump = backbone(images, importance)
-    predictions = model.neck(latent, ids_restore, ids_keep, ids_dump)
-    hidden = torch.ones_like(importance).scatter_(1, ids_keep, 0.0)
-    importance = importance / importance.sum(dim=1, keepdim=True)
-    if kind == 'milan_pixel':
-        loss, total, name = _pixel_loss(model, predictions[:, 1:], images, hidden)
-        return MaskDraw(hidden, loss, name, total, importance)
-    criterion = model.head.loss_module
-    cos = (F.normalize(predictions.float(), dim=-1) * F.normalize(targets.float(), dim=-1))
-    per_token = criterion.shift_factor - criterion.scale_factor * cos.sum(dim=-1)
-    name = f'{criterion.shift_factor:g} - {criterion.scale_factor:g} cos (all tokens)'
-    return MaskDraw(hidden, per_token[:, 1:], name, per_token.mean(dim=1), importance)
+            return loss_map(model, images, captions)
+    except LossMapInputError as error:
+        raise VisualizationInputError(str(error)) from None
 
 
 def rils_masked_passes(model: nn.Module, images: torch.Tensor, seed: int) -> tuple:
@@ -178,27 +125,6 @@ def rils_masked_passes(model: nn.Module, images: torch.Tensor, seed: int) -> tup
     with seeded(seed):  # the training step's passes (RILS.encoder_passes)
         _, targets, latent, hidden, ids_restore = model.encoder_passes(images)
     return targets, latent, hidden, ids_restore
-
-
-def _rils(model: nn.Module, images: torch.Tensor, seed: int,
-          captions: Optional[Sequence[str]]) -> MaskDraw:
-    """RILS: the per-patch KL of its reconstruction loss on the masked patches."""
-    from ..models.heads.language_reconstruction import CaptionPrototypes
-    head = model.head
-    text = None
-    if isinstance(head.prototypes, CaptionPrototypes):
-        if not captions:
-            raise VisualizationInputError('RILS scores its reconstruction against captions: '
-                                          'give captions (--captions or --class-names)')
-        text = encode_captions(model, captions)
-    targets, latent, hidden, ids_restore = rils_masked_passes(model, images, seed)
-    predictions = model.neck(latent, ids_restore)
-    project = model.image_head.project
-    kl = head.loss_module.dense_kl(project(predictions), project(targets),
-                                   head.prototypes(text))
-    total = (kl * hidden).sum(1) / hidden.sum(1).clamp(min=1)
-    name = 'KL(teacher || student) over ' + ('captions' if text is not None else 'prototypes')
-    return MaskDraw(hidden, kl.masked_fill(hidden == 0, float('nan')), name, total)
 
 
 def draw_masks_figure(model: nn.Module, image: np.ndarray, draws: Sequence[MaskDraw],

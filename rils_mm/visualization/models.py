@@ -176,7 +176,8 @@ def intact_tokens(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """
     if is_open_clip(model):
         return _open_clip_tokens(model, images)
-    tokens = _vit(model)(images, mask=False)[-1]
+    from ..models.backbones.rils_vit import intact_outputs
+    tokens = intact_outputs(_vit(model), images)[-1]
     if tokens.dim() != 3:
         raise VisualizationInputError(f'the backbone returns {tokens.dim()}-d outputs; '
                                       f"visualizations need out_type='raw' tokens")
@@ -207,8 +208,8 @@ def encode_captions(model: nn.Module, captions: Sequence[str]) -> torch.Tensor:
         raise VisualizationInputError(f'{type(model).__name__} has no text tower')
     if not captions:
         raise VisualizationInputError('no captions given')
-    tokens = model.tokenize(list(captions))  # every text model here has its tokenizer
-    return F.normalize(model.encode_text(tokens.to(_device(model))).float(), dim=-1)
+    from ..models.algorithms.loss_maps import encode_captions as encode
+    return encode(model, captions)  # every text model here has its tokenizer
 
 
 def logit_temperature(model: nn.Module) -> float:

@@ -55,7 +55,7 @@ def test_masking_keeps_round_of_visible_patches(mask_ratio, expected_keep):
 
 
 def test_masked_pass_never_sees_masked_patches():
-    model = tiny_vit()
+    model = tiny_vit(type='RILSMaskedViT')
     images = torch.randn(2, 3, 32, 32)
     noise = torch.rand(2, 16)
     with torch.no_grad():
@@ -68,8 +68,8 @@ def test_masked_pass_never_sees_masked_patches():
             corrupted[b, :, row * 8:(row + 1) * 8, col * 8:(col + 1) * 8] = 1e3
     with torch.no_grad():
         latent_corrupted, mask2, _ = model(corrupted, mask=True, noise=noise)
-        intact, = model(images)
-        intact_corrupted, = model(corrupted)
+        intact, = model(images, mask=False)
+        intact_corrupted, = model(corrupted, mask=False)
     torch.testing.assert_close(mask, mask2)
     torch.testing.assert_close(latent, latent_corrupted)
     assert not torch.allclose(intact, intact_corrupted)  # the intact pass does see them
@@ -89,22 +89,22 @@ def test_intact_pass_formats_and_other_input_sizes():
 
 def test_shared_patch_embedding_gives_both_passes():
     """RILS embeds the patches once; the two passes from those tokens equal full calls."""
-    model = tiny_vit()
+    model = tiny_vit(type='RILSMultiPassViT')
     images = torch.randn(2, 3, 32, 32)
     noise = torch.rand(2, 16)
     with torch.no_grad():
         intact, masked = model(images, passes=(None, 0.75), noise=noise)
         torch.testing.assert_close(intact, model(images)[0])
-        for ours, reference in zip(masked, model(images, mask=True, noise=noise,
-                                                 mask_ratio=0.75)):
+        for ours, reference in zip(masked, model.uniform_masked_pass(images, noise=noise,
+                                                                     mask_ratio=0.75)):
             torch.testing.assert_close(ours, reference)
 
 
 @pytest.mark.parametrize('with_cp', [False, True])
 def test_block_output_at_some_tokens_equals_the_full_block(with_cp):
-    from rils_mm.models.utils import QVBiasTransformerLayer
+    from rils_mm.models.utils import QVBiasDecoderLayer
     torch.manual_seed(0)
-    block = QVBiasTransformerLayer(32, 4, 64, with_cp=with_cp)
+    block = QVBiasDecoderLayer(32, 4, 64, with_cp=with_cp)
     torch.nn.init.normal_(block.attn.q_bias)
     torch.nn.init.normal_(block.attn.v_bias)
     x = torch.randn(3, 9, 32, requires_grad=True)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from rils_mm.compat import CheckpointKeysError
 from rils_mm.datasets.demo_shapes import generate_demo_shapes, render_shape
+from rils_mm.models.backbones import intact_outputs
 from rils_mm.visualization import (VisualizationInputError, draw_mask, draw_masks_figure,
                                    last_block_attention, load_image, load_model,
                                    masked_patch_caption_maps, patch_caption_maps,
@@ -125,7 +126,7 @@ def test_rils_teacher_maps_equal_a_direct_computation(tiny):
     model, _, images = load(tiny, 'rils')
     maps = patch_caption_maps(model, images, CAPTIONS)
     with torch.no_grad():
-        tokens = model.backbone(images, mask=False)[-1]  # 1 x (1 + 16) x 32
+        tokens = intact_outputs(model.backbone, images)[-1]  # 1 x (1 + 16) x 32
         head = model.image_head
         patches = F.normalize(head.projection(head.norm(tokens[:, 1:])), dim=-1)
         text = F.normalize(model.text_encoder(open_clip.tokenize(CAPTIONS)), dim=-1)

@@ -114,7 +114,7 @@ def test_grid_blocks_reject_class_token_output_and_masking():
     with pytest.raises(ValueError, match='cls_token'):
         vit(window_size=4, window_block_indexes=[0], out_type='cls_token')
     with pytest.raises(ValueError, match='masked pass'):
-        vit(use_rel_pos=True)(torch.randn(1, 3, 64, 64), mask=True)
+        vit(use_rel_pos=True).uniform_masked_pass(torch.randn(1, 3, 64, 64))
 
 
 @pytest.mark.parametrize('toolbox', TOOLBOXES)

@@ -5,7 +5,7 @@
 model = dict(
     type='ImageTextPretrainer',
     backbone=dict(
-        type='RILSPretrainViT',
+        type='RILSMaskedViT',
         arch='b',
         img_size=224,
         patch_size=16,

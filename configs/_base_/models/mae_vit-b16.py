@@ -4,7 +4,7 @@
 # per-patch normalised pixels on the masked patches. docs/methods/mae.md.
 model = dict(
     type='MAE',
-    backbone=dict(type='RILSPretrainViT', arch='b', img_size=224, patch_size=16,
+    backbone=dict(type='RILSMaskedViT', arch='b', img_size=224, patch_size=16,
                   mask_ratio=0.75, out_type='raw'),
     neck=dict(
         type='MAEPretrainDecoder',

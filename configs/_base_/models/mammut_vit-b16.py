@@ -9,7 +9,7 @@
 model = dict(
     type='MaMMUT',
     backbone=dict(
-        type='RILSPretrainViT',
+        type='RILSMaskedViT',
         arch='b',
         img_size=224,
         patch_size=16,

@@ -7,7 +7,7 @@
 # (2 - 2 cos) over all tokens, as mmpretrain's MILAN (the paper's loss is on all patches too).
 model = dict(
     type='MILAN',
-    backbone=dict(type='RILSPretrainViT', arch='b', img_size=224, patch_size=16,
+    backbone=dict(type='RILSMILANViT', arch='b', img_size=224, patch_size=16,
                   mask_ratio=0.75, out_type='raw', init_cfg=[
                       dict(type='Xavier', layer='Linear', distribution='uniform'),
                       dict(type='Constant', layer='LayerNorm', val=1.0, bias=0.0)]),

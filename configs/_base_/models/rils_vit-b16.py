@@ -5,7 +5,7 @@ _base_ = ['./clip_vit-b16.py']
 
 model = dict(
     type='RILS',
-    backbone=dict(mask_ratio=0.75),
+    backbone=dict(type='RILSMultiPassViT', mask_ratio=0.75),
     neck=dict(
         type='RILSDecoder',
         num_patches=196,

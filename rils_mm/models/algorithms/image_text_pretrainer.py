@@ -20,6 +20,7 @@ from mmpretrain.structures import DataSample
 from torch import nn
 
 from ...datasets.transforms.tokenize import get_clip_tokenizer
+from ..backbones.rils_vit import intact_outputs
 from ..utils.checkpoint_loading import checked_init_cfg
 from ..utils.grad_cache import (Embedded, accumulated_train_step, parse_accumulation,
                                 surrogate_loss)
@@ -36,7 +37,8 @@ class ImageTextPretrainer(BaseSelfSupervisor):
     and the text tower's ``output_dim`` defaults to it.
 
     Args:
-        backbone (dict): Image tower (``RILSPretrainViT`` with ``out_type='raw'``).
+        backbone (dict): Image tower (``RILSMaskedViT``, or another form of ``RILSViT``, with
+            ``out_type='raw'``).
         text_encoder (dict): Text tower (``CLIPTextEncoder``).
         image_head (dict): Pooling and projection (``ImageEmbeddingHead``); ``in_channels``
             and ``embed_dims`` are filled in. Defaults to mean pooling, bias-free projection.
@@ -178,7 +180,7 @@ class ImageTextPretrainer(BaseSelfSupervisor):
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Intact pass. images: B x 3 x H x W -> B x (1 + L) x C, class token first."""
-        return self.backbone(images, mask=False)[-1]
+        return intact_outputs(self.backbone, images)[-1]
 
     def embed_image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Image head, normalised: B x (1 + L) x C -> B x D."""
@@ -201,7 +203,7 @@ class ImageTextPretrainer(BaseSelfSupervisor):
     def extract_feat(self, inputs: Union[torch.Tensor, dict]):
         """Intact-pass encoder outputs (mmpretrain's convention), from images or a dict."""
         images = inputs['images'] if isinstance(inputs, dict) else inputs
-        return self.backbone(images, mask=False)
+        return intact_outputs(self.backbone, images)
 
     def contrastive_step(self, tokens: torch.Tensor, texts: torch.Tensor):
         """Contrastive loss and its logged values from intact-pass tokens and caption ids.

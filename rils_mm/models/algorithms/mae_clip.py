@@ -4,6 +4,7 @@ from mmpretrain.registry import MODELS
 
 from ..utils.grad_cache import Embedded
 from .image_text_pretrainer import ImageTextPretrainer
+from .loss_maps import register_loss_map, uniform_pixel_loss_map
 
 
 @MODELS.register_module()
@@ -45,3 +46,7 @@ class MAECLIP(ImageTextPretrainer):
                                text_embeddings=self.encode_text(inputs['texts']))
         loss_pixel = self.pixel_loss_weight * self.head.loss(predictions, images, mask)
         return Embedded(representations, dict(loss_pixel=(loss_pixel, mask.sum())))
+
+
+# MAE's masking and pixel loss: MAE's loss map.
+register_loss_map('MAECLIP')(uniform_pixel_loss_map)

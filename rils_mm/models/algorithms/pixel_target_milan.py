@@ -1,10 +1,13 @@
 """MILAN with MAE's pixel target: the 'no CLIP target' rows of MILAN's ablation."""
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from mmpretrain.models.selfsup import MILAN
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
+
+from ..heads.patch_loss_maps import pixel_patch_losses
+from .loss_maps import LossMap, importance_masked_pass, register_loss_map
 
 
 @MODELS.register_module()
@@ -42,3 +45,13 @@ class PixelTargetMILAN(MILAN):
         predictions = self.neck(latent, ids_restore, ids_keep, ids_dump)[:, 1:]
         mask = torch.ones_like(importance).scatter_(1, ids_keep, 0.0)  # 1: masked
         return dict(loss=self.head.loss(predictions, inputs, mask))
+
+
+@register_loss_map('PixelTargetMILAN')
+def pixel_target_milan_loss_map(model: PixelTargetMILAN, images: torch.Tensor,
+                                captions: Optional[Sequence[str]] = None) -> LossMap:
+    """MILAN's masking with MAE's pixel loss on every masked patch."""
+    predictions, _, hidden, importance = importance_masked_pass(model, images)
+    losses = pixel_patch_losses(model.head, predictions[:, 1:], images, hidden)
+    return LossMap(hidden, losses.per_patch.masked_fill(hidden == 0, float('nan')),
+                   losses.name, losses.total, importance)

@@ -1,12 +1,14 @@
 """RILS: masked visual Reconstruction In Language semantic Space (Yang et al., 2023,
 arXiv:2301.06958); the method is described in docs/methods/rils.md."""
-from typing import Dict
+from typing import Dict, Optional, Sequence
 
 import torch
 from mmpretrain.registry import MODELS
 
+from ..heads.language_reconstruction import CaptionPrototypes
 from ..utils.grad_cache import Embedded
 from .image_text_pretrainer import ImageTextPretrainer
+from .loss_maps import LossMap, LossMapInputError, encode_captions, register_loss_map
 
 
 @MODELS.register_module()
@@ -164,3 +166,26 @@ class RILS(ImageTextPretrainer):
         targets = torch.gather(padded, 1,
                                intact_restore.unsqueeze(-1).expand(-1, -1, channels))
         return intact_tokens, targets, latent, masked * (1 - intact_dropped), ids_restore
+
+
+@register_loss_map('RILS')
+def rils_loss_map(model: RILS, images: torch.Tensor,
+                  captions: Optional[Sequence[str]] = None) -> LossMap:
+    """RILS's passes as its training step runs them (:meth:`RILS.encoder_passes`) and the
+    per-patch KL(teacher || student) of its reconstruction loss on the scored patches, against
+    the prototypes its head scores with: the given captions (CaptionPrototypes) or the fixed
+    random prototypes of the vision-space variant."""
+    text = None
+    if isinstance(model.head.prototypes, CaptionPrototypes):
+        if not captions:
+            raise LossMapInputError('RILS scores its reconstruction against captions: give '
+                                    'captions (--captions or --class-names)')
+        text = encode_captions(model, captions)
+    _, targets, latent, hidden, ids_restore = model.encoder_passes(images)
+    predictions = model.neck(latent, ids_restore)
+    project = model.image_head.project
+    kl = model.head.loss(project(predictions), project(targets), text, hidden,
+                         reduction='none')
+    total = (kl * hidden).sum(1) / hidden.sum(1).clamp(min=1)
+    name = 'KL(teacher || student) over ' + ('captions' if text is not None else 'prototypes')
+    return LossMap(hidden, kl.masked_fill(hidden == 0, float('nan')), name, total)

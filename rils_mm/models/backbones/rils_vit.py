@@ -1,11 +1,21 @@
-"""The RILS vision encoder: a plain ViT with an intact and a masked pass.
+"""The RILS vision encoder: a plain ViT with an intact and masked passes.
 
-Two classes with one checkpoint layout: ``RILSPretrainViT`` keeps mmpretrain's ``MAEViT``
-contract (``forward(x)`` is the masked pass, ``mask=False`` the intact one) for pretraining, and
-``RILSViT`` serves transfer (mmpretrain classifiers, mmdet and mmseg take the intact pass with
-``out_indices``/``out_type`` as in mmpretrain's ``VisionTransformer``; position embeddings are
-interpolated to any input size). For detection, optional ViTDet-style blocks: windowed attention
-in all but a few global blocks and decomposed relative position bias.
+One set of modules (one checkpoint layout), one class per ``forward`` contract, as mmpretrain's
+``MAEViT`` and ``MILANViT`` subclass its ``VisionTransformer``:
+
+- ``RILSViT``: the transfer form. ``forward(x)`` is the intact pass; mmpretrain classifiers,
+  mmdet and mmseg take it with ``out_indices``/``out_type`` as in mmpretrain's
+  ``VisionTransformer`` (position embeddings interpolated to any input size). For detection,
+  optional ViTDet-style blocks: windowed attention in all but a few global blocks and
+  decomposed relative position bias; the output is then the patch-token grid.
+- ``RILSMaskedViT``: ``MAEViT``'s contract, MAE's uniform masking (MAE, MAE+CLIP, CLIP's
+  image tower).
+- ``RILSMILANViT``: ``MILANViT``'s contract, patches kept by importance (MILAN).
+- ``RILSMultiPassViT``: RILS's intact and masked passes over one patch embedding.
+- ``RILSPretrainViT``: the name older configs use; it accepts all the calls above.
+
+The pretraining forms give the intact pass when their masking argument is None
+(:func:`intact_outputs`).
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -62,10 +72,10 @@ class RILSViT(MAEViT):
     """ViT with BEiT-form q/v attention bias, fixed 2-D sin-cos positions and MAE masking.
 
     Differences from mmpretrain's ``MAEViT``: attention has q/v bias and no k bias; the masked
-    pass keeps exactly ``round(L * (1 - mask_ratio))`` patches; ``forward`` defaults to the
-    intact pass (so the class can be dropped into classifiers and detectors; the pretraining
-    form that masks by default is :class:`RILSPretrainViT`); optional gradient checkpointing
-    per block.
+    pass keeps exactly ``round(L * (1 - mask_ratio))`` patches; ``forward`` is the intact
+    pass (so the class can be dropped into classifiers and detectors); the masked passes are
+    methods here and the ``forward`` of the pretraining subclasses; optional gradient
+    checkpointing per block.
 
     Args:
         arch (str | dict): ViT size, as in ``VisionTransformer`` ('b', 'l', ... or a dict with
@@ -268,71 +278,100 @@ class RILSViT(MAEViT):
         return block_groups(self, 'layers.', self.num_layers,
                             stem=('patch_embed', 'cls_token', 'pos_embed', 'pre_norm'))
 
-    def forward(self, x: torch.Tensor, mask: Union[bool, None, torch.Tensor] = False,
-                noise: Optional[torch.Tensor] = None, mask_ratio: Optional[float] = None,
-                **kwargs):
-        """Intact or masked pass (the transfer form: intact by default).
+    def forward(self, x: torch.Tensor) -> tuple:
+        """The intact pass (the transfer form), at any input size.
 
         Args:
             x (torch.Tensor): Images, B x 3 x H x W.
-            mask (bool | None | torch.Tensor): False or None: the intact pass on all patches,
-                returning a tuple of the ``out_indices`` outputs formatted by ``out_type``
-                (for 'raw': B x (1 + L) x C, class token first). True: the masked pass at the
-                pretraining size, MAE's uniform masking. A B x L tensor: MILAN's masking
-                (mmpretrain's ``MILANViT`` contract, also as ``importance=``): patches are kept
-                by sampling without replacement with these (non-negative) weights.
-            noise (torch.Tensor, optional): B x L masking scores for the uniform masked pass
-                (the lowest are kept). Two passes given the same noise keep nested patch
-                sets: the one with the higher ratio sees a subset of the other's patches.
-            mask_ratio (float, optional): The uniform masked pass's ratio for this call, in
-                [0, 1); defaults to ``self.mask_ratio``. With 0 the pass equals the intact
-                pass, but returns the masked pass's ``(latent, mask, ids_restore)``.
-            passes (sequence of float | None, keyword): Several passes over one patch
-                embedding at the pretraining size (RILS's intact and masked pass): None is the
-                intact pass, a ratio a uniform masked pass with that ratio (all from the same
-                ``noise`` when given, so nested). Returns one result per entry, as below.
 
         Returns:
-            tuple: Intact pass: the outputs. Uniform masking ``(latent, mask, ids_restore)``:
-            latent is B x (1 + L_keep) x C after the final norm, mask and ids_restore are
-            B x L. MILAN's masking ``(latent, ids_restore, ids_keep, ids_dump)``, as
-            ``MILANViT``.
+            tuple: One output per ``out_indices``, formatted by ``out_type`` (for 'raw':
+            B x (1 + L) x C, class token first; with windowed or relative-position blocks the
+            ViTDet form of :meth:`_forward_grid`, patch tokens only).
         """
-        if 'importance' in kwargs:
-            mask = kwargs.pop('importance')
-        passes = kwargs.pop('passes', None)
-        if kwargs:
-            raise TypeError(f'RILSViT.forward: unexpected arguments {sorted(kwargs)}')
-        if passes is not None:
-            if self.grid_tokens:
-                raise ValueError('RILSViT: passes are not available with windowed or '
-                                 'relative-position blocks')
-            # Through forward (not the helpers) so that wrappers such as FSDP see the call.
-            patches = self.embed_patches(x)
-            return tuple(self.intact_pass(patches) if ratio is None else
-                         self.masked_pass(patches, ratio, noise) for ratio in passes)
-        if mask is None or mask is False:
-            if self.grid_tokens:
-                return self._forward_grid(x)
-            return super(MAEViT, self).forward(x)
+        if self.grid_tokens:
+            return self._forward_grid(x)
+        return super(MAEViT, self).forward(x)
+
+    def _check_masking(self) -> None:
+        """Refuse the masked passes on a ViTDet-form encoder (it has no class token)."""
         if self.grid_tokens:
             raise ValueError('RILSViT: the masked pass is not available with windowed or '
                              'relative-position blocks')
+
+    def uniform_masked_pass(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None,
+                            mask_ratio: Optional[float] = None
+                            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """MAE's uniform masked pass on images at the pretraining size.
+
+        Args:
+            x (torch.Tensor): Images, B x 3 x H x W.
+            noise (torch.Tensor, optional): B x L masking scores (the lowest are kept). Two
+                passes given the same noise keep nested patch sets: the one with the higher
+                ratio sees a subset of the other's patches.
+            mask_ratio (float, optional): This call's ratio, in [0, 1); defaults to
+                ``self.mask_ratio``. With 0 the pass equals the intact pass, but returns the
+                masked pass's ``(latent, mask, ids_restore)``.
+
+        Returns:
+            tuple: ``latent`` B x (1 + L_keep) x C after the final norm, ``mask`` B x L
+            (1 = removed) and ``ids_restore`` B x L.
+        """
+        self._check_masking()
+        return self.masked_pass(self.embed_patches(x), mask_ratio, noise)
+
+    def importance_masked_pass(self, x: torch.Tensor, importance: torch.Tensor
+                               ) -> Tuple[torch.Tensor, ...]:
+        """MILAN's masked pass (Hou et al., 2022): patches kept by sampling without
+        replacement with the given weights, ``self.mask_ratio`` of them removed.
+
+        Args:
+            x (torch.Tensor): Images, B x 3 x H x W, at the pretraining size.
+            importance (torch.Tensor): B x L non-negative floats, high = keep.
+
+        Returns:
+            tuple: ``(latent, ids_restore, ids_keep, ids_dump)`` as mmpretrain's
+            ``MILANViT``: latent B x (1 + L_keep) x C, ids_restore B x L, ids_keep
+            B x L_keep, ids_dump B x (L - L_keep).
+        """
+        self._check_masking()
         patches = self.embed_patches(x)
-        if isinstance(mask, torch.Tensor):
-            if not mask.is_floating_point() or mask.shape != patches.shape[:2]:
-                raise ValueError(f'RILSViT: a tensor as the second argument is MILAN\'s '
-                                 f'importance (B x L = {tuple(patches.shape[:2])} non-negative '
-                                 f'floats, high = keep), got {mask.dtype} '
-                                 f'{tuple(mask.shape)}; a binary mask is not accepted')
-            # MILAN (Hou et al., 2022): keep patches with probability following the weights.
-            ids_shuffle = torch.multinomial(mask.float().to(x.device), patches.shape[1],
-                                            replacement=False)
-            kept, _, ids_restore = self._keep_first(patches, ids_shuffle, self.mask_ratio)
-            num_keep = kept.shape[1]
-            return (self.encode_tokens(kept), ids_restore, ids_shuffle[:, :num_keep],
-                    ids_shuffle[:, num_keep:])
-        return self.masked_pass(patches, mask_ratio, noise)
+        if (not isinstance(importance, torch.Tensor) or not importance.is_floating_point()
+                or importance.shape != patches.shape[:2]):
+            got = (f'{importance.dtype} {tuple(importance.shape)}'
+                   if isinstance(importance, torch.Tensor) else repr(importance))
+            raise ValueError(f'RILSViT: MILAN\'s importance must be B x L = '
+                             f'{tuple(patches.shape[:2])} non-negative floats (high = keep), '
+                             f'got {got}; a binary mask is not accepted')
+        ids_shuffle = torch.multinomial(importance.float().to(x.device), patches.shape[1],
+                                        replacement=False)
+        kept, _, ids_restore = self._keep_first(patches, ids_shuffle, self.mask_ratio)
+        num_keep = kept.shape[1]
+        return (self.encode_tokens(kept), ids_restore, ids_shuffle[:, :num_keep],
+                ids_shuffle[:, num_keep:])
+
+    def shared_embedding_passes(self, x: torch.Tensor,
+                                passes: Sequence[Optional[float]],
+                                noise: Optional[torch.Tensor] = None) -> tuple:
+        """Several passes over one patch embedding at the pretraining size (RILS's intact
+        and masked pass).
+
+        Args:
+            x (torch.Tensor): Images, B x 3 x H x W.
+            passes (sequence of float | None): None is the intact pass (B x (1 + L) x C, as
+                :meth:`intact_pass`), a ratio a uniform masked pass with that ratio (as
+                :meth:`masked_pass`; all from the same ``noise`` when given, so nested).
+            noise (torch.Tensor, optional): B x L masking scores.
+
+        Returns:
+            tuple: One result per entry of ``passes``.
+        """
+        if self.grid_tokens:
+            raise ValueError('RILSViT: passes are not available with windowed or '
+                             'relative-position blocks')
+        patches = self.embed_patches(x)
+        return tuple(self.intact_pass(patches) if ratio is None else
+                     self.masked_pass(patches, ratio, noise) for ratio in passes)
 
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
         """Patch embedding plus positions at the pretraining size: the input of both passes.
@@ -430,17 +469,150 @@ class RILSViT(MAEViT):
 
 
 @MODELS.register_module()
-class RILSPretrainViT(RILSViT):
-    """:class:`RILSViT` with mmpretrain's ``MAEViT`` contract: ``forward(x)`` is the masked pass.
+class RILSMaskedViT(RILSViT):
+    """:class:`RILSViT` with mmpretrain's ``MAEViT`` contract: ``forward(x)`` is MAE's uniform
+    masked pass.
 
-    The pretraining encoder of every method of this package, and a drop-in backbone for
-    mmpretrain's own ``MAE``, ``EVA`` and ``MILAN`` algorithms. Its checkpoint keys are
-    :class:`RILSViT`'s, so the transfer configs (mmdet, mmseg, classifiers) load its weights
-    into :class:`RILSViT`, whose ``forward(x)`` is the intact pass.
+    The encoder of MAE and MAE+CLIP, and a drop-in backbone for mmpretrain's own ``MAE`` and
+    ``EVA``. Its checkpoint keys are :class:`RILSViT`'s, so the transfer configs (mmdet, mmseg,
+    classifiers) load its weights into :class:`RILSViT`.
+    """
+
+    def forward(self, x: torch.Tensor, mask: Optional[bool] = True,
+                noise: Optional[torch.Tensor] = None, mask_ratio: Optional[float] = None):
+        """The masked pass, or with ``mask`` False or None the intact pass (as ``MAEViT``:
+        mmpretrain's ``MAE.extract_feat`` asks for it with ``mask=None``).
+
+        Args:
+            x (torch.Tensor): Images, B x 3 x H x W.
+            mask (bool, optional): True: :meth:`uniform_masked_pass`; False or None:
+                :meth:`RILSViT.forward`.
+            noise (torch.Tensor, optional): B x L masking scores (the lowest are kept).
+            mask_ratio (float, optional): The masked pass's ratio, in [0, 1); defaults to
+                ``self.mask_ratio``.
+
+        Returns:
+            tuple: ``(latent, mask, ids_restore)`` (B x (1 + L_keep) x C, B x L, B x L), or
+            the intact pass's outputs.
+        """
+        if mask is None or mask is False:
+            return super().forward(x)
+        if mask is not True:
+            raise TypeError(f'RILSMaskedViT: mask must be True, False or None, got '
+                            f'{type(mask).__name__}; MILAN\'s importance goes to RILSMILANViT')
+        return self.uniform_masked_pass(x, noise, mask_ratio)
+
+
+@MODELS.register_module()
+class RILSMILANViT(RILSViT):
+    """:class:`RILSViT` with mmpretrain's ``MILANViT`` contract: patches kept by importance.
+
+    The encoder of mmpretrain's ``MILAN`` and :class:`~rils_mm.models.PixelTargetMILAN`
+    (Hou et al., 2022, arXiv:2208.06049); same checkpoint keys as :class:`RILSViT`.
+    """
+
+    def forward(self, x: torch.Tensor, importance: Optional[torch.Tensor] = None):
+        """MILAN's masked pass, or with ``importance=None`` the intact pass (as ``MILANViT``:
+        mmpretrain's ``MILAN.extract_feat`` asks for it so).
+
+        Args:
+            x (torch.Tensor): Images, B x 3 x H x W.
+            importance (torch.Tensor, optional): B x L non-negative weights (high = keep).
+
+        Returns:
+            tuple: :meth:`importance_masked_pass`'s ``(latent, ids_restore, ids_keep,
+            ids_dump)``, or the intact pass's outputs.
+        """
+        if importance is None:
+            return super().forward(x)
+        return self.importance_masked_pass(x, importance)
+
+
+@MODELS.register_module()
+class RILSMultiPassViT(RILSViT):
+    """:class:`RILSViT` whose ``forward`` runs several passes over one patch embedding.
+
+    RILS's encoder (Yang et al., 2023, arXiv:2301.06958): each step encodes the images intact
+    and masked; the passes share the patch embedding, and go through ``forward`` so that
+    wrappers (FSDP) see the call. Same checkpoint keys as :class:`RILSViT`.
+    """
+
+    def forward(self, x: torch.Tensor, passes: Optional[Sequence[Optional[float]]] = None,
+                noise: Optional[torch.Tensor] = None):
+        """The passes at the pretraining size, or with ``passes=None`` the intact pass at any
+        size (mmpretrain's convention that None asks for the unmasked encoder).
+
+        Args:
+            x (torch.Tensor): Images, B x 3 x H x W.
+            passes (sequence of float | None, optional): See :meth:`shared_embedding_passes`.
+            noise (torch.Tensor, optional): B x L masking scores shared by the masked passes.
+
+        Returns:
+            tuple: One result per pass, or the intact pass's outputs.
+        """
+        if passes is None:
+            return super().forward(x)
+        return self.shared_embedding_passes(x, passes, noise)
+
+
+@MODELS.register_module()
+class RILSPretrainViT(RILSMaskedViT):
+    """The name configs and checkpoints written before the forms were split use.
+
+    Builds the same modules (so the same checkpoint keys) as every class above and accepts
+    every call those configs' algorithms make: ``forward(x)`` is the masked pass (as
+    :class:`RILSMaskedViT`), a tensor as the second argument (or ``importance=``) is MILAN's
+    masking (:class:`RILSMILANViT`), ``passes=`` RILS's passes (:class:`RILSMultiPassViT`).
+    New configs name the class with the one form their algorithm uses.
     """
 
     def forward(self, x: torch.Tensor, mask: Union[bool, None, torch.Tensor] = True,
                 noise: Optional[torch.Tensor] = None, mask_ratio: Optional[float] = None,
                 **kwargs):
-        """As :meth:`RILSViT.forward`, masked by default (``mask=False`` or None: intact)."""
-        return super().forward(x, mask, noise, mask_ratio, **kwargs)
+        """Routes each form of the old signature to the method that now owns it.
+
+        Args:
+            x (torch.Tensor): Images, B x 3 x H x W.
+            mask (bool | None | torch.Tensor): As :class:`RILSMaskedViT`, or MILAN's B x L
+                importance.
+            noise (torch.Tensor, optional): B x L masking scores.
+            mask_ratio (float, optional): The uniform masked pass's ratio.
+            **kwargs: ``importance`` (MILAN's, by keyword) or ``passes`` (RILS's).
+
+        Returns:
+            tuple: As the class that owns the form.
+        """
+        if 'importance' in kwargs:
+            mask = kwargs.pop('importance')
+        passes = kwargs.pop('passes', None)
+        if kwargs:
+            raise TypeError(f'RILSPretrainViT.forward: unexpected arguments {sorted(kwargs)}')
+        if passes is not None:
+            return self.shared_embedding_passes(x, passes, noise)
+        if isinstance(mask, torch.Tensor):
+            return self.importance_masked_pass(x, mask)
+        return super().forward(x, mask, noise, mask_ratio)
+
+
+# The classes whose forward takes a masking argument, None for the intact pass.
+PRETRAINING_VITS = (RILSMaskedViT, RILSMILANViT, RILSMultiPassViT)
+
+
+def intact_outputs(backbone: RILSViT, images: torch.Tensor) -> tuple:
+    """The intact pass of any of these encoders, through ``forward`` (so that wrappers such
+    as FSDP see the call).
+
+    :class:`RILSViT` takes the images alone; the pretraining forms take None as their masking
+    argument, as mmpretrain's ``MAEViT`` (``mask=None``) and ``MILANViT``
+    (``importance=None``) do.
+
+    Args:
+        backbone (RILSViT): Any class of this module.
+        images (torch.Tensor): B x 3 x H x W.
+
+    Returns:
+        tuple: One output per ``out_indices`` (for 'raw': B x (1 + L) x C).
+    """
+    if isinstance(backbone, PRETRAINING_VITS):
+        return backbone(images, None)
+    return backbone(images)

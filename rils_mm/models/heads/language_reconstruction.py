@@ -91,7 +91,8 @@ class LanguageReconstructionHead(BaseModule):
              target_features: torch.Tensor,
              text_features_all: torch.Tensor,
              mask: torch.Tensor,
-             correct: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+             correct: Optional[torch.Tensor] = None,
+             reduction: str = 'mean') -> Union[Tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """Compute the reconstruction loss.
 
         Args:
@@ -100,9 +101,13 @@ class LanguageReconstructionHead(BaseModule):
             text_features_all (torch.Tensor): Normalised captions of the global batch, T x D.
             mask (torch.Tensor): B x L, 1 where the patch was masked.
             correct (torch.Tensor, optional): B booleans, image->text top-1 correct.
+            reduction (str): 'mean' (training) or 'none' (the per-patch map).
 
         Returns:
-            tuple: the scalar loss and the B x L weights it used.
+            tuple | torch.Tensor: the scalar loss and the B x L weights it used; with
+            ``reduction='none'`` the B x L per-patch KL(teacher || student) (weight, filter
+            and mask left out).
         """
         return self.loss_module(pred_features, target_features,
-                                self.prototypes(text_features_all), mask, correct)
+                                self.prototypes(text_features_all), mask, correct,
+                                reduction=reduction)

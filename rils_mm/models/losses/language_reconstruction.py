@@ -1,5 +1,5 @@
 """Masked reconstruction scored in language space: the RILS reconstruction loss."""
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.distributed as torch_dist
@@ -195,7 +195,8 @@ class LanguageSpaceReconstructionLoss(nn.Module):
                 target_features: torch.Tensor,
                 prototypes: torch.Tensor,
                 mask: torch.Tensor,
-                correct: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                correct: Optional[torch.Tensor] = None,
+                reduction: str = 'mean'):
         """Compute the loss.
 
         Args:
@@ -206,12 +207,20 @@ class LanguageSpaceReconstructionLoss(nn.Module):
                 embeddings of the global batch).
             mask (torch.Tensor): B x L, 1 where the patch was masked (and has a target).
             correct (torch.Tensor, optional): B booleans, image->text top-1 retrieval correct.
-                Required when ``filter_correct``.
+                Required when ``filter_correct`` (unless ``reduction='none'``).
+            reduction (str): 'mean' (training) or 'none': the per-patch map.
 
         Returns:
-            tuple: the scalar loss (0 when nothing is kept) and the B x L weights used
-            (1 on the masked patches of kept samples).
+            tuple | torch.Tensor: the scalar loss (0 when nothing is kept) and the B x L
+            weights used (1 on the masked patches of kept samples); with
+            ``reduction='none'`` the B x L KL(teacher || student) of every patch, before the
+            weight, the filter and the mask.
         """
+        if reduction == 'none':
+            return self.dense_kl(pred_features, target_features, prototypes)
+        if reduction != 'mean':
+            raise ValueError(f"LanguageSpaceReconstructionLoss: reduction must be 'mean' or "
+                             f"'none', got {reduction!r}")
         weights = self.patch_weights(mask, correct)
         if self.chunk_size is None:
             total = (self.dense_kl(pred_features, target_features, prototypes) * weights).sum()

@@ -6,7 +6,7 @@ from mmengine.model import ModuleList
 from mmpretrain.models.necks import MAEPretrainDecoder
 from mmpretrain.registry import MODELS
 
-from ..utils.qv_bias_layer import QVBiasTransformerLayer, take_rows
+from ..utils.qv_bias_layer import QVBiasDecoderLayer, take_rows
 
 
 @MODELS.register_module()
@@ -14,8 +14,9 @@ class RILSDecoder(MAEPretrainDecoder):
     """MAE-style decoder whose output is an encoder feature per patch, not pixels.
 
     An input Linear (encoder width -> decoder width), a learned mask token at the masked
-    positions, fixed sin-cos positions, ``decoder_depth`` q/v-bias blocks, a final LayerNorm
-    and a Linear back to the encoder width. RILS uses one block of the encoder's width.
+    positions, fixed sin-cos positions, ``decoder_depth`` q/v-bias blocks
+    (``QVBiasDecoderLayer``: read at the scored patches only), a final LayerNorm and a Linear
+    back to the encoder width. RILS uses one block of the encoder's width.
 
     Args:
         num_patches (int): L, patches per image at the pretraining size.
@@ -54,7 +55,7 @@ class RILSDecoder(MAEPretrainDecoder):
             init_cfg=init_cfg)
         self.embed_dim = embed_dim
         self.decoder_blocks = ModuleList([
-            QVBiasTransformerLayer(
+            QVBiasDecoderLayer(
                 decoder_embed_dim,
                 decoder_num_heads,
                 int(mlp_ratio * decoder_embed_dim),

@@ -3,7 +3,7 @@
 Every trainable tower takes a switch in its config; the keys differ because the towers come
 from three code bases (ours, mmpretrain's, open_clip's), see ``docs/scale.md``:
 
-- ``RILSViT`` / ``RILSPretrainViT``, ``RILSDecoder``, ``MaMMUTTextDecoder``,
+- ``RILSViT`` and its pretraining forms, ``RILSDecoder``, ``MaMMUTTextDecoder``,
   ``MAEFeatureDecoder``: ``with_cp=True``;
 - ``CLIPTextEncoder``: ``with_cp=True`` (open_clip's ``set_grad_checkpointing``);
 - mmpretrain's ``MAEPretrainDecoder`` and ``MILANPretrainDecoder`` have no switch:

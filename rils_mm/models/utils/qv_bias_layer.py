@@ -5,9 +5,14 @@ a full qkv bias whose k part is zero is the same function. We keep mmpretrain's
 ``TransformerEncoderLayer`` (and its SDPA attention kernel) and only swap how the qkv bias is
 formed.
 
-For transfer (ViTDet), both classes optionally take a 2-D token grid: attention with decomposed
-relative position bias (``use_rel_pos``) and blocks restricted to non-overlapping windows
-(``window_size``). Both default off; the helpers are mmpretrain's (from ``ViTSAM``).
+``QVBiasDecoderLayer`` is the decoder's block: its ``forward`` can also be read at a few
+tokens (the loss reads RILS's decoder at the hidden patches only); the encoder's block is
+plain.
+
+For transfer (ViTDet), the attention and the encoder block optionally take a 2-D token grid:
+attention with decomposed relative position bias (``use_rel_pos``) and blocks restricted to
+non-overlapping windows (``window_size``). Both default off; the helpers are mmpretrain's (from
+``ViTSAM``).
 """
 from typing import Optional, Tuple
 
@@ -199,20 +204,66 @@ class QVBiasTransformerLayer(TransformerEncoderLayer):
         """Whether the block needs its tokens as an H x W grid (window or relative positions)."""
         return self.window_size > 0 or self.use_rel_pos
 
-    def forward(self, x: torch.Tensor, hw: Optional[Tuple[int, int]] = None,
-                query_index: Optional[torch.Tensor] = None,
-                shared: Optional[torch.Tensor] = None,
-                shared_index: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Pre-norm block, on all tokens or read at some of them.
-
-        The partial forms compute only what the outputs at ``query_index`` need (a decoder
-        whose output is read at a few positions); they are keywords of ``forward`` rather
-        than methods so that wrappers (FSDP units, checkpoint wrappers) see the call.
+    def forward(self, x: torch.Tensor, hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """Pre-norm block on all tokens.
 
         Args:
             x (torch.Tensor): Tokens, B x N x C (N = H * W patch tokens when ``needs_grid``).
             hw (tuple[int, int], optional): The token grid (H, W); required when
                 ``needs_grid``.
+
+        Returns:
+            torch.Tensor: B x N x C.
+        """
+        forward = self._forward_grid if self.needs_grid else super().forward
+        args = (x, hw) if self.needs_grid else (x, )
+        if self.with_cp and x.requires_grad:
+            return checkpoint(forward, *args, use_reentrant=False)
+        return forward(*args)
+
+    def _forward_grid(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        """Windowed and/or relative-position attention on a B x (H * W) x C token grid."""
+        if hw is None:
+            raise ValueError('windowed or relative-position blocks need the token grid hw')
+        B, N, C = x.shape
+        H, W = hw
+        y = self.ln1(x).view(B, H, W, C)
+        if self.window_size > 0:
+            y, pad_hw = window_partition(y, self.window_size)  # B * nW x ws x ws x C
+            grid = (self.window_size, self.window_size)
+        else:
+            grid = (H, W)
+        y = self.attn.attend(y.reshape(y.shape[0], grid[0] * grid[1], C), grid)
+        if self.window_size > 0:
+            y = window_unpartition(y.view(-1, *grid, C), self.window_size, pad_hw, (H, W))
+        # Dropout and drop path per image (after un-partitioning), as in ViTDet.
+        x = x + self.attn.out_drop(self.attn.gamma1(self.attn.proj_drop(y.reshape(B, N, C))))
+        return self.ffn(self.ln2(x), identity=x)
+
+
+class QVBiasDecoderLayer(QVBiasTransformerLayer):
+    """The decoder's q/v-bias block: also read at some tokens only.
+
+    A decoder whose output the loss reads at a few positions (RILS's, at the hidden patches)
+    needs the block's output there only; the partial forms compute just that. They are
+    keywords of ``forward`` rather than methods so that wrappers (FSDP units, checkpoint
+    wrappers) see the call. Same arguments and parameters as :class:`QVBiasTransformerLayer`,
+    without the token grid (no windows, no relative positions).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.needs_grid:
+            raise ValueError('QVBiasDecoderLayer: windowed or relative-position blocks are '
+                             'encoder blocks (QVBiasTransformerLayer)')
+
+    def forward(self, x: torch.Tensor, query_index: Optional[torch.Tensor] = None,
+                shared: Optional[torch.Tensor] = None,
+                shared_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Pre-norm block, on all tokens or read at some of them.
+
+        Args:
+            x (torch.Tensor): Tokens, B x N x C.
             query_index (torch.Tensor, optional): B x M (long): return the block's output at
                 these tokens only, B x M x C. They index ``x``, or with ``shared`` the rows of
                 ``shared``.
@@ -226,20 +277,14 @@ class QVBiasTransformerLayer(TransformerEncoderLayer):
         """
         if query_index is None:
             if shared is not None:
-                raise ValueError('QVBiasTransformerLayer: shared tokens need query_index')
-            forward = self._forward_grid if self.needs_grid else super().forward
-            args = (x, hw) if self.needs_grid else (x, )
-        else:
-            if self.needs_grid:
-                raise ValueError('QVBiasTransformerLayer: query_index is not available with '
-                                 'windowed or relative-position blocks')
-            if (shared is None) != (shared_index is None):
-                raise ValueError('QVBiasTransformerLayer: shared and shared_index go together')
-            forward = self._forward_queries
-            args = (x, query_index, shared, shared_index)
+                raise ValueError('QVBiasDecoderLayer: shared tokens need query_index')
+            return super().forward(x)
+        if (shared is None) != (shared_index is None):
+            raise ValueError('QVBiasDecoderLayer: shared and shared_index go together')
+        args = (x, query_index, shared, shared_index)
         if self.with_cp and x.requires_grad:
-            return checkpoint(forward, *args, use_reentrant=False)
-        return forward(*args)
+            return checkpoint(self._forward_queries, *args, use_reentrant=False)
+        return self._forward_queries(*args)
 
     def _forward_queries(self, x: torch.Tensor, query_index: torch.Tensor,
                          shared: Optional[torch.Tensor],
@@ -260,23 +305,4 @@ class QVBiasTransformerLayer(TransformerEncoderLayer):
             y = attn.attend_projected(take_rows(qkv_shared[:, :channels], query_index), kv)
             identity = take_rows(shared, query_index)
         x = identity + attn.out_drop(attn.gamma1(attn.proj_drop(y)))
-        return self.ffn(self.ln2(x), identity=x)
-
-    def _forward_grid(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
-        """Windowed and/or relative-position attention on a B x (H * W) x C token grid."""
-        if hw is None:
-            raise ValueError('windowed or relative-position blocks need the token grid hw')
-        B, N, C = x.shape
-        H, W = hw
-        y = self.ln1(x).view(B, H, W, C)
-        if self.window_size > 0:
-            y, pad_hw = window_partition(y, self.window_size)  # B * nW x ws x ws x C
-            grid = (self.window_size, self.window_size)
-        else:
-            grid = (H, W)
-        y = self.attn.attend(y.reshape(y.shape[0], grid[0] * grid[1], C), grid)
-        if self.window_size > 0:
-            y = window_unpartition(y.view(-1, *grid, C), self.window_size, pad_hw, (H, W))
-        # Dropout and drop path per image (after un-partitioning), as in ViTDet.
-        x = x + self.attn.out_drop(self.attn.gamma1(self.attn.proj_drop(y.reshape(B, N, C))))
         return self.ffn(self.ln2(x), identity=x)
