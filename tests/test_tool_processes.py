@@ -75,3 +75,21 @@ def test_fresh_interpreters_on_request(tmp_path, monkeypatch):
     result = run_python([sys.executable, '-c', 'import sys; print("torch" in sys.modules)'],
                         cwd=REPO, timeout=120)
     assert result.stdout == 'True\n'  # the stack comes from the server
+
+
+def test_answers_that_arrive_together_are_each_read():
+    """A run that ends at once sends its start and its end in one read; the second answer must
+    not wait for more bytes (a buffered reader held it where select does not look)."""
+    import time
+
+    import tool_processes
+    read_end, write_end = os.pipe()
+    server = tool_processes._Server.__new__(tool_processes._Server)
+    server.process = type('Fake', (), {'stdout': os.fdopen(read_end, 'rb', buffering=0)})()
+    server.pending = b''
+    os.write(write_end, b'{"pid": 7}\n{"status": 0}\n')
+    deadline = time.monotonic() + 5
+    assert server.answer(deadline) == {'pid': 7}
+    assert server.answer(deadline) == {'status': 0}
+    assert server.answer(time.monotonic() + 0.1) is None  # nothing more: the deadline
+    os.close(write_end)

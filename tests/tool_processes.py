@@ -20,41 +20,67 @@ import time
 from typing import Optional, Sequence
 
 SERVER = osp.join(osp.dirname(osp.abspath(__file__)), 'process_server.py')
-_server: Optional[subprocess.Popen] = None
+_server = None
 
 
 def fresh_processes_only() -> bool:
     return os.environ.get('RILS_TEST_FRESH_PROCESSES', '') not in ('', '0')
 
 
-def _get_server() -> subprocess.Popen:
+class _Server:
+    """The fork server's process and its answer stream, read as raw bytes: a buffered reader
+    could hold an answer that ``select`` then never reports."""
+
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, SERVER], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE)
+        self.pending = b''
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def send(self, request: dict) -> None:
+        self.process.stdin.write(json.dumps(request).encode() + b'\n')
+        self.process.stdin.flush()
+
+    def answer(self, deadline: Optional[float]) -> Optional[dict]:
+        """The next answer, or None at the deadline."""
+        while b'\n' not in self.pending:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.process.stdout], [], [], wait)
+            if not ready:
+                return None
+            chunk = os.read(self.process.stdout.fileno(), 65536)
+            if not chunk:
+                raise RuntimeError('the test process server exited')
+            self.pending += chunk
+        line, self.pending = self.pending.split(b'\n', 1)
+        return json.loads(line)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def _get_server() -> _Server:
     global _server
-    if _server is None or _server.poll() is not None:
-        _server = subprocess.Popen([sys.executable, SERVER], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True, bufsize=1)
-        atexit.register(_stop_server, _server)
+    if _server is None or not _server.alive():
+        _server = _Server()
+        atexit.register(_server.stop)
     return _server
 
 
-def _stop_server(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        server.stdin.close()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-
-
-def _answer(server: subprocess.Popen, deadline: Optional[float]) -> Optional[dict]:
-    """The server's next answer line, or None at the deadline."""
-    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-    ready, _, _ = select.select([server.stdout], [], [], wait)
-    if not ready:
-        return None
-    line = server.stdout.readline()
-    if not line:
-        raise RuntimeError('the test process server exited')
-    return json.loads(line)
+def _drop_server() -> None:
+    """After a request that did not finish cleanly: a new server for the next one, so that no
+    answer of this one is taken for the next one's."""
+    global _server
+    if _server is not None:
+        _server.process.kill()
+        _server = None
 
 
 def run_python(args: Sequence, cwd: Optional[str] = None, env: Optional[dict] = None,
@@ -79,14 +105,20 @@ def run_python(args: Sequence, cwd: Optional[str] = None, env: Optional[dict] = 
         out, err = osp.join(folder, 'stdout'), osp.join(folder, 'stderr')
         request = dict(argv=args[1:], cwd=osp.abspath(cwd or os.getcwd()),
                        env=dict(os.environ if env is None else env), stdout=out, stderr=err)
-        server.stdin.write(json.dumps(request) + '\n')
-        server.stdin.flush()
-        pid = _answer(server, None)['pid']
-        deadline = None if timeout is None else time.monotonic() + timeout
-        answer = _answer(server, deadline)
-        if answer is None:
-            os.killpg(pid, signal.SIGKILL)
-            _answer(server, None)
+        try:
+            server.send(request)
+            pid = server.answer(None)['pid']
+            deadline = None if timeout is None else time.monotonic() + timeout
+            answer = server.answer(deadline)
+            if answer is None:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:  # it ended meanwhile
+                    pass
+                server.answer(None)
+        except BaseException:
+            _drop_server()
+            raise
         with open(out, errors='replace') as f:
             stdout = f.read()
         with open(err, errors='replace') as f:

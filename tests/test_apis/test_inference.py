@@ -245,6 +245,10 @@ def test_usage_examples_run(tmp_path, monkeypatch):
     save_checkpoint(random_model(RILS_DEMO),
                     str(tmp_path / 'work_dirs' / 'demo_cpu' / 'epoch_6.pth'))
     monkeypatch.chdir(tmp_path)
+    # The Inferencers' progress bar draws on the console (whether it shows depends on the
+    # terminal), not into the examples' printed results.
+    import mmpretrain.utils.progress
+    monkeypatch.setattr(mmpretrain.utils.progress, 'disable_progress_bar', True)
     # mmengine's log lines (init_model's "Loads checkpoint ...") go to the logger's stream,
     # created here, not into the examples' printed output.
     from mmengine.logging import MMLogger

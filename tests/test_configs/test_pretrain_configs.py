@@ -173,7 +173,7 @@ def test_baseline_configs_full_size_parameter_counts():
     reference_decoder = MAEPretrainDecoder(num_patches=196, patch_size=16, embed_dim=768,
                                            decoder_embed_dim=512, decoder_depth=8,
                                            decoder_num_heads=16)
-    assert type(mae).__name__ == 'MAE' and type(mae.backbone).__name__ == 'RILSPretrainViT'
+    assert type(mae).__name__ == 'MAE' and type(mae.backbone).__name__ == 'RILSMaskedViT'
     assert count(mae.neck) == count(mae_clip.neck) == count(reference_decoder)
     assert count(mae.backbone) == count(clip.backbone) == count(rils.backbone)
     assert count(mae_clip) == count(clip) + count(reference_decoder)

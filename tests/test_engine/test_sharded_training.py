@@ -128,7 +128,16 @@ def test_fsdp_trains_as_ddp_and_saves_a_full_checkpoint(runs):
     assert list(fsdp_state) == list(ddp_state)
     assert fsdp_state['logit_scale'].shape == torch.Size([])
     for key, value in ddp_state.items():
-        torch.testing.assert_close(fsdp_state[key], value, rtol=1e-5, atol=1e-6, msg=key)
+        fsdp_value = fsdp_state[key]
+        if key.endswith('attn.in_proj_bias'):
+            # The key bias's exact gradient is zero (the softmax ignores a shift shared by a
+            # query's logits); its float gradient is rounding noise, whose order differs
+            # between FSDP's and DDP's reductions, and Adam turns that noise into steps of up
+            # to the learning rate. The q and v parts are compared as every other weight.
+            q_k_v, fsdp_q_k_v = value.chunk(3), fsdp_value.chunk(3)
+            torch.testing.assert_close(fsdp_q_k_v[1], q_k_v[1], rtol=0, atol=1e-4, msg=key)
+            value, fsdp_value = torch.cat(q_k_v[::2]), torch.cat(fsdp_q_k_v[::2])
+        torch.testing.assert_close(fsdp_value, value, rtol=1e-5, atol=1e-6, msg=key)
     # The optimizer state, keyed by parameter name under FSDP (by index under DDP), in the
     # same parameter groups: the same Adam moments.
     fsdp_optim, ddp_optim = (torch.load(run['work_dir'] / 'epoch_1.pth', map_location='cpu',

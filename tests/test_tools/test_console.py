@@ -105,7 +105,7 @@ def test_every_tool_applies_the_console_fixes():
     for helper in (run_cli, model_converters.run):
         assert 'install_tool_conveniences()' in inspect.getsource(helper), helper.__qualname__
     entries = {'run_cli(', 'install_tool_conveniences()', '_cli.run(',  # _cli.run: run_cli
-               'run(open_clip_to_rils_main)', 'run(rils_to_toolbox_main)'}
+               'run(open_clip_to_rils_main)', 'run(rils_to_toolbox_main)', 'run(publish_model_main)'}
     with open(osp.join(REPO, 'tools/visualization/_cli.py')) as file:
         assert 'run_cli(' in file.read()
     tools = [path for path in glob.glob(osp.join(REPO, 'tools', '**', '*.py'), recursive=True)
