@@ -253,3 +253,31 @@ def test_lock_cfg_mistakes_are_one_clear_error():
         with pytest.raises(ValueError, match=message):
             MODELS.build(dict(copy.deepcopy(cfg.model.to_dict()), lock_cfg=lock_cfg))
 
+
+def test_big_visions_form_has_no_image_head_projection():
+    """configs/lit/lit_b16_L-U_no-projection.py: the image embedding is the normalised pooled
+    encoder output and the text head maps to the encoder width."""
+    import torch.nn.functional as F
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'lit', 'lit_b16_L-U_no-projection.py'))
+    backbone = MODELS.get(cfg.model.backbone.type)
+    assert cfg.model.embed_dims == backbone.arch_zoo[cfg.model.backbone.arch]['embed_dims'] == 768
+    assert cfg.model.image_head.projection is False
+    cfg = tiny_lit('L-U_no-projection', 'unused.pth', embed_dims=TINY_ARCH['embed_dims'])
+    model = MODELS.build(cfg.model)
+    model.image_head.init_weights()  # the towers' files are not written here
+    model.eval()
+    assert not list(model.image_head.parameters())
+    assert model.text_encoder.text_projection.shape == (32, TINY_ARCH['embed_dims'])
+    inputs = model.data_preprocessor(dict(inputs=batch()), True)['inputs']
+    with torch.no_grad():
+        pooled = model.backbone(inputs['images'], mask=False)[-1][:, 1:].mean(dim=1)
+        torch.testing.assert_close(model.encode_image(inputs['images']),
+                                   F.normalize(pooled, dim=-1))
+        assert model.encode_text(inputs['texts']).shape == (4, TINY_ARCH['embed_dims'])
+    model.train()
+    model(inputs, mode='loss')['loss_contrastive'].backward()
+    assert model.text_encoder.text_projection.grad is not None
+    # The joint width must be the encoder's.
+    with pytest.raises(ValueError, match='projection=False makes the joint width the encoder '
+                       'width 32'):
+        MODELS.build(tiny_lit('L-U_no-projection', 'unused.pth').model)
