@@ -59,9 +59,10 @@ class ImageTextPretrainer(BaseSelfSupervisor):
             norm) and then the image head (open_clip's ``proj``), so N=0 locks the head too
             and N=1 trains only the head (``backbone=True`` locks the encoder alone and leaves
             the head to ``lock_cfg.image_head``; naming both with the dict form is an error);
-            for ``text_encoder`` the groups end with the text projection on its own. A locked part has ``requires_grad=False``, stays in eval mode
-            (norm statistics, dropout and stochastic depth fixed) and never gets a gradient, so
-            the optimizer keeps no state for it. LiT (Zhai et al., CVPR 2022) locks the image
+            for ``text_encoder`` the groups end with the text projection on its own. A locked
+            part has ``requires_grad=False``, stays in eval mode (norm statistics, dropout and
+            stochastic depth fixed) and never gets a gradient, so the optimizer keeps no state
+            for it. LiT (Zhai et al., CVPR 2022) locks the image
             tower.
         accumulation (dict, optional): ``dict(micro_batches=K)``: each training step takes
             the dataloader's batch (K x B samples per device: ``train_dataloader.batch_size``
