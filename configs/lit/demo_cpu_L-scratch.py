@@ -1,6 +1,9 @@
 # LiT "Lu" at demo scale: the image tower of a demo RILS run (python tools/train.py
 # configs/rils/demo_cpu.py --work-dir work_dirs/rils_demo) locked, the demo's text tower from scratch; the demo schedule with LiT's weight decay 0.01 and
-# gradient clipping at norm 1 (big_vision's LiT recipe).
+# gradient clipping at norm 1 (big_vision's LiT recipe). The image head's projection starts
+# from random values here and in every demo_cpu_*.py setting (only the tower's backbone.* keys
+# are loaded from the RILS file, whose head maps into RILS's own joint space); it trains unless
+# lock_cfg.image_head=True.
 _base_ = [
     '../_base_/models/lit_vit-b16.py',
     '../_base_/datasets/demo_shapes.py',

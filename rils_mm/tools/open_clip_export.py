@@ -113,6 +113,15 @@ def _refuse(what: str, why: str) -> ExportRefused:
     return ExportRefused(f'{what}: open_clip 3.3 cannot express it ({why})')
 
 
+def _projection_weight(head: nn.Module) -> torch.Tensor:
+    """The image projection, D x C; an identity matrix for a head with none
+    (``projection=False``, big_vision's LiT form): x @ I is x exactly, and open_clip's towers
+    always project."""
+    if isinstance(head.projection, nn.Linear):
+        return head.projection.weight.detach()
+    return torch.eye(head.in_channels)
+
+
 def _activation(module: nn.Module, what: str) -> str:
     """'quick_gelu' or 'gelu' (exact erf GELU) of a tower's first MLP activation."""
     name = type(module).__name__
@@ -145,7 +154,7 @@ def _vision_cfg(backbone: nn.Module, head: nn.Module) -> Tuple[dict, str]:
     if not isinstance(head.norm, nn.Identity):
         raise _refuse('image_head norm_cfg (a LayerNorm after pooling, on top of the '
                       "encoder's final LayerNorm)", 'its ViT has one ln_post')
-    if head.projection.bias is not None:
+    if getattr(head.projection, 'bias', None) is not None:
         raise _refuse('image_head projection_bias=True', 'its image projection has no bias')
     layer = backbone.layers[0]
     if not isinstance(getattr(layer.attn, 'gamma1', nn.Identity()), nn.Identity):
@@ -227,7 +236,7 @@ def _visual_state_dict(backbone: nn.Module, head: nn.Module) -> 'OrderedDict[str
                 break
         else:
             raise _refuse(f'backbone.{key}', 'it has no place in its VisionTransformer')
-    out['visual.proj'] = head.projection.weight.detach().t()
+    out['visual.proj'] = _projection_weight(head).t()
     return out
 
 
@@ -302,7 +311,7 @@ def _timm_visual(backbone: nn.Module, head: nn.Module, vision_cfg: dict
     if trunk.unmapped:
         return None
     visual = OrderedDict(('visual.trunk.' + k, v) for k, v in trunk.state_dict.items())
-    visual['visual.head.proj.weight'] = head.projection.weight.detach()
+    visual['visual.head.proj.weight'] = _projection_weight(head)
     return cfg, visual
 
 

@@ -177,13 +177,16 @@ def test_old_checkpoints_with_image_projection_still_load():
 
 def test_locked_towers_do_not_change_and_hold_no_optimizer_state():
     cfg = copy.deepcopy(TINY_RILS)
-    cfg['lock_cfg'] = dict(backbone=dict(unlocked_groups=1), text_encoder=True)
+    # open_clip's counting: the image head is the image side's last group, then the last block
+    # with the final norm.
+    cfg['lock_cfg'] = dict(backbone=dict(unlocked_groups=2), text_encoder=True)
     cfg['backbone']['drop_path_rate'] = 0.1
     model = build(cfg)
     model.train()
     groups = model.backbone.lock_groups()
     unlocked = set(groups[-1])
     assert 'layers.1.attn.q_bias' in unlocked and 'ln1.weight' in unlocked
+    assert all(p.requires_grad for p in model.image_head.parameters())
     assert not any(p.requires_grad for p in model.text_encoder.parameters())
     for name, param in model.backbone.named_parameters():
         assert param.requires_grad == (name in unlocked), name

@@ -182,3 +182,102 @@ def test_the_cached_config_trains_the_same_model_the_same_way():
         'LoadImageFeatures', 'CLIPTokenize', 'PackImageText']
     # The cache is made with the images' config, from its deterministic pipeline.
     assert not any('Random' in t['type'] for t in images.cache_pipeline)
+
+
+def tiny_open_clip():
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    return CLIP(embed_dim=16,
+                vision_cfg=CLIPVisionCfg(layers=3, width=32, head_width=8, patch_size=8,
+                                         image_size=32, mlp_ratio=2),
+                text_cfg=CLIPTextCfg(context_length=77, vocab_size=64, width=32, heads=4,
+                                     layers=3),
+                quick_gelu=True)
+
+
+def trainable(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_unlocked_groups_train_what_open_clips_lock_functions_train():
+    """``lock_cfg=dict(backbone=dict(unlocked_groups=N), text_encoder=dict(unlocked_groups=N))``
+    trains, name for name through the converter, what open_clip 3.3's ``lock_image_tower(N)``
+    and ``lock_text_tower(N)`` leave trainable (the image projection is open_clip's last image
+    group; here it is the image head's), for N = 0..3 on each tower alone and on both."""
+    from rils_mm.tools.converters import open_clip_to_rils
+    conversion = open_clip_to_rils(tiny_open_clip().state_dict())
+    assert not conversion.missing
+
+    def ours(lock_cfg):
+        cfg = tiny_lit('L-U_openai', 'unused.pth')
+        cfg.model.lock_cfg = lock_cfg  # replaces the config's, not merged into it
+        cfg.model.backbone.arch = dict(embed_dims=32, num_layers=3, num_heads=4,
+                                       feedforward_channels=64)
+        cfg.model.text_encoder.layers = 3
+        return trainable(MODELS.build(cfg.model))
+
+    def expected(lock):
+        clip = tiny_open_clip()
+        lock(clip)
+        kept = trainable(clip)
+        return {target for source, target in conversion.mapped if source in kept}
+
+    counts = []
+    for n in range(4):
+        image = expected(lambda clip: clip.lock_image_tower(unlocked_groups=n))
+        got = ours(dict(backbone=dict(unlocked_groups=n)))
+        assert got == image, (n, sorted(got ^ image))
+        counts.append(len([k for k in got if k.startswith(('backbone.', 'image_head.'))]))
+        text = expected(lambda clip: clip.lock_text_tower(unlocked_layers=n))
+        got = ours(dict(text_encoder=dict(unlocked_groups=n)))
+        assert got == text, (n, sorted(got ^ text))
+        both = expected(lambda clip: (clip.lock_image_tower(unlocked_groups=n),
+                                      clip.lock_text_tower(unlocked_layers=n)))
+        got = ours(dict(backbone=dict(unlocked_groups=n), text_encoder=dict(unlocked_groups=n)))
+        assert got == both, (n, sorted(got ^ both))
+    # The projection alone, then one block more each time (a block here: 13 tensors, q and v
+    # biases apart; the last one with the final norm).
+    assert counts == [0, 1, 16, 29]
+    # backbone=True still locks the encoder alone; the head follows lock_cfg.image_head.
+    assert ours(dict(backbone=True)) == expected(
+        lambda clip: clip.lock_image_tower(unlocked_groups=1))
+
+
+def test_lock_cfg_mistakes_are_one_clear_error():
+    cfg = tiny_lit('L-U', 'unused.pth')
+    for lock_cfg, message in [
+            (dict(backbone=dict(unlocked_groups=1), image_head=True), 'drop lock_cfg.image_head'),
+            (dict(backbone=dict(unlocked_groups=9)), r'lock_cfg.backbone: unlocked_groups must '
+             r'be an integer in \[0, 4\], got 9'),
+            (dict(text_encoder=dict(unlocked_groups=-1)), r'in \[0, 4\], got -1'),
+            (dict(backbone='yes'), 'must be True, False or dict')]:
+        with pytest.raises(ValueError, match=message):
+            MODELS.build(dict(copy.deepcopy(cfg.model.to_dict()), lock_cfg=lock_cfg))
+
+
+def test_big_visions_form_has_no_image_head_projection():
+    """configs/lit/lit_b16_L-U_no-projection.py: the image embedding is the normalised pooled
+    encoder output and the text head maps to the encoder width."""
+    import torch.nn.functional as F
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'lit', 'lit_b16_L-U_no-projection.py'))
+    backbone = MODELS.get(cfg.model.backbone.type)
+    assert cfg.model.embed_dims == backbone.arch_zoo[cfg.model.backbone.arch]['embed_dims'] == 768
+    assert cfg.model.image_head.projection is False
+    cfg = tiny_lit('L-U_no-projection', 'unused.pth', embed_dims=TINY_ARCH['embed_dims'])
+    model = MODELS.build(cfg.model)
+    model.image_head.init_weights()  # the towers' files are not written here
+    model.eval()
+    assert not list(model.image_head.parameters())
+    assert model.text_encoder.text_projection.shape == (32, TINY_ARCH['embed_dims'])
+    inputs = model.data_preprocessor(dict(inputs=batch()), True)['inputs']
+    with torch.no_grad():
+        pooled = model.backbone(inputs['images'], mask=False)[-1][:, 1:].mean(dim=1)
+        torch.testing.assert_close(model.encode_image(inputs['images']),
+                                   F.normalize(pooled, dim=-1))
+        assert model.encode_text(inputs['texts']).shape == (4, TINY_ARCH['embed_dims'])
+    model.train()
+    model(inputs, mode='loss')['loss_contrastive'].backward()
+    assert model.text_encoder.text_projection.grad is not None
+    # The joint width must be the encoder's.
+    with pytest.raises(ValueError, match='projection=False makes the joint width the encoder '
+                       'width 32'):
+        MODELS.build(tiny_lit('L-U_no-projection', 'unused.pth').model)

@@ -46,6 +46,10 @@ METHODS = {
     'rils_flip': ('configs/rils/demo_cpu_flip.py', RILS_NECK),
     'mae_clip': ('configs/mae_clip/demo_cpu.py', MAE_NECK),
     'lit': ('configs/lit/demo_cpu_L-U.py', {}),
+    # big_vision's form: no image projection, the joint width the encoder's (open_clip's proj
+    # is then the identity matrix).
+    'lit_no-projection': ('configs/lit/demo_cpu_L-U.py', {'model.embed_dims': 32,
+                                                          'model.image_head.projection': False}),
 }
 # The default towers (a GELU image tower, a QuickGELU text tower) at the size of timm's
 # 'test_vit' (width 64, 6 blocks, 2 heads, MLP 192, 16 px patches, 160 px images): the image

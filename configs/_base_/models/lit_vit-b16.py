@@ -12,7 +12,11 @@ model = dict(
                                 checkpoint='checkpoints/image_tower.pth',
                                 prefix='backbone.')),
     # Trained on the locked tower by default (lock_cfg.image_head=True locks it too); mean
-    # pooling has no parameters, so a locked tower's pooled features can be cached.
+    # pooling has no parameters, so a locked tower's pooled features can be cached. The head's
+    # projection STARTS FROM RANDOM VALUES (CLIP's init), also where the image tower comes from
+    # a file: only backbone.* is loaded. To start it from a file's image_head.* (same widths),
+    # set image_head.init_cfg=dict(type='Pretrained', checkpoint=..., prefix='image_head.') as
+    # lit_b16_L-U_openai.py does; lit_b16_L-U_no-projection.py has no head (big_vision's LiT).
     image_head=dict(type='ImageEmbeddingHead', pooling='mean', projection_bias=False),
     # big_vision's LiT: temperature_init 10 (configs/proj/image_text/lit_coco.py at commit
     # 430df79): ln(10).

@@ -24,7 +24,7 @@ from ..backbones.rils_vit import intact_outputs
 from ..utils.checkpoint_loading import checked_init_cfg
 from ..utils.grad_cache import (Embedded, accumulated_train_step, parse_accumulation,
                                 surrogate_loss)
-from ..utils.locking import lock_module, set_locked_eval
+from ..utils.locking import lock_groups, lock_module, set_locked_eval
 
 TOWERS = ('backbone', 'text_encoder', 'image_head')
 
@@ -51,11 +51,18 @@ class ImageTextPretrainer(BaseSelfSupervisor):
         head (dict, optional): The reconstruction objective, for subclasses.
         target_generator (dict, optional): A target generator, for subclasses.
         lock_cfg (dict, optional): Towers to lock, by attribute name (``backbone``,
-            ``text_encoder``, ``image_head``): ``True`` locks all of it, ``dict(
+            ``text_encoder``, ``image_head``): ``True`` locks all of that module, ``dict(
             unlocked_groups=N)`` keeps its last N parameter groups (blocks, counted from the
-            output) trainable. A locked part has ``requires_grad=False``, stays in eval mode
-            (norm statistics, dropout and stochastic depth fixed) and never gets a gradient, so
-            the optimizer keeps no state for it. LiT (Zhai et al., CVPR 2022) locks the image
+            output) trainable, as open_clip 3.3's ``lock_image_tower(unlocked_groups=N)`` /
+            ``lock_text_tower(unlocked_layers=N)`` do: for ``backbone`` the groups are those
+            of the image side, the encoder's (stem, blocks, the last block with the final
+            norm) and then the image head (open_clip's ``proj``), so N=0 locks the head too
+            and N=1 trains only the head (``backbone=True`` locks the encoder alone and leaves
+            the head to ``lock_cfg.image_head``; naming both with the dict form is an error);
+            for ``text_encoder`` the groups end with the text projection on its own. A locked
+            part has ``requires_grad=False``, stays in eval mode (norm statistics, dropout and
+            stochastic depth fixed) and never gets a gradient, so the optimizer keeps no state
+            for it. LiT (Zhai et al., CVPR 2022) locks the image
             tower.
         accumulation (dict, optional): ``dict(micro_batches=K)``: each training step takes
             the dataloader's batch (K x B samples per device: ``train_dataloader.batch_size``
@@ -148,20 +155,51 @@ class ImageTextPretrainer(BaseSelfSupervisor):
 
     def _lock(self, lock_cfg: dict) -> Dict[str, List[str]]:
         """Freeze the towers ``lock_cfg`` names; returns their frozen parameter names."""
+        name = type(self).__name__
         locked = {}
         for tower, cfg in lock_cfg.items():
             if tower not in TOWERS:
-                raise ValueError(f'{type(self).__name__}: lock_cfg names "{tower}"; lockable '
+                raise ValueError(f'{name}: lock_cfg names "{tower}"; lockable '
                                  f'towers are {TOWERS}')
+        image_side = isinstance(lock_cfg.get('backbone'), dict)
+        if image_side and lock_cfg.get('image_head') not in (None, False):
+            raise ValueError(f'{name}: lock_cfg.backbone=dict(unlocked_groups=N) locks the '
+                             'image head as its last group (open_clip\'s lock_image_tower); '
+                             'drop lock_cfg.image_head')
+        for tower, cfg in lock_cfg.items():
             if cfg is False or cfg is None:
                 continue
+            if cfg is not True and not isinstance(cfg, dict):
+                raise ValueError(f'{name}: lock_cfg.{tower} must be True, False or '
+                                 f'dict(unlocked_groups=N), got {cfg!r}')
             cfg = {} if cfg is True else dict(cfg)
             unlocked_groups = cfg.pop('unlocked_groups', 0)
             if cfg:
-                raise ValueError(f'{type(self).__name__}: lock_cfg.{tower} takes only '
+                raise ValueError(f'{name}: lock_cfg.{tower} takes only '
                                  f'unlocked_groups, got {sorted(cfg)}')
-            locked[tower] = lock_module(getattr(self, tower), unlocked_groups)
+            if tower == 'backbone' and image_side:
+                locked.update(self._lock_image_side(unlocked_groups))
+            else:
+                locked[tower] = lock_module(getattr(self, tower), unlocked_groups)
         return locked
+
+    def _lock_image_side(self, unlocked_groups: int) -> Dict[str, List[str]]:
+        """open_clip's ``lock_image_tower(unlocked_groups)`` on the encoder and the image head:
+        the encoder's groups (stem, blocks, last block with the final norm), then the head
+        (pooling, norm, projection; open_clip's ``proj``) as the last group, counted even when
+        it has no parameters."""
+        backbone_names = [n for n, _ in self.backbone.named_parameters()]
+        groups = (self.backbone.lock_groups() if hasattr(self.backbone, 'lock_groups')
+                  else [backbone_names])
+        grouped = {n for group in groups for n in group}
+        groups = [[n for n in backbone_names if n not in grouped] + list(groups[0])
+                  ] + list(groups[1:])
+        groups = [[f'backbone.{n}' for n in group] for group in groups]
+        groups.append([f'image_head.{n}' for n, _ in self.image_head.named_parameters()])
+        frozen = lock_groups(self, groups, unlocked_groups, f'{type(self).__name__}: '
+                             'lock_cfg.backbone')
+        return {tower: [n[len(tower) + 1:] for n in frozen if n.startswith(tower + '.')]
+                for tower in ('backbone', 'image_head')}
 
     def train(self, mode: bool = True) -> 'ImageTextPretrainer':
         """As ``nn.Module.train``, but locked parts stay in eval mode. Entering eval mode

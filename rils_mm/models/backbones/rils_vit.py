@@ -273,8 +273,11 @@ class RILSViT(MAEViT):
         return x_kept, mask, ids_restore
 
     def lock_groups(self) -> List[List[str]]:
-        """Parameter names from input to output (stem, blocks, last block with the final
-        norm), as open_clip's ``lock_image_tower`` groups a ViT."""
+        """Parameter names from input to output: the stem, one group per block, the last
+        block with the final norm. open_clip's ``lock_image_tower`` has one group more, the
+        image projection, which here is the image head's: ``ImageTextPretrainer`` appends it
+        for ``lock_cfg.backbone=dict(unlocked_groups=N)``, so N means open_clip's N there.
+        ``lock_module`` on this backbone alone counts these groups only."""
         return block_groups(self, 'layers.', self.num_layers,
                             stem=('patch_embed', 'cls_token', 'pos_embed', 'pre_norm'))
 

@@ -1,4 +1,5 @@
-"""The image side of the joint image-text space: pooling of encoder tokens and a projection."""
+"""The image side of the joint image-text space: pooling of encoder tokens and a projection
+(or none: big_vision's LiT form)."""
 from typing import Optional, Union
 
 import torch
@@ -28,6 +29,13 @@ class ImageEmbeddingHead(BaseModule):
     patch features of the reconstruction objectives live in the same space as the image
     embedding (RILS's shared projection).
 
+    With ``projection=False`` there is none: the image embedding is the pooled (and normed)
+    encoder output, the joint width is the encoder's (``embed_dims`` must equal
+    ``in_channels``) and the text tower's projection maps to it. This is big_vision's LiT,
+    whose image tower has no head (``configs/proj/image_text/lit_coco.py`` at commit
+    430df79cd16dd6f7f882fd8c0ed2e7c9ea4c1db8: ``out_dim = (None, dim)`` with ``dim`` the
+    ViT's width, ``pool_type='tok'``).
+
     Args:
         in_channels (int): Encoder width C.
         embed_dims (int): Joint embedding width D.
@@ -37,6 +45,8 @@ class ImageEmbeddingHead(BaseModule):
             (MaMMUT's image side; open_clip's ``ln_post`` when the encoder has no final norm).
             Defaults to None (none).
         projection_bias (bool): A bias in the projection (CLIP has none). Defaults to False.
+        projection (bool): A projection to ``embed_dims``; False: none (``nn.Identity``,
+            ``embed_dims == in_channels``). Defaults to True.
         attention_heads (int): Heads of the attention pool. Defaults to 8.
         init_cfg (dict | list, optional): Initialisation; ``Pretrained`` loads through the
             checked loader.
@@ -49,6 +59,7 @@ class ImageEmbeddingHead(BaseModule):
                  norm_cfg: Optional[dict] = None,
                  projection_bias: bool = False,
                  attention_heads: int = 8,
+                 projection: bool = True,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__(init_cfg=checked_init_cfg(init_cfg))
         if pooling not in POOLINGS:
@@ -64,11 +75,19 @@ class ImageEmbeddingHead(BaseModule):
             self.attention_pool = AttentionalPooler(
                 in_channels, in_channels, n_head=attention_heads, n_queries=1)
         self.norm = build_norm_layer(norm_cfg, in_channels) if norm_cfg else nn.Identity()
-        self.projection = nn.Linear(in_channels, embed_dims, bias=projection_bias)
+        if projection:
+            self.projection = nn.Linear(in_channels, embed_dims, bias=projection_bias)
+        elif embed_dims != in_channels or projection_bias:
+            raise ValueError(
+                f'ImageEmbeddingHead: projection=False makes the joint width the encoder '
+                f'width {in_channels} with no bias; got embed_dims={embed_dims}, '
+                f'projection_bias={projection_bias} (set the model\'s embed_dims={in_channels})')
+        else:
+            self.projection = nn.Identity()
 
     def init_weights(self) -> None:
         super().init_weights()
-        if not loads_pretrained(self.init_cfg):
+        if not loads_pretrained(self.init_cfg) and isinstance(self.projection, nn.Linear):
             # CLIP's initialisation of the projection (open_clip's and the RILS authors').
             nn.init.normal_(self.projection.weight, std=self.in_channels**-0.5)
             if self.projection.bias is not None:

@@ -2,14 +2,17 @@
 
 A tower lists its parameters in groups from input to output (:func:`block_groups`): the stem,
 one group per block, the last block with the final norm, and for a text tower its projection
-on its own, as open_clip's ``lock_image_tower`` / ``lock_text_tower`` group them (LiT, Zhai
-et al., CVPR 2022, trains "locked" towers this way).
+on its own (LiT, Zhai et al., CVPR 2022, trains "locked" towers this way). open_clip 3.3 groups
+its towers the same way (``VisionTransformer.lock``, ``lock_text_tower``), with the image
+projection as the image tower's last group; here that projection lives in the image head, so
+the image side's groups are the encoder's plus the head (:func:`lock_groups`, called by
+``ImageTextPretrainer`` for ``lock_cfg.backbone=dict(unlocked_groups=N)``).
 """
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 from torch import nn
 
-__all__ = ['block_groups', 'lock_module', 'set_locked_eval']
+__all__ = ['block_groups', 'lock_groups', 'lock_module', 'set_locked_eval']
 
 
 def block_groups(module: nn.Module,
@@ -41,6 +44,39 @@ def block_groups(module: nn.Module,
     return groups + [tail] if tail else groups
 
 
+def lock_groups(module: nn.Module, groups: List[List[str]], unlocked_groups: int,
+                what: str) -> List[str]:
+    """Freeze the parameters of ``module`` named in ``groups`` except the last
+    ``unlocked_groups`` groups.
+
+    Parameters that were already frozen (fixed position tables) stay frozen.
+
+    Args:
+        module (nn.Module): The module the names are relative to.
+        groups (list[list[str]]): Parameter names from input to output; a group may be empty
+            (it still counts).
+        unlocked_groups (int): How many groups, counted from the output end, stay trainable.
+            0 locks everything.
+        what (str): The name in the message for an ``unlocked_groups`` out of range.
+
+    Returns:
+        list[str]: Names of the parameters this call froze.
+    """
+    if (isinstance(unlocked_groups, bool) or not isinstance(unlocked_groups, int)
+            or not 0 <= unlocked_groups <= len(groups)):
+        raise ValueError(f'{what}: unlocked_groups must be an integer in '
+                         f'[0, {len(groups)}], got {unlocked_groups!r}')
+    unlocked = {n for group in groups[len(groups) - unlocked_groups:] for n in group}
+    grouped = {n for group in groups for n in group}
+    params: Dict[str, nn.Parameter] = dict(module.named_parameters())
+    frozen = []
+    for name, param in params.items():
+        if name in grouped and name not in unlocked and param.requires_grad:
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
 def lock_module(module: nn.Module, unlocked_groups: int = 0) -> List[str]:
     """Freeze ``module`` except its last ``unlocked_groups`` parameter groups.
 
@@ -56,18 +92,12 @@ def lock_module(module: nn.Module, unlocked_groups: int = 0) -> List[str]:
     Returns:
         list[str]: Names of the parameters this call froze.
     """
-    groups = module.lock_groups() if hasattr(module, 'lock_groups') else [
-        [name for name, _ in module.named_parameters()]]
-    if not 0 <= unlocked_groups <= len(groups):
-        raise ValueError(f'{type(module).__name__}: unlocked_groups must be in '
-                         f'[0, {len(groups)}], got {unlocked_groups}')
-    unlocked = {n for group in groups[len(groups) - unlocked_groups:] for n in group}
-    frozen = []
-    for name, param in module.named_parameters():
-        if name not in unlocked and param.requires_grad:
-            param.requires_grad_(False)
-            frozen.append(name)
-    return frozen
+    names = [name for name, _ in module.named_parameters()]
+    groups = module.lock_groups() if hasattr(module, 'lock_groups') else [names]
+    # Names a tower leaves out of its groups join the first one (unlocked only with all).
+    grouped = {n for group in groups for n in group}
+    groups = [[n for n in names if n not in grouped] + list(groups[0])] + list(groups[1:])
+    return lock_groups(module, groups, unlocked_groups, type(module).__name__)
 
 
 def set_locked_eval(module: nn.Module) -> None:
