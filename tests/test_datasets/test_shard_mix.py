@@ -171,3 +171,32 @@ def test_train_tool_on_mixed_sets_and_on_a_bad_weight(tmp_path, sets):
     lines = [line for line in bad.stderr.splitlines() if 'error' in line.lower()]
     assert bad.returncode != 0 and 'Traceback' not in bad.stderr, bad.stderr[-3000:]
     assert len(lines) == 1 and 'shards[1].weight=-0.3: expected a number > 0' in lines[0], lines
+
+
+@pytest.mark.parametrize('resampled', [False, True])
+def test_dataloader_workers_read_disjoint_shards_and_resume_through_the_hook(sets, resampled):
+    """A DataLoader with 2 workers on a mix: no shard is read by two workers, and
+    the state DataResumeHook saves after 7 batches gives the rest of the run's batches."""
+    from mmengine.dataset import pseudo_collate
+    from torch.utils.data import DataLoader
+
+    from shard_helpers import keys_of, state_after
+
+    def batches(dataset, count):
+        loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=pseudo_collate)
+        got = []
+        for batch in loader:
+            got.append(batch)
+            if len(got) == count:
+                return got
+
+    reference = batches(mixed(sets, resampled=resampled), 18)
+    readers = {}
+    for batch in reference:
+        for sample in batch['data_samples']:
+            readers.setdefault(sample.shard, set()).add(sample.stream_state[0])
+    assert len(readers) > 10 and all(len(roles) == 1 for roles in readers.values()), readers
+    state, _ = state_after(reference[:7])
+    resumed = mixed(sets, resampled=resampled)
+    resumed.set_resume_state(state)
+    assert keys_of(batches(resumed, 11)) == keys_of(reference[7:])
