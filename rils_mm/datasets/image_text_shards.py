@@ -266,7 +266,8 @@ class ImageTextShardDataset(IterableDataset):
             are scanned first and each sample is read by its offsets (range requests for
             remote shards: about two requests per sample; not for ``pipe:`` shards).
         resampled (bool): Draw shards with replacement, seeded, each role from its own
-            shards (open_clip's ``--dataset-resampled``); epochs are then nominal: set
+            shards (open_clip's ``--dataset-resampled``; drawn at random even with
+            ``shuffle=False``, which then only turns the sample buffer off); set
             ``samples_per_epoch`` (open_clip's ``--train-num-samples``) for
             ``EpochBasedTrainLoop``.
         upsampling_factors (str | Sequence[float], optional): open_clip's
@@ -308,15 +309,18 @@ class ImageTextShardDataset(IterableDataset):
             raise ValueError("pipe: shards can only be streamed: use access='stream'")
         self.remote_retries = int(remote_retries)
         self.remote_backoff = float(remote_backoff)
-        self.num_samples = num_samples if num_samples is not None else count_from_size_files(
-            self.shards, self.remote_retries, self.remote_backoff)
-        # Mixed or resampled: units are drawn per role (shard_mix); else the plain epoch order.
-        self.shard_sets: Optional[List[ShardSet]] = None
-        if len(sets) > 1 or self.resampled:
+        mixed = len(sets) > 1 or self.resampled
+        # Samples per set (None: unknown), from sizes.json or img2dataset's *_stats.json: for
+        # len() and for weights that are shares of samples (fetched only when needed).
+        sizes = [None] * len(sets)
+        if num_samples is None or (mixed and any(kind == 'weight' for _, _, kind, _ in sets)):
             sizes = [count_from_size_files(self.shards[start:stop], self.remote_retries,
-                                           self.remote_backoff) if kind == 'weight' else None
-                     for start, stop, kind, _ in sets] if len(sets) > 1 else [None]
-            self.shard_sets = draw_weights(sets, sizes)
+                                           self.remote_backoff) for start, stop, _, _ in sets]
+        self.num_samples = num_samples if num_samples is not None else (
+            sum(sizes) if None not in sizes else None)
+        # Mixed or resampled: units are drawn per role (shard_mix); else the plain epoch order.
+        self.shard_sets: Optional[List[ShardSet]] = (draw_weights(sets, sizes) if mixed
+                                                     else None)
         self.pipeline = build_pipeline(pipeline)
         self.seed = int(seed)
         self.shuffle = shuffle

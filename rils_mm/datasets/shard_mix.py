@@ -92,7 +92,9 @@ def parse_shard_sets(shards, upsampling_factors: Optional[Union[str, Sequence[fl
                 raise ValueError(f'{where} has unknown key(s) {unknown}: expected urls and '
                                  f'weight')
             urls = spec.get('urls')
-            if not urls or (not isinstance(urls, str) and not all(urls)):
+            patterns = [urls] if isinstance(urls, str) else urls
+            if not (isinstance(patterns, (list, tuple)) and patterns and all(
+                    isinstance(pattern, str) and pattern for pattern in patterns)):
                 raise ValueError(f'{where}.urls={urls!r} names no shard: expected a path '
                                  f'pattern, URL or list of them')
             specs.append((urls, 'weight', _positive(spec.get('weight', 1.0),

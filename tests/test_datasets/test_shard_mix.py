@@ -125,6 +125,8 @@ def test_plain_shards_keep_their_order(sets):
      "shards[0].weight='high': expected a number > 0"),
     ([dict(urls='A'), dict(urls=[], weight=1)], None,
      'shards[1].urls=[] names no shard: expected a path pattern, URL or list of them'),
+    ([dict(urls='A'), dict(urls=5)], None,
+     'shards[1].urls=5 names no shard: expected a path pattern, URL or list of them'),
     ([dict(urls='A'), dict(weight=1)], None,
      'shards[1].urls=None names no shard: expected a path pattern, URL or list of them'),
     ([dict(urls='A', wieght=2)], None,
