@@ -76,7 +76,7 @@ from .bad_samples import (BAD_SHARDS_KEY, FILTERED, MISSING_IMAGE, SKIPPED_KEY,
                           BadSampleError, decode_caption)
 from .remote_io import (REMOTE_BACKOFF, REMOTE_RETRIES, call_with_retries, is_remote,
                         is_transient, read_remote_bytes)
-from .shard_mix import ShardSet, draw_weights, parse_shard_sets, role_units
+from .shard_mix import ShardSet, draw_weights, mix_seed, parse_shard_sets, role_units
 from .shards import (CAPTION_EXT, IMAGE_EXTS, SampleRef, ShardReader,
                      image_ext_of, scan_shard)
 from .shuffle_buffer import ShuffleBuffer
@@ -193,11 +193,6 @@ def attach_metainfo(output, info: dict):
     else:
         output.update(info)
     return output
-
-
-def mix_seed(*values: int) -> int:
-    """A 63-bit seed from a tuple of ints (Python's tuple hash of ints is not salted)."""
-    return hash(tuple(int(v) for v in values)) & 0x7FFF_FFFF_FFFF_FFFF
 
 
 @contextmanager
@@ -435,7 +430,7 @@ class ImageTextShardDataset(IterableDataset):
         its own draws (:func:`rils_mm.datasets.shard_mix.role_units`)."""
         if self.shard_sets is not None:
             return role_units(self.shard_sets, self.seed, epoch, role, num_roles,
-                              self.resampled, self.shuffle, mix_seed)
+                              self.resampled, self.shuffle)
         units, parts = self.epoch_units(epoch, num_roles)
         return [(shard, part, parts) for shard, part in units[role::num_roles]]
 

@@ -11,7 +11,13 @@ Which role reads what. Each set's units are dealt out to the ``S`` roles (world 
 dataloader workers) once, by a seeded shuffle that does not change between epochs; a role only
 ever reads its own units. So two roles never read the same shard at the same time, even when
 they stand in different epochs (with interleaved parts, several roles read one shard, each its
-own samples). A role then draws which set gives its next unit, from its own seeded generator:
+own samples). Why own shares rather than draws from all shards by a rule that avoids
+collisions: such a rule has to know where the other roles stand, and roles run at different
+speeds and resume each from its own cursor; with own shares a role's draws depend on nothing
+but its seed, and the resume state stays one cursor per role. The price: a role sees only its
+share (about ``1/S``) of each set, the roles together the whole set, and a resume needs the
+same number of roles, as the plain stream already does. A role then draws which set gives its
+next unit, from its own seeded generator:
 
 - mixed (``resampled=False``): epoch ``e`` takes ``floor((e + 1) L q_i) - floor(e L q_i)``
   units of set ``i`` (``L`` units per role and epoch, ``q_i`` the set's share of draws), in a
@@ -20,8 +26,8 @@ own samples). A role then draws which set gives its next unit, from its own seed
   pass ``k div m``. The counts are closed-form, so no earlier epoch is replayed to find them.
 - resampled (``resampled=True``, open_clip's ``--dataset-resampled``): every unit is drawn
   with replacement (set by its share, then a unit of the role's units of that set), ``L`` per
-  epoch from ``Random(seed, e, r, S)``. The number of samples of an epoch is the dataset's
-  ``samples_per_epoch`` (open_clip's ``--train-num-samples``).
+  epoch from a generator seeded with ``(seed, e, r, S)``. The number of samples of an epoch
+  is the dataset's ``samples_per_epoch`` (open_clip's ``--train-num-samples``).
 
 Weights. ``dict(urls=..., weight=w)`` sets ask for shares of *samples*: a set is drawn with a
 share proportional to ``w`` divided by its mean samples per unit (from ``sizes.json`` or
@@ -29,8 +35,8 @@ img2dataset's ``*_stats.json`` when every set has them; otherwise shards are tak
 equal size). open_clip's ``upsampling_factors`` weigh each *shard* of a ``::`` part by its
 factor, as its ``ResampledShards2`` does: a part's share of draws is ``factor x its shards``.
 Mixing is per unit, so a window of ``N`` units holds each set's share up to the binomial
-spread of ``N`` draws (exactly, in each epoch, with ``resampled=False``); the shuffle buffer
-blends the units' samples.
+spread of ``N`` draws (with ``resampled=False``, each epoch to within one unit per set);
+the shuffle buffer blends the units' samples.
 """
 import math
 import numbers
@@ -41,6 +47,9 @@ from .shards import expand_shard_urls
 
 # (shard index, part, parts): the samples of shard ``shard`` whose index is ``part`` mod ``parts``.
 Unit = Tuple[int, int, int]
+# Last ints of the seeds of the three generators, apart from each other and from the shuffle
+# buffer's ``(seed, epoch, role, num_roles)``.
+DEAL, DRAW, PASS = -1, -2, -3
 
 
 class ShardSet(NamedTuple):
@@ -49,6 +58,11 @@ class ShardSet(NamedTuple):
     start: int
     stop: int
     draw_weight: float
+
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed from a tuple of ints (Python's tuple hash of ints is not salted)."""
+    return hash(tuple(int(v) for v in values)) & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def _positive(value, where: str) -> float:
@@ -152,11 +166,8 @@ def draw_weights(sets, sizes: Sequence[Optional[int]]) -> List[ShardSet]:
 
 
 def role_units(sets: Sequence[ShardSet], seed: int, epoch: int, role: int, num_roles: int,
-               resampled: bool, shuffle: bool, mix_seed) -> List[Unit]:
-    """The units role ``role`` (of ``num_roles``) reads in ``epoch`` (see the module docs).
-
-    ``mix_seed`` is the dataset's seed mixer (a tuple of ints -> a seed).
-    """
+               resampled: bool, shuffle: bool) -> List[Unit]:
+    """The units role ``role`` (of ``num_roles``) reads in ``epoch`` (see the module docs)."""
     mine, shares, total_units = [], [], 0
     for number, shard_set in enumerate(sets):
         count = shard_set.stop - shard_set.start
@@ -164,13 +175,13 @@ def role_units(sets: Sequence[ShardSet], seed: int, epoch: int, role: int, num_r
         units = [(shard, part, parts) for shard in range(shard_set.start, shard_set.stop)
                  for part in range(parts)]
         if shuffle or resampled:
-            random.Random(mix_seed(seed, number, num_roles)).shuffle(units)
+            random.Random(mix_seed(seed, number, num_roles, DEAL)).shuffle(units)
         total_units += len(units)
         mine.append(units[role::num_roles])
         shares.append(shard_set.draw_weight * parts)  # per unit: parts units make a shard
     length = max(1, math.ceil(total_units / num_roles))  # per role and epoch
     shares = [share / sum(shares) for share in shares]
-    rng = random.Random(mix_seed(seed, epoch, role, num_roles))
+    rng = random.Random(mix_seed(seed, epoch, role, num_roles, DRAW))
     if resampled:
         picks = rng.choices(range(len(sets)), weights=shares, k=length)
         return [rng.choice(mine[number]) for number in picks]
@@ -193,7 +204,8 @@ def role_units(sets: Sequence[ShardSet], seed: int, epoch: int, role: int, num_r
         if order is None:
             order = list(range(len(mine[number])))
             if shuffle:
-                random.Random(mix_seed(seed, number, role, num_roles, rounds)).shuffle(order)
+                random.Random(mix_seed(seed, number, role, num_roles, rounds, PASS)).shuffle(
+                    order)
             passes[(number, rounds)] = order
         units.append(mine[number][order[index]])
     return units
