@@ -97,14 +97,23 @@ def test_no_two_roles_read_the_same_shard(sets, num_roles, resampled):
                                             max(1, -(-num_roles // 20)))}
 
 
-@pytest.mark.parametrize('resampled', [False, True])
-def test_mixed_and_resampled_streams_resume_exactly(sets, resampled):
-    make = lambda: mixed(sets, resampled=resampled, rank=1, world_size=3)  # noqa: E731
+@pytest.mark.parametrize('resampled, access', [(False, 'stream'), (True, 'stream'),
+                                               (True, 'random')])
+def test_mixed_and_resampled_streams_resume_exactly(sets, resampled, access):
+    make = lambda: mixed(sets, resampled=resampled, rank=1, world_size=3,  # noqa: E731
+                         access=access)
     reference = items(make(), 70)
     assert len({state[1] for _, state, _ in reference}) >= 3  # crosses epochs
     assert {key[0] for key, _, _ in reference} == {'a', 'b'}
     for cut in (1, 5, 17, 23, 31, 48, 60):
-        resumed = items(resume_from(make(), reference[cut - 1][1]), 10)
+        resumed = make()
+        if access == 'stream':
+            resume_from(resumed, reference[cut - 1][1])
+        else:  # no cursor: the role replays its epoch's tar headers up to its position
+            role, epoch, position, num_workers, _ = reference[cut - 1][1]
+            resumed.set_resume_state(dict(num_workers=num_workers, next_role=0,
+                                          roles={role: (epoch, position)}))
+        resumed = items(resumed, 10)
         want = reference[cut:cut + 10]
         assert [i[:2] for i in resumed] == [i[:2] for i in want], cut
         assert all(torch.equal(a[2], b[2]) for a, b in zip(resumed, want))
