@@ -26,7 +26,9 @@ takes units ``r, r + S, r + 2S, ...``. So the roles partition the epoch: no dupl
 gaps. A role reads its units (streams, or with ``access='random'`` the tar headers), passes the
 samples through a shuffle buffer driven by ``Random(seed, e, r)`` (:class:`ShuffleBuffer`) and
 decodes only what leaves the buffer. The stream is endless: after epoch ``e`` a role goes on
-with ``e + 1``.
+with ``e + 1``. Several shard sets mixed by weight, or shards drawn with replacement
+(``resampled``), change only how a role's list of units is made: each role then draws from its
+own fixed share of every set's units (:mod:`rils_mm.datasets.shard_mix`).
 
 Resume. Every sample carries ``stream_state = (role in rank, epoch, position, num_workers)``
 in its metainfo, where position counts raw stream entries (good and bad) of that epoch. The
@@ -74,7 +76,8 @@ from .bad_samples import (BAD_SHARDS_KEY, FILTERED, MISSING_IMAGE, SKIPPED_KEY,
                           BadSampleError, decode_caption)
 from .remote_io import (REMOTE_BACKOFF, REMOTE_RETRIES, call_with_retries, is_remote,
                         is_transient, read_remote_bytes)
-from .shards import (CAPTION_EXT, IMAGE_EXTS, SampleRef, ShardReader, expand_shard_urls,
+from .shard_mix import ShardSet, draw_weights, mix_seed, parse_shard_sets, role_units
+from .shards import (CAPTION_EXT, IMAGE_EXTS, SampleRef, ShardReader,
                      image_ext_of, scan_shard)
 from .shuffle_buffer import ShuffleBuffer
 from .tar_stream import ShardStreamError, StreamSample, is_pipe, stream_shard_samples
@@ -192,11 +195,6 @@ def attach_metainfo(output, info: dict):
     return output
 
 
-def mix_seed(*values: int) -> int:
-    """A 63-bit seed from a tuple of ints (Python's tuple hash of ints is not salted)."""
-    return hash(tuple(int(v) for v in values)) & 0x7FFF_FFFF_FFFF_FFFF
-
-
 @contextmanager
 def seeded_global_rngs(seed: int, restore: bool):
     """Seed ``random``, ``numpy`` and ``torch`` for one sample's augmentation.
@@ -225,8 +223,11 @@ class ImageTextShardDataset(IterableDataset):
     """Endless, shuffled, rank- and worker-split stream of image-text pairs from tar shards.
 
     Args:
-        shards (str | Sequence[str]): Shard paths or brace patterns
-            (``data/laion/{00000..01023}.tar``; several joined by ``::``).
+        shards (str | Sequence[str] | Sequence[dict]): Shard paths or brace patterns
+            (``data/laion/{00000..01023}.tar``; several joined by ``::``), or several shard
+            sets mixed by weight: ``[dict(urls=PATTERN(S), weight=0.7), dict(urls=...,
+            weight=0.3)]``, a weight being the set's share of samples
+            (:mod:`rils_mm.datasets.shard_mix`).
         pipeline (Sequence[dict]): Transforms applied to
             ``dict(key, shard, img_bytes, text[, json])``; usually ``LoadImageRGB``,
             ``RandomResizedCrop``, ``CLIPTokenize``, ``PackImageText``.
@@ -259,6 +260,14 @@ class ImageTextShardDataset(IterableDataset):
             shard it reads from at the byte offset of a sample). ``'random'``: the tar headers
             are scanned first and each sample is read by its offsets (range requests for
             remote shards: about two requests per sample; not for ``pipe:`` shards).
+        resampled (bool): Draw shards with replacement, seeded, each role from its own
+            shards (open_clip's ``--dataset-resampled``; drawn at random even with
+            ``shuffle=False``, which then only turns the sample buffer off); set
+            ``samples_per_epoch`` (open_clip's ``--train-num-samples``) for
+            ``EpochBasedTrainLoop``.
+        upsampling_factors (str | Sequence[float], optional): open_clip's
+            ``--train-data-upsampling-factors``: one factor per ``::``-joined part of
+            ``shards`` (``'1::2'``), each shard of a part drawn with its factor's weight.
     """
 
     UNKNOWN_LENGTH = 1 << 40
@@ -282,18 +291,31 @@ class ImageTextShardDataset(IterableDataset):
                  batch_size: Optional[int] = None,
                  remote_retries: int = REMOTE_RETRIES,
                  remote_backoff: float = REMOTE_BACKOFF,
-                 access: str = 'stream') -> None:
+                 access: str = 'stream',
+                 resampled: bool = False,
+                 upsampling_factors: Optional[Union[str, Sequence[float]]] = None) -> None:
         super().__init__()
         if access not in ACCESS_MODES:
             raise ValueError(f'access={access!r}: expected one of {ACCESS_MODES}')
         self.access = access
-        self.shards = expand_shard_urls(shards)
+        self.shards, sets = parse_shard_sets(shards, upsampling_factors)
+        self.resampled = bool(resampled)
         if access == 'random' and any(is_pipe(shard) for shard in self.shards):
             raise ValueError("pipe: shards can only be streamed: use access='stream'")
         self.remote_retries = int(remote_retries)
         self.remote_backoff = float(remote_backoff)
-        self.num_samples = num_samples if num_samples is not None else count_from_size_files(
-            self.shards, self.remote_retries, self.remote_backoff)
+        mixed = len(sets) > 1 or self.resampled
+        # Samples per set (None: unknown), from sizes.json or img2dataset's *_stats.json: for
+        # len() and for weights that are shares of samples (fetched only when needed).
+        sizes = [None] * len(sets)
+        if num_samples is None or (mixed and any(kind == 'weight' for _, _, kind, _ in sets)):
+            sizes = [count_from_size_files(self.shards[start:stop], self.remote_retries,
+                                           self.remote_backoff) for start, stop, _, _ in sets]
+        self.num_samples = num_samples if num_samples is not None else (
+            sum(sizes) if None not in sizes else None)
+        # Mixed or resampled: units are drawn per role (shard_mix); else the plain epoch order.
+        self.shard_sets: Optional[List[ShardSet]] = (draw_weights(sets, sizes) if mixed
+                                                     else None)
         self.pipeline = build_pipeline(pipeline)
         self.seed = int(seed)
         self.shuffle = shuffle
@@ -402,6 +424,16 @@ class ImageTextShardDataset(IterableDataset):
             random.Random(mix_seed(self.seed, epoch)).shuffle(units)
         return units, parts
 
+    def role_units(self, epoch: int, role: int, num_roles: int) -> List[Tuple[int, int, int]]:
+        """The (shard index, part, parts) units role ``role`` of ``num_roles`` reads in
+        ``epoch``: its share of :meth:`epoch_units`, or, for mixed or resampled shard sets,
+        its own draws (:func:`rils_mm.datasets.shard_mix.role_units`)."""
+        if self.shard_sets is not None:
+            return role_units(self.shard_sets, self.seed, epoch, role, num_roles,
+                              self.resampled, self.shuffle)
+        units, parts = self.epoch_units(epoch, num_roles)
+        return [(shard, part, parts) for shard, part in units[role::num_roles]]
+
     def raw_stream(self, epoch: int, role: int, num_roles: int
                    ) -> Iterator[Union[SampleRef, StreamSample, ShardFailure, LostSample]]:
         """Samples (and shard failures) of one role in one epoch, shuffled: the order both
@@ -419,11 +451,10 @@ class ImageTextShardDataset(IterableDataset):
     def _random_access_refs(self, epoch: int, role: int,
                             num_roles: int) -> Iterator[Union[SampleRef, ShardFailure]]:
         """``access='random'``: references from the tar headers, shuffled."""
-        units, parts = self.epoch_units(epoch, num_roles)
         rng = random.Random(mix_seed(self.seed, epoch, role, num_roles))
         buffer: List[SampleRef] = []
         readable_sizes: List[int] = []
-        for shard_index, part in units[role::num_roles]:
+        for shard_index, part, parts in self.role_units(epoch, role, num_roles):
             path = self.shards[shard_index]
             refs, error = scan_shard(path, self.remote_retries, self.remote_backoff)
             if error is None:
@@ -458,8 +489,7 @@ class ImageTextShardDataset(IterableDataset):
         (one request per shard, from that offset), and the reading goes on from the reader's
         position (in the same stream when it is the same shard).
         """
-        units, parts = self.epoch_units(epoch, num_roles)
-        mine = units[role::num_roles]
+        mine = self.role_units(epoch, role, num_roles)
         buffer = ShuffleBuffer(self.shuffle_buffer,
                                random.Random(mix_seed(self.seed, epoch, role, num_roles)))
         keep = self.image_exts + (self.caption_ext, ) + (('json', ) if self.load_json else ())
@@ -491,7 +521,7 @@ class ImageTextShardDataset(IterableDataset):
             return item[2]
 
         while unit < len(mine):
-            shard_index, part = mine[unit]
+            shard_index, part, parts = mine[unit]
             path = self.shards[shard_index]
             jump = None
             try:
