@@ -93,3 +93,21 @@ def test_answers_that_arrive_together_are_each_read():
     assert server.answer(deadline) == {'status': 0}
     assert server.answer(time.monotonic() + 0.1) is None  # nothing more: the deadline
     os.close(write_end)
+
+
+def test_runs_from_two_threads_overlap():
+    """Each thread has its own server: two runs started together run at once (each waits for
+    the other's file), and each gets its own output."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+    folder = tempfile.mkdtemp()
+    code = ('import os, sys, time; me, other = sys.argv[1:]; open(os.path.join({f!r}, me), "w")'
+            '.close(); deadline = time.time() + 60\n'
+            'while not os.path.exists(os.path.join({f!r}, other)) and time.time() < deadline:\n'
+            '    time.sleep(0.05)\n'
+            'print(me, os.path.exists(os.path.join({f!r}, other)))').format(f=folder)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = [pool.submit(run_python, [sys.executable, '-c', code, me, other], cwd=REPO,
+                            timeout=120) for me, other in (('a', 'b'), ('b', 'a'))]
+        outputs = [run.result().stdout for run in runs]
+    assert outputs == ['a True\n', 'b True\n']

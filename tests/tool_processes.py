@@ -2,7 +2,7 @@
 
 Each run is a new process that imports ``rils_mm`` and reads its files from scratch; only the
 third-party stack's imports (about 80 % of a tool's start-up) are shared, by forking from a
-server that imported them once (``process_server.py``; one per pytest process). What a run
+server that imported them once (``process_server.py``; one per pytest process and thread). What a run
 cannot get that way goes to a plain ``subprocess.run``: interpreter options (``-X ...``),
 ``preexec_fn``, and every run when ``RILS_TEST_FRESH_PROCESSES=1`` is set (the whole suite then
 starts each tool in a fresh interpreter).
@@ -16,11 +16,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Optional, Sequence
 
 SERVER = osp.join(osp.dirname(osp.abspath(__file__)), 'process_server.py')
-_server = None
+_local = threading.local()  # one server per thread: runs from several threads overlap
 
 
 def fresh_processes_only() -> bool:
@@ -67,20 +68,20 @@ class _Server:
 
 
 def _get_server() -> _Server:
-    global _server
-    if _server is None or not _server.alive():
-        _server = _Server()
-        atexit.register(_server.stop)
-    return _server
+    server = getattr(_local, 'server', None)
+    if server is None or not server.alive():
+        server = _local.server = _Server()
+        atexit.register(server.stop)
+    return server
 
 
 def _drop_server() -> None:
     """After a request that did not finish cleanly: a new server for the next one, so that no
     answer of this one is taken for the next one's."""
-    global _server
-    if _server is not None:
-        _server.process.kill()
-        _server = None
+    server = getattr(_local, 'server', None)
+    if server is not None:
+        server.process.kill()
+        _local.server = None
 
 
 def run_python(args: Sequence, cwd: Optional[str] = None, env: Optional[dict] = None,
