@@ -81,6 +81,7 @@ from .shards import (CAPTION_EXT, IMAGE_EXTS, SampleRef, ShardReader,
                      image_ext_of, scan_shard)
 from .shuffle_buffer import ShuffleBuffer
 from .tar_stream import ShardStreamError, StreamSample, is_pipe, stream_shard_samples
+from .transforms.formatting import set_metainfo_fields
 
 STREAM_STATE_KEY = 'stream_state'
 ACCESS_MODES = ('stream', 'random')
@@ -189,7 +190,7 @@ def attach_metainfo(output, info: dict):
     """Add ``info`` to a packed sample's DataSample metainfo, or to a plain results dict."""
     data_sample = output.get('data_samples') if isinstance(output, dict) else None
     if data_sample is not None and hasattr(data_sample, 'set_metainfo'):
-        data_sample.set_metainfo(info)
+        set_metainfo_fields(data_sample, info)
     else:
         output.update(info)
     return output

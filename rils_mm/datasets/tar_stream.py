@@ -30,7 +30,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, Iterator, NamedTuple, Optional, Sequence
+from typing import Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 from .remote_io import PermanentReadError, describe_error, is_remote, is_transient
 
@@ -248,6 +248,36 @@ def _pax_path(data: bytes) -> Optional[str]:
     return None
 
 
+def _header_fields(block: bytes) -> Tuple[str, int, bytes]:
+    """``(name, size, type)`` of a 512-byte tar header, as ``tarfile.TarInfo.frombuf`` reads
+    them. The plain ustar/GNU header of a regular file is parsed here, three times faster than
+    ``frombuf`` (a tenth of a streamed sample's bookkeeping); anything else (another checksum
+    form, base-256 sizes, other member types) goes through ``frombuf``.
+
+    Raises:
+        tarfile.TarError: A broken header (``frombuf``'s errors).
+    """
+    member_type = block[156:157]
+    size_field = block[124:136]
+    if member_type in (tarfile.REGTYPE, tarfile.AREGTYPE) and size_field[:1] not in (
+            b'\x80', b'\xff'):
+        try:
+            checksum = int(block[148:156].split(b'\0', 1)[0].strip() or b'0', 8)
+            size = int(size_field.split(b'\0', 1)[0].strip() or b'0', 8)
+        except ValueError:
+            checksum = size = -1
+        # The unsigned checksum: all bytes, the checksum field counted as eight spaces.
+        if size >= 0 and checksum == sum(block) - sum(block[148:156]) + 256:
+            name = block[:100].split(b'\0', 1)[0].decode(tarfile.ENCODING, 'surrogateescape')
+            prefix = block[345:500].split(b'\0', 1)[0]
+            if prefix:
+                name = prefix.decode(tarfile.ENCODING, 'surrogateescape') + '/' + name
+            if not name.endswith('/'):  # frombuf makes that a directory
+                return name, size, member_type
+    info = tarfile.TarInfo.frombuf(block, tarfile.ENCODING, 'surrogateescape')
+    return info.name, info.size, info.type
+
+
 def _read_headers(stream: _ByteStream) -> Iterator[Optional[_Header]]:
     """Headers of the file members of a tar stream as they arrive (None at the end-of-archive
     marker). The consumer reads (or skips) each member's ``padded`` data bytes before asking
@@ -270,26 +300,27 @@ def _read_headers(stream: _ByteStream) -> Iterator[Optional[_Header]]:
         if block == bytes(_BLOCK):
             yield None
             return
-        info = tarfile.TarInfo.frombuf(block, tarfile.ENCODING, 'surrogateescape')
-        padded = -(-info.size // _BLOCK) * _BLOCK
-        if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE):
-            data = stream.read(padded)[:info.size]
-            if len(data) < info.size:
+        member_name, size, member_type = _header_fields(block)
+        padded = -(-size // _BLOCK) * _BLOCK
+        if member_type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE):
+            data = stream.read(padded)[:size]
+            if len(data) < size:
                 raise EOFError(f'member data cut short at byte {stream.offset}')
             name = (data.rstrip(b'\0').decode('utf-8', 'surrogateescape')
-                    if info.type == tarfile.GNUTYPE_LONGNAME else _pax_path(data))
+                    if member_type == tarfile.GNUTYPE_LONGNAME else _pax_path(data))
             # The extended header belongs to the next member, which starts here.
             extended = (name or (extended and extended[0]),
                         extended[1] if extended else header_offset)
             continue
-        name, first_offset = ((extended[0] or info.name, extended[1]) if extended else
-                              (info.name, header_offset))
+        name, first_offset = ((extended[0] or member_name, extended[1]) if extended else
+                              (member_name, header_offset))
         extended = None
-        key, ext = split_key(name) if info.isfile() else (None, None)
+        key, ext = (split_key(name) if member_type in tarfile.REGULAR_TYPES else
+                    (None, None))
         if key is None:
             stream.skip(padded)  # directories, links, global headers, names without a dot
             continue
-        yield _Header(key, ext, first_offset, info.size, padded)
+        yield _Header(key, ext, first_offset, size, padded)
 
 
 def _samples_from(stream: _ByteStream, url: str, index: int,

@@ -202,3 +202,57 @@ def test_s3_stream_resumes_exactly(served, s3_shards):
         resumed = items(resume_from(dataset_of(s3_shards), reference[cut - 1][1]), 10)
         assert [i[:2] for i in resumed] == [i[:2] for i in reference[cut:cut + 10]]
         assert all(torch.equal(a[2], b[2]) for a, b in zip(resumed, reference[cut:cut + 10]))
+
+
+def _tar_blocks(tar_format, members):
+    """The 512-byte blocks of the headers ``tarfile`` writes for ``members`` (name, type,
+    size): extended headers with their data blocks, then the member's own header."""
+    import tarfile
+    blocks = []
+    for name, member_type, size in members:
+        info = tarfile.TarInfo(name)
+        info.type, info.size = member_type, size
+        if member_type == tarfile.SYMTYPE:
+            info.linkname = 'target.jpg'
+        data = info.tobuf(tar_format, tarfile.ENCODING, 'surrogateescape')
+        blocks += [data[i:i + 512] for i in range(0, len(data), 512)]
+    return blocks
+
+
+def test_header_parser_reads_what_tarfile_reads():
+    """The fast header parser gives tarfile's (name, size, type) on every header block of
+    ustar, GNU and pax archives (long and split names, links, directories, old-style regular
+    files, large sizes), and fails where tarfile fails (a broken checksum)."""
+    import tarfile
+    from rils_mm.datasets.tar_stream import _header_fields
+    long_dir = 'd' * 120 + '/' + 'e' * 60
+    members = [('000001.jpg', tarfile.REGTYPE, 3000), ('a/b/000001.txt', tarfile.REGTYPE, 0),
+               (long_dir + '/000002.jpg', tarfile.REGTYPE, 1), ('x' * 150 + '.cls',
+                                                                tarfile.REGTYPE, 7),
+               ('dir', tarfile.DIRTYPE, 0), ('link.jpg', tarfile.SYMTYPE, 0),
+               ('old.jpg', tarfile.AREGTYPE, 12), ('é.txt', tarfile.REGTYPE, 5),
+               ('big.bin', tarfile.REGTYPE, 8 ** 11 + 1)]
+    blocks = []
+    for tar_format in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        usable = [m for m in members if tar_format != tarfile.USTAR_FORMAT or
+                  (len(m[0]) <= 100 or '/' in m[0]) and m[2] < 8 ** 11 and m[0].isascii()]
+        blocks += _tar_blocks(tar_format, usable)
+    parsed = 0
+    for block in blocks:
+        try:
+            info = tarfile.TarInfo.frombuf(block, tarfile.ENCODING, 'surrogateescape')
+        except tarfile.HeaderError:
+            continue  # the data blocks of extended headers
+        assert _header_fields(block) == (info.name, info.size, info.type)
+        parsed += 1
+    assert parsed >= 30
+    # A base-256 size (GNU, over 8 GiB) and a header with a signed-checksum sum.
+    big = _tar_blocks(tarfile.GNU_FORMAT, [('big.bin', tarfile.REGTYPE, 8 ** 11 + 1)])[-1]
+    assert big[124:125] == b'\x80' and _header_fields(big)[1] == 8 ** 11 + 1
+    broken = bytearray(_tar_blocks(tarfile.USTAR_FORMAT, [('000001.jpg', tarfile.REGTYPE,
+                                                           1)])[0])
+    broken[0] ^= 1  # the name changes, the checksum does not
+    with pytest.raises(tarfile.HeaderError):
+        tarfile.TarInfo.frombuf(bytes(broken), tarfile.ENCODING, 'surrogateescape')
+    with pytest.raises(tarfile.HeaderError):
+        _header_fields(bytes(broken))
