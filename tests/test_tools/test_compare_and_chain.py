@@ -631,3 +631,23 @@ def test_compare_reuses_a_run_only_while_its_code_is_unchanged(tmp_path, monkeyp
     second = compare.code_fingerprint(str(tree), ['pkg'])
     (tree / 'pkg' / 'a.py').rename(tree / 'pkg' / 'b.py')
     assert len({first, second, compare.code_fingerprint(str(tree), ['pkg'])}) == 3
+
+
+def test_in_process_training_stops_its_dataloader_workers(tmp_path):
+    """``train_main`` in this process (as chains and compare.py call it) with persistent
+    dataloader workers: once it returns, none of the run's worker processes is left, although
+    the returned runner still holds its dataloader."""
+    import multiprocessing
+
+    from rils_mm.tools.cli import train_main
+    options = [o for o in TINY_DATA if not o.startswith(('train_dataloader.num_workers',
+                                                         'train_dataloader.persistent'))]
+    before = set(multiprocessing.active_children())
+    runner = train_main([osp.join(REPO, 'configs/clip/demo_cpu.py'), '--work-dir',
+                         str(tmp_path / 'work'), '--cfg-options', *options,
+                         'train_dataloader.num_workers=2',
+                         'train_dataloader.persistent_workers=True',
+                         f'train_dataloader.dataset.data_root={tmp_path}/demo'])
+    assert runner.train_loop.iter == 2
+    assert runner.train_dataloader.persistent_workers
+    assert set(multiprocessing.active_children()) - before == set()
