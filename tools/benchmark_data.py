@@ -20,9 +20,15 @@ the requests and bytes served per sample are printed beside the rates::
 
     python tools/benchmark_data.py --remote --num-samples 800 --per-shard 200 \\
         --latency 0 10 30 --workers 1 4
+
+With ``--s3`` the shards are on an S3 API served by moto on 127.0.0.1: ours reads
+``s3://`` URLs through s3fs, webdataset ``pipe:curl`` URLs (one GET per shard, as its
+``pipe:aws s3 cp`` would make). Each row gives the mean rates and the median of the per-round
+ratios ours / webdataset with their range.
 """
 import argparse
 import io
+import logging
 import os
 import os.path as osp
 import re
@@ -166,44 +172,108 @@ class LatencyServer:
             return self.requests, self.bytes
 
 
+def interleaved_rates(make_loader, shards: str, args, counts=None) -> tuple:
+    """``args.rounds`` rounds of ours then webdataset on ``shards`` at each worker count.
+
+    Returns:
+        tuple: (worker count -> dict(ours=[rates], wds=[rates], first=[s], per_sample=dict
+        name -> (requests, bytes) per sample or None)).
+    """
+    total = args.batches + 1
+    results = {}
+    for workers in args.workers:
+        rates, per_sample, firsts = {'ours': [], 'wds': []}, {}, []
+        for _ in range(args.rounds):
+            for name in ('ours', 'wds'):
+                before = counts() if counts else None
+                loader = make_loader(name, shards[name], workers)
+                start = time.perf_counter()
+                rate, first = samples_per_second(loader, args.batch_size, args.batches,
+                                                 with_first=True)
+                if name == 'ours':
+                    firsts.append(first - start)
+                rates[name].append(rate)
+                if counts:
+                    per_sample[name] = [(a - b) / (total * args.batch_size)
+                                        for a, b in zip(counts(), before)]
+                del loader
+        results[workers] = dict(rates, first=firsts, per_sample=per_sample)
+    return results
+
+
+def ratio_cells(result: dict) -> str:
+    """Mean rates, and the median of the per-round ratios ours / wds with their range."""
+    ours, wds = result['ours'], result['wds']
+    ratios = sorted(a / b for a, b in zip(ours, wds))
+    return (f'{sum(ours) / len(ours):.0f} | {sum(wds) / len(wds):.0f} | '
+            f'{float(np.median(ratios)):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})')
+
+
+def loader_of(args):
+    def make(name, shards, workers):
+        return (rils_loader(shards, args.batch_size, workers) if name == 'ours' else
+                open_clip_loader(shards, args.num_samples, args.batch_size, workers))
+    return make
+
+
 def remote_benchmark(args, tmp: str) -> None:
     """Ours and webdataset over HTTP with per-request latency, interleaved A B A B."""
     paths = write_benchmark_shards(tmp, args.num_samples, args.per_shard)
     server = LatencyServer(tmp)
     shards = f'{server.url}/{{00000..{len(paths) - 1:05d}}}.tar'
-    total = args.batches + 1
     print(f'{args.num_samples} JPEG pairs in {len(paths)} shards on {server.url}; batch '
-          f'{args.batch_size}, {args.batches} timed batches after the first, '
-          f'{len(os.sched_getaffinity(0))} CPU(s); requests and bytes per sample served')
-    print('| latency | workers | ours samples/s | wds samples/s | ours / wds | requests/sample '
-          'ours / wds | KB/sample ours / wds | ours: first batch after |')
+          f'{args.batch_size}, {args.batches} timed batches after the first, {args.rounds} '
+          f'rounds, {len(os.sched_getaffinity(0))} CPU(s); requests and bytes per sample served')
+    print('| latency | workers | ours samples/s | wds samples/s | ours / wds, median (range) | '
+          'requests/sample ours / wds | KB/sample ours / wds | ours: first batch after |')
     print('|---|---|---|---|---|---|---|---|')
     for latency in args.latency:
         server.latency = latency / 1000
-        for workers in args.workers:
-            rates, per_sample, firsts = {'ours': [], 'wds': []}, {}, []
-            for _ in range(args.rounds):
-                for name in ('ours', 'wds'):
-                    before = server.counts()
-                    loader = (rils_loader(shards, args.batch_size, workers) if name == 'ours'
-                              else open_clip_loader(shards, args.num_samples, args.batch_size,
-                                                    workers))
-                    start = time.perf_counter()
-                    rate, first = samples_per_second(loader, args.batch_size, args.batches,
-                                                     with_first=True)
-                    if name == 'ours':
-                        firsts.append(first - start)
-                    after = server.counts()
-                    rates[name].append(rate)
-                    per_sample[name] = [(a - b) / (total * args.batch_size)
-                                        for a, b in zip(after, before)]
-                    del loader
-            ours, wds = (sum(rates[n]) / len(rates[n]) for n in ('ours', 'wds'))
-            print(f'| {latency} ms | {workers} | {ours:.0f} | {wds:.0f} | {ours / wds:.2f} | '
+        results = interleaved_rates(loader_of(args), dict(ours=shards, wds=shards), args,
+                                    server.counts)
+        for workers, result in results.items():
+            per_sample, firsts = result['per_sample'], result['first']
+            print(f'| {latency:g} ms | {workers} | {ratio_cells(result)} | '
                   f'{per_sample["ours"][0]:.3f} / {per_sample["wds"][0]:.3f} | '
                   f'{per_sample["ours"][1] / 1024:.1f} / {per_sample["wds"][1] / 1024:.1f} | '
                   f'{sum(firsts) / len(firsts):.2f} s |', flush=True)
     server.httpd.shutdown()
+
+
+def s3_benchmark(args, tmp: str) -> None:
+    """Ours (``s3://`` through s3fs) and webdataset (``pipe:curl``, one GET per shard as its
+    ``pipe:aws s3 cp`` would make) on an S3 API served by moto on 127.0.0.1, interleaved."""
+    from moto.server import ThreadedMotoServer
+    paths = write_benchmark_shards(tmp, args.num_samples, args.per_shard)
+    logging.getLogger('werkzeug').setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f'http://{host}:{port}'
+    # The environment an S3 user sets; the workers inherit it.
+    os.environ.update(AWS_ACCESS_KEY_ID='benchmark', AWS_SECRET_ACCESS_KEY='benchmark',
+                      AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION='us-east-1',
+                      AWS_EC2_METADATA_DISABLED='true')
+    import s3fs
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir('benchmark')
+    fs.put(tmp + '/', 'benchmark/shards/', recursive=True)
+    for path in fs.ls('benchmark/shards'):
+        fs.chmod(path, 'public-read')  # curl sends no signature
+    braces = f'{{00000..{len(paths) - 1:05d}}}.tar'
+    shards = dict(ours=f's3://benchmark/shards/{braces}',
+                  wds=f'pipe:curl -s -f {endpoint}/benchmark/shards/{braces}')
+    print(f'{args.num_samples} JPEG pairs in {len(paths)} shards on moto\'s S3 at {endpoint}; '
+          f'batch {args.batch_size}, {args.batches} timed batches after the first, '
+          f'{args.rounds} rounds, {len(os.sched_getaffinity(0))} CPU(s)')
+    print('| store | workers | ours samples/s | wds samples/s | ours / wds, median (range) | '
+          'ours: first batch after |')
+    print('|---|---|---|---|---|---|')
+    for workers, result in interleaved_rates(loader_of(args), shards, args).items():
+        firsts = result['first']
+        print(f'| S3 (moto) | {workers} | {ratio_cells(result)} | '
+              f'{sum(firsts) / len(firsts):.2f} s |', flush=True)
+    server.stop()
 
 
 def samples_per_second(loader, batch_size: int, measured_batches: int, with_first=False):
@@ -228,6 +298,9 @@ def parse_args(argv=None):
     parser.add_argument('--shards', help='existing shard pattern (default: generate)')
     parser.add_argument('--remote', action='store_true',
                         help='read over HTTP from a local server with per-request latency')
+    parser.add_argument('--s3', action='store_true',
+                        help='read from an S3 API served by moto on 127.0.0.1 (ours: s3:// '
+                        'through s3fs; webdataset: pipe:curl)')
     parser.add_argument('--latency', type=float, nargs='+', default=[0, 10, 30],
                         help='--remote: milliseconds waited per request')
     parser.add_argument('--rounds', type=int, default=2, help='--remote: A B rounds')
@@ -238,8 +311,8 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.remote:
-            remote_benchmark(args, tmp)
+        if args.remote or args.s3:
+            (s3_benchmark if args.s3 else remote_benchmark)(args, tmp)
             return
         shards = args.shards
         if shards is None:
