@@ -54,6 +54,7 @@ error with exponential backoff (``remote_backoff * 2 ** attempt`` s); one whose 
 after its headers were scanned is counted once as an unreadable shard (path in ``bad_shards``)
 and each of its samples met afterwards as an unreadable sample, without further waiting.
 """
+import hashlib
 import heapq
 import json
 import math
@@ -361,6 +362,21 @@ class ImageTextShardDataset(IterableDataset):
         return math.ceil(self.num_samples / self.world_size)
 
     # ----------------------------------------------------------------- resume
+    def stream_signature(self) -> dict:
+        """What a saved stream position refers to: the shard list (its length, a digest, the
+        first and last URL), the mixture's draw weights and the settings that order the
+        stream. A position is meaningful only for a dataset with the same signature
+        (:class:`~rils_mm.engine.hooks.DataResumeHook` compares them on resume)."""
+        digest = hashlib.sha256('\n'.join(self.shards).encode('utf-8', 'surrogateescape'))
+        return dict(
+            num_shards=len(self.shards), shards_sha256=digest.hexdigest()[:16],
+            first_shard=self.shards[0], last_shard=self.shards[-1],
+            draw_weights=(None if self.shard_sets is None else
+                          [(s.start, s.stop, round(s.draw_weight, 12)) for s in self.shard_sets]),
+            resampled=self.resampled, seed=self.seed, shuffle=bool(self.shuffle),
+            shuffle_buffer=self.shuffle_buffer, access=self.access,
+            samples_per_epoch=self.samples_per_epoch)
+
     def set_resume_state(self, state: Optional[dict]) -> None:
         """Start the next iteration where a previous run of this rank stopped.
 

@@ -12,6 +12,7 @@ import os
 import os.path as osp
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -244,3 +245,57 @@ def test_kill_and_resume_is_exact_with_accumulated_steps(tmp_path):
                                     'embed_dims=16, accumulation=dict(micro_batches=2))')
     assert template != SHARD_CONFIG
     check_kills(Scenario(tmp_path, template), kills=1, seed=3)
+
+
+def checkpoints(work_dir):
+    """The checkpoint files of a work dir and what ``last_checkpoint`` names."""
+    with open(osp.join(work_dir, 'last_checkpoint')) as file:
+        last = osp.basename(file.read().strip())
+    return sorted(name for name in os.listdir(work_dir) if name.endswith('.pth')), last
+
+
+def test_resume_with_other_data_stops_unless_told_what_to_do(tmp_path):
+    """A checkpoint's stream position belongs to its data: resuming with another seed or
+    another shard place stops in one line naming the change (nothing trained, nothing
+    written); ``on_data_change='keep'`` continues the saved positions on the moved shards
+    with the uninterrupted run's samples; ``'restart'`` reads the new stream from its start."""
+    scenario = Scenario(tmp_path, SHARD_CONFIG)
+    config, probe, work_dir = scenario.config('reference')
+    scenario.run(config, work_dir)
+    reference_order = order(probe)
+    config, probe, work_dir = scenario.config('stopped')
+    scenario.run(config, work_dir, '--cfg-options', 'train_cfg.max_epochs=2')
+    assert order(probe)[:8] == reference_order[:8]
+    moved = osp.join(scenario.root, 'moved')
+    shutil.copytree(scenario.data, moved)
+    saved_work = work_dir + '_saved'
+    shutil.copytree(work_dir, saved_work)
+    for options, change in [(['train_dataloader.dataset.seed=1'], 'seed: 0 -> 1'),
+                            ([f'train_dataloader.dataset.data_root={moved}'],
+                             f'shards {moved}/train/')]:
+        result = run_python(scenario.command(config, work_dir, '--resume', '--cfg-options',
+                                             *options),
+                            cwd=REPO, env=scenario.env(), capture_output=True, text=True,
+                            timeout=600)
+        errors = [line for line in result.stderr.splitlines() if 'error' in line.lower()]
+        assert result.returncode != 0 and 'Traceback' not in result.stderr, result.stderr
+        assert len(errors) == 1 and change in errors[0] and 'on_data_change' in errors[0], (
+            errors)
+        assert checkpoints(work_dir) == checkpoints(saved_work)
+
+    result = scenario.run(config, work_dir, '--resume', '--cfg-options',
+                          f'train_dataloader.dataset.data_root={moved}',
+                          'custom_hooks.0.on_data_change=keep')
+    assert 'its stream positions are kept' in result.stdout + result.stderr
+    assert order(probe) == reference_order
+
+    shutil.rmtree(work_dir)
+    shutil.copytree(saved_work, work_dir)
+    result = scenario.run(config, work_dir, '--resume', '--cfg-options',
+                          'train_dataloader.dataset.seed=1',
+                          'custom_hooks.0.on_data_change=restart')
+    assert 'the new stream starts from its first samples' in result.stdout + result.stderr
+    resumed = order(probe)
+    assert resumed[:8] == reference_order[:8] and all(resumed[8:])
+    assert resumed[8:] != reference_order[8:]
+    assert osp.isfile(osp.join(work_dir, f'iter_{TOTAL_ITERS}.pth'))

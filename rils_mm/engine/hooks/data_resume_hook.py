@@ -29,6 +29,7 @@ from mmengine.runner.loops import IterBasedTrainLoop, _InfiniteDataloaderIterato
 from mmpretrain.registry import HOOKS
 
 from rils_mm.datasets.image_text_shards import STREAM_STATE_KEY
+from rils_mm.engine.errors import RunStopped
 
 CHECKPOINT_KEY = 'data_stream_states'
 
@@ -87,18 +88,51 @@ def restart_dataloader_iterator(loop, num_skip: int) -> None:
     loop.dataloader_iterator = _SkipBatches(_InfiniteDataloaderIterator(loader), num_skip)
 
 
+def data_changes(saved: dict, current: dict) -> str:
+    """The fields of two ``stream_signature()`` dicts that differ, as ``name: old -> new``."""
+    def shards(signature):
+        return (f'{signature.get("num_shards")} shards {signature.get("first_shard")} .. '
+                f'{signature.get("last_shard")} (sha256 {signature.get("shards_sha256")})')
+    changes = []
+    if any(saved.get(k) != current.get(k) for k in ('num_shards', 'shards_sha256',
+                                                     'first_shard', 'last_shard')):
+        changes.append(f'shards: {shards(saved)} -> {shards(current)}')
+    for key in sorted(set(saved) | set(current)):
+        if key not in ('num_shards', 'shards_sha256', 'first_shard', 'last_shard') and \
+                saved.get(key) != current.get(key):
+            changes.append(f'{key}: {saved.get(key)!r} -> {current.get(key)!r}')
+    return '; '.join(changes)
+
+
 @HOOKS.register_module()
 class DataResumeHook(Hook):
     """Record the shard stream's position in checkpoints and resume from it.
 
     Also calls ``dataset.set_epoch(epoch)`` before each epoch for datasets that have it
     (per-visit caption sampling of the map-style datasets).
+
+    The saved position carries the dataset's ``stream_signature()`` (shard list, mixture
+    weights, seed, shuffling). A resume whose data settings differ would continue a position
+    in another stream (samples skipped or seen twice without notice), so it stops with one
+    line naming what changed, unless ``on_data_change`` says otherwise.
+
+    Args:
+        on_data_change (str): When the resumed data differs from the checkpoint's: ``'error'``
+            (default) stops; ``'keep'`` uses the saved positions anyway (the same shard files
+            moved to another place or store); ``'restart'`` starts the new data's stream from
+            its first samples (the model and optimizer state are resumed as usual).
     """
 
     priority = 'NORMAL'  # before CheckpointHook (VERY_LOW) in after_train_iter/epoch
+    DATA_CHANGE_ACTIONS = ('error', 'keep', 'restart')
 
-    def __init__(self) -> None:
+    def __init__(self, on_data_change: str = 'error') -> None:
+        if on_data_change not in self.DATA_CHANGE_ACTIONS:
+            raise ValueError(f'DataResumeHook on_data_change={on_data_change!r}: expected one '
+                             f'of {self.DATA_CHANGE_ACTIONS}')
+        self.on_data_change = on_data_change
         self.state: Optional[dict] = None
+        self._signature: Optional[dict] = None
         self._gathered: Optional[list] = None
         self._loaded: Optional[list] = None
 
@@ -116,6 +150,8 @@ class DataResumeHook(Hook):
             cursor = stream_state[4] if len(stream_state) > 4 else None
             if self.state is None or self.state['num_workers'] != num_workers:
                 self.state = dict(num_workers=num_workers, next_role=0, roles={})
+                if self._signature is not None:
+                    self.state['data'] = self._signature
             # A batch comes from one worker and holds its samples in stream order.
             self.state['roles'][int(role)] = (int(epoch), int(position)) + (
                 (tuple(int(v) for v in cursor), ) if cursor is not None else ())
@@ -140,6 +176,8 @@ class DataResumeHook(Hook):
         dataset = loop.dataloader.dataset
         if not hasattr(dataset, 'set_resume_state'):
             return
+        if hasattr(dataset, 'stream_signature'):
+            self._signature = dataset.stream_signature()
         endless = getattr(dataset, 'samples_per_epoch', None) is None
         if endless and not isinstance(loop, IterBasedTrainLoop):
             raise ValueError(f'{type(dataset).__name__} is an endless stream, so an epoch of '
@@ -162,10 +200,29 @@ class DataResumeHook(Hook):
             return
         rank, world_size = get_dist_info()
         if len(self._loaded) != world_size:
-            raise ValueError(f'DataResumeHook: the checkpoint holds the data position of '
+            raise RunStopped(f'DataResumeHook: the checkpoint holds the data position of '
                              f'{len(self._loaded)} rank(s) but this run has {world_size}; '
                              f'resume with the same number of processes')
         self.state = copy.deepcopy(self._loaded[rank])
+        saved = self.state.get('data')  # None in checkpoints older than the signature
+        if saved is not None and self._signature is not None and saved != self._signature:
+            changes = data_changes(saved, self._signature)
+            if self.on_data_change == 'error':
+                raise RunStopped(
+                    f'DataResumeHook: the checkpoint\'s data stream position belongs to other '
+                    f'data ({changes}); resume with the data settings it was written with, or '
+                    f"set DataResumeHook(on_data_change='keep') if only the shards' place "
+                    f"changed, or 'restart' to read the new data from its start")
+            print_log(f'DataResumeHook: the data changed since the checkpoint ({changes}); '
+                      + ('its stream positions are kept' if self.on_data_change == 'keep' else
+                         'the new stream starts from its first samples'),
+                      logger='current', level=30)
+            self.state['data'] = self._signature
+            if self.on_data_change == 'restart':
+                # Every role at the start of the new stream; the consumed batches are still
+                # skipped for free, so the schedule goes on where it stopped.
+                self.state.update(num_workers=max(1, loop.dataloader.num_workers),
+                                  next_role=0, roles={})
         dataset.set_resume_state(copy.deepcopy(self.state))
         if isinstance(loop, IterBasedTrainLoop):
             restart_dataloader_iterator(loop, loop.iter)
