@@ -110,11 +110,10 @@ def benchmark_runs() -> list:
     rils_mm/utils/methods.py is loaded from its file: importing the rils_mm package would
     import torch and the OpenMMLab stack (seconds) before a wrong argument is answered.
     """
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'rils_mm_method_table', osp.join(REPO, 'rils_mm', 'utils', 'methods.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    if osp.join(REPO, 'tools') not in sys.path:
+        sys.path.append(osp.join(REPO, 'tools'))  # when loaded by file path (tests)
+    from _early import load_library
+    module = load_library('utils.methods')
     try:
         return module.load_method_table().benchmark
     except module.MethodTableError as error:

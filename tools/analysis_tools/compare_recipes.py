@@ -10,27 +10,16 @@ library module is loaded by its file path (``rils_mm`` itself imports torch and 
 seconds this tool does not need).
 """
 import argparse
-import importlib.util
 import os.path as osp
 import sys
 
 PROG = 'tools/analysis_tools/compare_recipes.py'
-LIBRARY = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'rils_mm',
-                   'tools', 'compare_recipes.py')
-
-
-def load_library():
-    if not osp.isfile(LIBRARY):  # an installed package without this checkout's layout
-        from rils_mm.tools import compare_recipes
-        return compare_recipes
-    spec = importlib.util.spec_from_file_location('_rils_mm_compare_recipes', LIBRARY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+sys.path.append(osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/: _early
+from _early import load_library  # noqa: E402
 
 
 def main(argv=None):
-    library = load_library()
+    library = load_library('tools.compare_recipes')
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n')[0])
     parser.add_argument('recipes', nargs='*', default=list(library.RECIPES), metavar='RECIPE',
                         help=f'any of {", ".join(library.RECIPES)} (default: all)')

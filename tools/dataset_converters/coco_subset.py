@@ -10,27 +10,16 @@ Writes OUT and OUT.ids.txt (one image id a line). The library module is loaded b
 path: no torch, no toolbox import.
 """
 import argparse
-import importlib.util
 import os.path as osp
 import sys
 
 PROG = 'tools/dataset_converters/coco_subset.py'
-LIBRARY = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'rils_mm',
-                   'tools', 'coco_subset.py')
-
-
-def load_library():
-    if not osp.isfile(LIBRARY):  # an installed package without this checkout's layout
-        from rils_mm.tools import coco_subset
-        return coco_subset
-    spec = importlib.util.spec_from_file_location('_rils_mm_coco_subset', LIBRARY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+sys.path.append(osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/: _early
+from _early import load_library  # noqa: E402
 
 
 def main(argv=None):
-    library = load_library()
+    library = load_library('tools.coco_subset')
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n')[0])
     parser.add_argument('ann_file', help='COCO annotation file (e.g. instances_train2017.json)')
     parser.add_argument('out', help='subset annotation file to write')
