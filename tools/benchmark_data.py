@@ -15,7 +15,7 @@ A benchmark, not a test: numbers depend on the machine (and on other load)::
     python tools/benchmark_data.py --num-samples 2048 --workers 1 2 4
 
 With ``--remote`` both read the same shards from an HTTP server on 127.0.0.1 (Range support,
-``--latency`` ms waited per request), interleaved (ours, webdataset, ours, webdataset), and
+``--latency`` ms waited per request), interleaved (ours, webdataset, webdataset, ours, ...), and
 the requests and bytes served per sample are printed beside the rates::
 
     python tools/benchmark_data.py --remote --num-samples 800 --per-shard 200 \\
@@ -183,8 +183,9 @@ def interleaved_rates(make_loader, shards: str, args, counts=None) -> tuple:
     results = {}
     for workers in args.workers:
         rates, per_sample, firsts = {'ours': [], 'wds': []}, {}, []
-        for _ in range(args.rounds):
-            for name in ('ours', 'wds'):
+        for round_index in range(args.rounds):
+            # A B, then B A: an effect of the order does not fall on one loader only.
+            for name in ('ours', 'wds')[::1 if round_index % 2 == 0 else -1]:
                 before = counts() if counts else None
                 loader = make_loader(name, shards[name], workers)
                 start = time.perf_counter()
@@ -217,7 +218,7 @@ def loader_of(args):
 
 
 def remote_benchmark(args, tmp: str) -> None:
-    """Ours and webdataset over HTTP with per-request latency, interleaved A B A B."""
+    """Ours and webdataset over HTTP with per-request latency, interleaved A B, B A."""
     paths = write_benchmark_shards(tmp, args.num_samples, args.per_shard)
     server = LatencyServer(tmp)
     shards = f'{server.url}/{{00000..{len(paths) - 1:05d}}}.tar'
@@ -302,9 +303,13 @@ def parse_args(argv=None):
                         help='read from an S3 API served by moto on 127.0.0.1 (ours: s3:// '
                         'through s3fs; webdataset: pipe:curl)')
     parser.add_argument('--latency', type=float, nargs='+', default=[0, 10, 30],
-                        help='--remote: milliseconds waited per request')
-    parser.add_argument('--rounds', type=int, default=2, help='--remote: A B rounds')
-    return parser.parse_args(argv)
+                        help='--remote: milliseconds waited per request (not with --s3)')
+    parser.add_argument('--rounds', type=int, default=2,
+                        help='--remote, --s3: rounds of both loaders (A B, B A, ...)')
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f'--rounds {args.rounds}: expected at least 1')
+    return args
 
 
 def main(argv=None):

@@ -64,6 +64,7 @@ import warnings
 from collections import Counter
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import torch
@@ -220,6 +221,15 @@ def seeded_global_rngs(seed: int, restore: bool):
             torch.set_rng_state(states[2])
 
 
+def shard_identity(url: str) -> str:
+    """A shard URL without what may change between runs or must not be stored: the query
+    and fragment (signed URLs) and the user part (``user:password@``)."""
+    if is_pipe(url) or '://' not in url:
+        return url
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rsplit('@', 1)[-1], parts.path, '', ''))
+
+
 @DATASETS.register_module()
 class ImageTextShardDataset(IterableDataset):
     """Endless, shuffled, rank- and worker-split stream of image-text pairs from tar shards.
@@ -367,10 +377,11 @@ class ImageTextShardDataset(IterableDataset):
         first and last URL), the mixture's draw weights and the settings that order the
         stream. A position is meaningful only for a dataset with the same signature
         (:class:`~rils_mm.engine.hooks.DataResumeHook` compares them on resume)."""
-        digest = hashlib.sha256('\n'.join(self.shards).encode('utf-8', 'surrogateescape'))
+        shards = [shard_identity(shard) for shard in self.shards]
+        digest = hashlib.sha256('\n'.join(shards).encode('utf-8', 'surrogateescape'))
         return dict(
-            num_shards=len(self.shards), shards_sha256=digest.hexdigest()[:16],
-            first_shard=self.shards[0], last_shard=self.shards[-1],
+            num_shards=len(shards), shards_sha256=digest.hexdigest()[:16],
+            first_shard=shards[0], last_shard=shards[-1],
             draw_weights=(None if self.shard_sets is None else
                           [(s.start, s.stop, round(s.draw_weight, 12)) for s in self.shard_sets]),
             resampled=self.resampled, seed=self.seed, shuffle=bool(self.shuffle),

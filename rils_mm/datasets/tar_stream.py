@@ -248,6 +248,17 @@ def _pax_path(data: bytes) -> Optional[str]:
     return None
 
 
+# The numeric fields tarfile parses (mode, uid, gid, size, mtime, checksum, device numbers).
+_NUMERIC_FIELDS = ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (148, 156),
+                   (329, 337), (337, 345))
+
+
+def _is_octal(field: bytes) -> bool:
+    """Whether tarfile reads ``field`` as a plain octal number (up to the first NUL, blanks
+    stripped; base-256 and broken fields are left to tarfile)."""
+    return not field.split(b'\0', 1)[0].strip().translate(None, b'01234567')
+
+
 def _header_fields(block: bytes) -> Tuple[str, int, bytes]:
     """``(name, size, type)`` of a 512-byte tar header, as ``tarfile.TarInfo.frombuf`` reads
     them. The plain ustar/GNU header of a regular file is parsed here, three times faster than
@@ -258,16 +269,12 @@ def _header_fields(block: bytes) -> Tuple[str, int, bytes]:
         tarfile.TarError: A broken header (``frombuf``'s errors).
     """
     member_type = block[156:157]
-    size_field = block[124:136]
-    if member_type in (tarfile.REGTYPE, tarfile.AREGTYPE) and size_field[:1] not in (
-            b'\x80', b'\xff'):
-        try:
-            checksum = int(block[148:156].split(b'\0', 1)[0].strip() or b'0', 8)
-            size = int(size_field.split(b'\0', 1)[0].strip() or b'0', 8)
-        except ValueError:
-            checksum = size = -1
+    if member_type in (tarfile.REGTYPE, tarfile.AREGTYPE) and all(
+            _is_octal(block[start:stop]) for start, stop in _NUMERIC_FIELDS):
+        checksum = int(block[148:156].split(b'\0', 1)[0].strip() or b'0', 8)
+        size = int(block[124:136].split(b'\0', 1)[0].strip() or b'0', 8)
         # The unsigned checksum: all bytes, the checksum field counted as eight spaces.
-        if size >= 0 and checksum == sum(block) - sum(block[148:156]) + 256:
+        if checksum == sum(block) - sum(block[148:156]) + 256:
             name = block[:100].split(b'\0', 1)[0].decode(tarfile.ENCODING, 'surrogateescape')
             prefix = block[345:500].split(b'\0', 1)[0]
             if prefix:

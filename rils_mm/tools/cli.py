@@ -580,8 +580,10 @@ def train_main(argv: List[str]) -> Runner:
         # Held from before the work dir's checkpoints are looked at until the run ends.
         with hold_work_dir(cfg.work_dir):
             runner = build_train_runner(cfg, args)
-            runner.train()
-            release_dataloader_workers(runner)
+            try:
+                runner.train()
+            finally:
+                release_dataloader_workers(runner)
     except WorkDirLocked as err:
         raise UsageError(str(err)) from None
     return runner
@@ -597,10 +599,15 @@ def release_dataloader_workers(runner: Runner) -> None:
     """
     for loop in (runner._train_loop, runner._val_loop, runner._test_loop):
         loader = getattr(loop, 'dataloader', None)
-        iterator = getattr(loader, '_iterator', None)
-        if iterator is not None and hasattr(iterator, '_shutdown_workers'):
-            iterator._shutdown_workers()
-            loader._iterator = None
+        iterators = [(loader, getattr(loader, '_iterator', None))]
+        # IterBasedTrainLoop's own iterator over the loader (DataResumeHook wraps it once).
+        wrapper = getattr(loop, 'dataloader_iterator', None)
+        wrapper = getattr(wrapper, 'iterator', wrapper)
+        iterators.append((wrapper, getattr(wrapper, '_iterator', None)))
+        for owner, iterator in iterators:
+            if iterator is not None and hasattr(iterator, '_shutdown_workers'):
+                iterator._shutdown_workers()
+                owner._iterator = None
 
 
 def build_train_runner(cfg: Config, args: argparse.Namespace) -> Runner:

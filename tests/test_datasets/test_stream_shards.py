@@ -256,3 +256,29 @@ def test_header_parser_reads_what_tarfile_reads():
         tarfile.TarInfo.frombuf(bytes(broken), tarfile.ENCODING, 'surrogateescape')
     with pytest.raises(tarfile.HeaderError):
         _header_fields(bytes(broken))
+    # A broken number in a field the name and size do not need (mtime), checksum fixed up.
+    bad_time = bytearray(_tar_blocks(tarfile.USTAR_FORMAT, [('000001.jpg', tarfile.REGTYPE,
+                                                             1)])[0])
+    bad_time[136:148] = b'zzzzzzzzzzz\0'
+    bad_time[148:156] = b' ' * 8
+    bad_time[148:156] = b'%06o\0 ' % sum(bad_time)
+    for parse in (lambda b: tarfile.TarInfo.frombuf(b, tarfile.ENCODING, 'surrogateescape'),
+                  _header_fields):
+        with pytest.raises(tarfile.HeaderError):
+            parse(bytes(bad_time))
+
+
+def test_data_signature_keeps_no_secret_and_compares_shared_fields():
+    """Signed URLs and passwords stay out of the saved signature (they change between runs and
+    must not be stored or printed); fields only one signature has are not compared."""
+    from rils_mm.datasets.image_text_shards import shard_identity
+    from rils_mm.engine.hooks.data_resume_hook import data_changes
+    assert shard_identity('https://user:secret@host:8080/a/000.tar?X-Amz-Signature=abc#f') == \
+        'https://host:8080/a/000.tar'
+    assert shard_identity('s3://bucket/a/000.tar') == 's3://bucket/a/000.tar'
+    assert shard_identity('pipe:aws s3 cp s3://b/000.tar -') == 'pipe:aws s3 cp s3://b/000.tar -'
+    assert shard_identity('/data/a/000.tar') == '/data/a/000.tar'
+    old = dict(num_shards=2, shards_sha256='a', first_shard='x', last_shard='y', seed=0)
+    assert data_changes(old, dict(old, new_field=1)) == ''
+    assert data_changes(old, dict(old, seed=1)) == 'seed: 0 -> 1'
+    assert data_changes(old, dict(old, shards_sha256='b')).startswith('shards: 2 shards x .. y')

@@ -651,3 +651,28 @@ def test_in_process_training_stops_its_dataloader_workers(tmp_path):
     assert runner.train_loop.iter == 2
     assert runner.train_dataloader.persistent_workers
     assert set(multiprocessing.active_children()) - before == set()
+
+
+@pytest.mark.parametrize('persistent', [False, True])
+def test_release_reaches_the_iteration_loops_own_iterator(persistent):
+    """IterBasedTrainLoop keeps its own iterator over the loader (wrapped by DataResumeHook
+    after a resume): its workers are stopped too, persistent or not."""
+    import multiprocessing
+    from types import SimpleNamespace
+
+    import torch
+    from mmengine.runner.loops import _InfiniteDataloaderIterator
+    from torch.utils.data import DataLoader
+
+    from rils_mm.engine.hooks.data_resume_hook import _SkipBatches
+    from rils_mm.tools.cli import release_dataloader_workers
+    before = set(multiprocessing.active_children())
+    loader = DataLoader(torch.arange(64), batch_size=4, num_workers=2,
+                        persistent_workers=persistent)
+    iterator = _SkipBatches(_InfiniteDataloaderIterator(loader), 1)
+    assert next(iterator) is None and next(iterator).tolist() == [0, 1, 2, 3]
+    assert set(multiprocessing.active_children()) - before
+    loop = SimpleNamespace(dataloader=loader, dataloader_iterator=iterator)
+    release_dataloader_workers(SimpleNamespace(_train_loop=loop, _val_loop=None,
+                                               _test_loop=None))
+    assert set(multiprocessing.active_children()) - before == set()

@@ -257,8 +257,11 @@ def checkpoints(work_dir):
 def test_resume_with_other_data_stops_unless_told_what_to_do(tmp_path):
     """A checkpoint's stream position belongs to its data: resuming with another seed or
     another shard place stops in one line naming the change (nothing trained, nothing
-    written); ``on_data_change='keep'`` continues the saved positions on the moved shards
-    with the uninterrupted run's samples; ``'restart'`` reads the new stream from its start."""
+    written), and an epoch-based run with another ``samples_per_epoch`` stops even with
+    ``'keep'``; ``on_data_change='keep'`` continues the saved positions on the moved shards
+    with the uninterrupted run's samples; a checkpoint without a signature (older versions)
+    resumes exactly and the later ones carry it; ``'restart'`` reads the new stream from its
+    start."""
     scenario = Scenario(tmp_path, SHARD_CONFIG)
     config, probe, work_dir = scenario.config('reference')
     scenario.run(config, work_dir)
@@ -272,15 +275,19 @@ def test_resume_with_other_data_stops_unless_told_what_to_do(tmp_path):
     shutil.copytree(work_dir, saved_work)
     for options, change in [(['train_dataloader.dataset.seed=1'], 'seed: 0 -> 1'),
                             ([f'train_dataloader.dataset.data_root={moved}'],
-                             f'shards {moved}/train/')]:
+                             f'shards {moved}/train/'),
+                            (['train_dataloader.dataset.samples_per_epoch=32',
+                              'custom_hooks.0.on_data_change=keep'],
+                             'epoch-based run resumes only with the samples_per_epoch')]:
         result = run_python(scenario.command(config, work_dir, '--resume', '--cfg-options',
                                              *options),
                             cwd=REPO, env=scenario.env(), capture_output=True, text=True,
                             timeout=600)
         errors = [line for line in result.stderr.splitlines() if 'error' in line.lower()]
         assert result.returncode != 0 and 'Traceback' not in result.stderr, result.stderr
-        assert len(errors) == 1 and change in errors[0] and 'on_data_change' in errors[0], (
-            errors)
+        assert len(errors) == 1 and change in errors[0], errors
+        if not options[-1].endswith('on_data_change=keep'):
+            assert 'on_data_change' in errors[0], errors
         assert checkpoints(work_dir) == checkpoints(saved_work)
 
     result = scenario.run(config, work_dir, '--resume', '--cfg-options',
@@ -288,6 +295,21 @@ def test_resume_with_other_data_stops_unless_told_what_to_do(tmp_path):
                           'custom_hooks.0.on_data_change=keep')
     assert 'its stream positions are kept' in result.stdout + result.stderr
     assert order(probe) == reference_order
+
+    # A checkpoint written before the signature resumes as before, and the checkpoints after
+    # it carry the signature.
+    shutil.rmtree(work_dir)
+    shutil.copytree(saved_work, work_dir)
+    path = osp.join(work_dir, 'iter_8.pth')
+    checkpoint = torch.load(path, weights_only=False)
+    for state in checkpoint['data_stream_states']:
+        del state['data']
+    torch.save(checkpoint, path)
+    result = scenario.run(config, work_dir, '--resume')
+    assert 'predates data signatures' in result.stdout + result.stderr
+    assert order(probe) == reference_order
+    final = torch.load(osp.join(work_dir, f'iter_{TOTAL_ITERS}.pth'), weights_only=True)
+    assert final['data_stream_states'][0]['data']['seed'] == 0
 
     shutil.rmtree(work_dir)
     shutil.copytree(saved_work, work_dir)

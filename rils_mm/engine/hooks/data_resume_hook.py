@@ -89,7 +89,9 @@ def restart_dataloader_iterator(loop, num_skip: int) -> None:
 
 
 def data_changes(saved: dict, current: dict) -> str:
-    """The fields of two ``stream_signature()`` dicts that differ, as ``name: old -> new``."""
+    """The fields of two ``stream_signature()`` dicts that differ, as ``name: old -> new``
+    ('' when none does). Fields only one of them has (a version that added one) are not
+    compared."""
     def shards(signature):
         return (f'{signature.get("num_shards")} shards {signature.get("first_shard")} .. '
                 f'{signature.get("last_shard")} (sha256 {signature.get("shards_sha256")})')
@@ -97,7 +99,7 @@ def data_changes(saved: dict, current: dict) -> str:
     if any(saved.get(k) != current.get(k) for k in ('num_shards', 'shards_sha256',
                                                      'first_shard', 'last_shard')):
         changes.append(f'shards: {shards(saved)} -> {shards(current)}')
-    for key in sorted(set(saved) | set(current)):
+    for key in sorted(set(saved) & set(current)):
         if key not in ('num_shards', 'shards_sha256', 'first_shard', 'last_shard') and \
                 saved.get(key) != current.get(key):
             changes.append(f'{key}: {saved.get(key)!r} -> {current.get(key)!r}')
@@ -205,24 +207,43 @@ class DataResumeHook(Hook):
                              f'resume with the same number of processes')
         self.state = copy.deepcopy(self._loaded[rank])
         saved = self.state.get('data')  # None in checkpoints older than the signature
-        if saved is not None and self._signature is not None and saved != self._signature:
+        changes = ''
+        if saved is not None and self._signature is not None:
             changes = data_changes(saved, self._signature)
+        if world_size > 1:
+            # The ranks decide together: a rank that stopped alone would leave the others
+            # waiting in their first collective.
+            changes = next((c for c in all_gather_object(changes) if c), '')
+        if changes:
             if self.on_data_change == 'error':
                 raise RunStopped(
                     f'DataResumeHook: the checkpoint\'s data stream position belongs to other '
                     f'data ({changes}); resume with the data settings it was written with, or '
                     f"set DataResumeHook(on_data_change='keep') if only the shards' place "
                     f"changed, or 'restart' to read the new data from its start")
+            if 'samples_per_epoch: ' in changes and not endless:
+                raise RunStopped(
+                    f'DataResumeHook: samples_per_epoch changed since the checkpoint '
+                    f'({changes}); the epoch loop counts the epochs done, and the schedule, in '
+                    f'batches of the old epoch length, so an epoch-based run resumes only with '
+                    f'the samples_per_epoch it was written with')
             print_log(f'DataResumeHook: the data changed since the checkpoint ({changes}); '
                       + ('its stream positions are kept' if self.on_data_change == 'keep' else
                          'the new stream starts from its first samples'),
                       logger='current', level=30)
+        elif saved is None and self._signature is not None:
+            print_log('DataResumeHook: the checkpoint predates data signatures, so a change '
+                      'of the data cannot be checked on this resume (later checkpoints carry '
+                      'it)' + ("; as on_data_change='restart' asks, the stream starts from its "
+                               'first samples' if self.on_data_change == 'restart' else ''),
+                      logger='current', level=30)
+        if self._signature is not None:
             self.state['data'] = self._signature
-            if self.on_data_change == 'restart':
-                # Every role at the start of the new stream; the consumed batches are still
-                # skipped for free, so the schedule goes on where it stopped.
-                self.state.update(num_workers=max(1, loop.dataloader.num_workers),
-                                  next_role=0, roles={})
+        if self.on_data_change == 'restart' and (changes or saved is None):
+            # Every role at the start of the new stream; the consumed batches are still
+            # skipped for free, so the schedule goes on where it stopped.
+            self.state.update(num_workers=max(1, loop.dataloader.num_workers), next_role=0,
+                              roles={})
         dataset.set_resume_state(copy.deepcopy(self.state))
         if isinstance(loop, IterBasedTrainLoop):
             restart_dataloader_iterator(loop, loop.iter)
