@@ -62,3 +62,68 @@ def test_pack_rejects_non_rgb_arrays():
     pack = TRANSFORMS.build(dict(type='PackImageText'))
     with pytest.raises(TypeError, match='float32'):
         pack(dict(img=np.zeros((4, 4, 3), np.float32), key='k'))
+
+
+def _encoded(image, fmt, **save_args):
+    import io
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save_args)
+    return buffer.getvalue()
+
+
+def _test_images():
+    """Encoded images of every path through the decoder: plain RGB JPEGs of several shapes
+    (one so elongated that the crop falls back to the centre), RGBA, grey, palette with
+    transparency, 16-bit, and a JPEG whose EXIF says rotate."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+
+    def noise(h, w, c=3):
+        return rng.integers(0, 256, (h, w, c) if c else (h, w), dtype=np.uint8)
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90
+    palette = Image.fromarray(noise(40, 30)).convert('P')
+    palette.info['transparency'] = 3
+    return [
+        _encoded(Image.fromarray(noise(240, 320)), 'JPEG', quality=90),
+        _encoded(Image.fromarray(noise(97, 61)), 'JPEG'),
+        _encoded(Image.fromarray(noise(20, 400)), 'PNG'),
+        _encoded(Image.fromarray(noise(64, 48, 4), 'RGBA'), 'PNG'),
+        _encoded(Image.fromarray(noise(50, 70, 0), 'L'), 'PNG'),
+        _encoded(palette, 'PNG'),
+        _encoded(Image.fromarray(noise(30, 30, 0).astype(np.uint16) * 257), 'PNG'),
+        _encoded(Image.fromarray(noise(60, 90)), 'JPEG', exif=exif),
+    ]
+
+
+@pytest.mark.parametrize('interpolation', ['bicubic', 'bilinear'])
+def test_fused_decode_and_crop_gives_the_two_transforms_result(interpolation):
+    """build_pipeline fuses LoadImageRGB + RandomResizedCrop(backend='pillow') into one step
+    whose results (array, shapes, mode, random draws) equal the two transforms' for every
+    kind of image, and leaves other crops (cv2 backend) as they are."""
+    from mmengine.dataset import Compose
+
+    from rils_mm.datasets.image_text_shards import build_pipeline
+    from rils_mm.datasets.transforms.loading import LoadImageAndResizedCrop
+    config = [dict(type='LoadImageRGB', min_size=8),
+              dict(type='RandomResizedCrop', scale=32, crop_ratio_range=(0.08, 1.0),
+                   interpolation=interpolation, backend='pillow'),
+              dict(type='PackImageText')]
+    fused = build_pipeline(config)
+    assert isinstance(fused.transforms[0], LoadImageAndResizedCrop)
+    assert len(fused.transforms) == 2
+    plain = Compose([TRANSFORMS.build(t) for t in config])
+    cv2_config = [dict(config[1], backend='cv2') if i == 1 else t for i, t in enumerate(config)]
+    assert len(build_pipeline(cv2_config).transforms) == 3
+    for index, data in enumerate(_test_images()):
+        for draw in range(4):
+            outputs = []
+            for pipeline in (plain, fused):
+                np.random.seed(100 * index + draw)
+                result = pipeline(dict(key=f'k{index}', img_bytes=data, text='a'))
+                outputs.append((result, np.random.randint(1 << 30)))  # the draws used
+            (a, a_next), (b, b_next) = outputs
+            assert torch.equal(a['inputs']['images'], b['inputs']['images']), (index, draw)
+            assert a['data_samples'].metainfo == b['data_samples'].metainfo, (index, draw)
+            assert a_next == b_next
