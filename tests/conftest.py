@@ -78,3 +78,33 @@ def dressed_copy():
             dst.writestr(f'{prefix}/{member}', b'')
 
     return copy
+
+
+# Resident memory above which a test process hands freed memory back after a test: full-size
+# models (tests/test_configs, tests/test_transfer) leave gigabytes in the allocator's free
+# lists, and with two test processes and the tools they start on a 24 GB machine, the next
+# full-size test of the same process could cross the limit (one CI run was ended so).
+_TRIM_ABOVE_BYTES = 3 << 30
+
+
+def _resident_bytes() -> int:
+    try:
+        with open('/proc/self/statm') as file:
+            return int(file.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _return_freed_memory():
+    """After a test that left this process large: collect cycles (runners, models) and
+    return the allocator's free memory to the system (glibc's malloc_trim)."""
+    yield
+    if _resident_bytes() > _TRIM_ABOVE_BYTES:
+        import ctypes
+        import gc
+        gc.collect()
+        try:
+            ctypes.CDLL('libc.so.6').malloc_trim(0)
+        except (OSError, AttributeError):
+            pass  # not glibc
