@@ -62,6 +62,7 @@ from rils_mm.compat import (URL_PREFIXES, CheckpointKeysError, CheckpointLoadErr
                             install_tool_conveniences)
 from rils_mm.datasets import DataStreamError
 from rils_mm.engine.errors import RunStopped
+from rils_mm.engine.hooks.data_resume_hook import stop_dataloader_workers
 from rils_mm.models.utils.checkpoint_loading import describe_torch_load_error
 from rils_mm.tools.arguments import UsageError, check_config_file, test_parser, train_parser
 from rils_mm.tools.checked_loading import LOAD_OPTION_KEYS, install_checked_loading
@@ -598,16 +599,7 @@ def release_dataloader_workers(runner: Runner) -> None:
     would otherwise hold the workers of every earlier run.
     """
     for loop in (runner._train_loop, runner._val_loop, runner._test_loop):
-        loader = getattr(loop, 'dataloader', None)
-        iterators = [(loader, getattr(loader, '_iterator', None))]
-        # IterBasedTrainLoop's own iterator over the loader (DataResumeHook wraps it once).
-        wrapper = getattr(loop, 'dataloader_iterator', None)
-        wrapper = getattr(wrapper, 'iterator', wrapper)
-        iterators.append((wrapper, getattr(wrapper, '_iterator', None)))
-        for owner, iterator in iterators:
-            if iterator is not None and hasattr(iterator, '_shutdown_workers'):
-                iterator._shutdown_workers()
-                owner._iterator = None
+        stop_dataloader_workers(loop)
 
 
 def build_train_runner(cfg: Config, args: argparse.Namespace) -> Runner:

@@ -74,15 +74,26 @@ class _SkipBatches:
         return next(self.iterator)
 
 
+def stop_dataloader_workers(loop) -> None:
+    """Shut down the worker processes of ``loop.dataloader``: those of the loader's own
+    iterator (persistent workers) and of ``IterBasedTrainLoop``'s iterator over it (also when
+    :class:`_SkipBatches` wraps that), and drop both iterators."""
+    loader = getattr(loop, 'dataloader', None)
+    wrapper = getattr(loop, 'dataloader_iterator', None)
+    wrapper = getattr(wrapper, 'iterator', wrapper)
+    for owner in (loader, wrapper):
+        iterator = getattr(owner, '_iterator', None)
+        if iterator is not None and hasattr(iterator, '_shutdown_workers'):
+            iterator._shutdown_workers()
+            owner._iterator = None
+
+
 def restart_dataloader_iterator(loop, num_skip: int) -> None:
     """Replace ``loop.dataloader_iterator`` by a fresh one that skips ``num_skip`` batches
-    for free; shuts the old iterator's workers down first."""
-    old = getattr(loop.dataloader_iterator, '_iterator', None)
-    if hasattr(old, '_shutdown_workers'):
-        old._shutdown_workers()
+    for free; shuts the old iterators' workers down first (persistent workers hold the old
+    dataset state)."""
+    stop_dataloader_workers(loop)
     loader = loop.dataloader
-    if getattr(loader, '_iterator', None) is not None:
-        loader._iterator = None  # persistent workers hold the old dataset state
     # An endless stream outgrows its nominal len(); keep torch from warning on every batch.
     loader._IterableDataset_len_called = None
     loop.dataloader_iterator = _SkipBatches(_InfiniteDataloaderIterator(loader), num_skip)
