@@ -79,14 +79,18 @@ class RangeServer:
         mode = self.fail.get(path)
         logged = False
         try:
+            # Every answer is logged before it goes out: a client that has it finds the entry.
             if mode == 'close':
+                logged = self._record(handler, path, wanted, 0)
                 handler.close_connection = True
                 return
             if mode == '500':
+                logged = self._record(handler, path, wanted, 0)
                 handler.send_error(500, 'injected failure')
                 return
             file = osp.join(self.root, path)
             if not osp.isfile(file):
+                logged = self._record(handler, path, wanted, 0)
                 handler.send_error(404)
                 return
             size = osp.getsize(file)
@@ -96,6 +100,7 @@ class RangeServer:
                 start = int(match.group(1))
                 end = min(size - 1, int(match.group(2))) if match.group(2) else size - 1
                 if start >= size:
+                    logged = self._record(handler, path, wanted, 0)
                     handler.send_response(416)
                     handler.send_header('Content-Range', f'bytes */{size}')
                     handler.send_header('Content-Length', '0')
@@ -118,7 +123,6 @@ class RangeServer:
             if body and path in self.cut:
                 data = data[:self.cut.pop(path)]
                 handler.close_connection = True
-            # Logged before the body goes out: a client that has its bytes finds the entry.
             logged = self._record(handler, path, wanted, len(data))
             handler.wfile.write(data)
         finally:
