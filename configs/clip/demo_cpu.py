@@ -12,5 +12,5 @@ model = dict(
                   feedforward_channels=768),
         img_size=64,
         patch_size=8),
-    text_encoder=dict(width=128, heads=4, layers=3),
+    text_encoder=dict(width=128, heads=4, layers=3, quick_gelu=False),  # as the demo RILS's
     embed_dims=128)

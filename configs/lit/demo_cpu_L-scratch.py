@@ -17,7 +17,7 @@ model = dict(
         img_size=64,
         patch_size=8,
         init_cfg=dict(checkpoint='work_dirs/rils_demo/epoch_6.pth')),
-    text_encoder=dict(width=128, heads=4, layers=3),
+    text_encoder=dict(width=128, heads=4, layers=3, quick_gelu=False),  # as the demo RILS's
     embed_dims=128)
 optim_wrapper = dict(optimizer=dict(weight_decay=0.01), clip_grad=dict(max_norm=1.0))
 # The deterministic pipeline tools/cache_image_features.py runs the locked tower on.

@@ -15,5 +15,5 @@ model = dict(
     neck=dict(num_patches=64, patch_size=8, embed_dim=192, decoder_embed_dim=128,
               decoder_depth=2, decoder_num_heads=4),
     head=dict(patch_size=8),
-    text_encoder=dict(width=128, heads=4, layers=3),
+    text_encoder=dict(width=128, heads=4, layers=3, quick_gelu=False),  # as the demo RILS's
     embed_dims=128)

@@ -25,7 +25,8 @@ model = dict(
                                                             num_heads=3,
                                                             feedforward_channels=768),
                           img_size=64, patch_size=8, out_type='raw'),
-            text_encoder=dict(type='CLIPTextEncoder', width=128, heads=4, layers=3),
+            text_encoder=dict(type='CLIPTextEncoder', width=128, heads=4, layers=3,
+                              quick_gelu=False),
             embed_dims=128),
         checkpoint='work_dirs/milan_demo/clip/epoch_6.pth'))
 

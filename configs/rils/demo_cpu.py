@@ -15,5 +15,7 @@ model = dict(
         img_size=64,
         patch_size=8),
     neck=dict(num_patches=64, embed_dim=192, decoder_embed_dim=192, decoder_num_heads=3),
-    text_encoder=dict(width=128, heads=4, layers=3),
+    # GELU in the text tower as in the image tower: open_clip builds both towers with one
+    # activation, so the demo exports to open_clip (tools/model_converters/rils_to_open_clip.py).
+    text_encoder=dict(width=128, heads=4, layers=3, quick_gelu=False),
     embed_dims=128)
