@@ -23,6 +23,7 @@ from tool_processes import run_python  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = 'tools/model_converters/rils_to_open_clip.py'
+CONVERTER = 'tools/dataset_converters/to_clip_benchmark.py'
 PROG = f'{TOOL}: error: '
 IMG = 32
 
@@ -328,26 +329,6 @@ def test_round_trip_open_clip_ours_open_clip_is_bitwise(quick_gelu):
 
 
 # --- clip_benchmark on an exported model --------------------------------------------------------
-def write_wds(folder, samples, kind):
-    """A one-shard webdataset split in clip_benchmark's layout (``test/0.tar``,
-    ``test/nshards.txt``): ``samples`` are (image file, label or caption)."""
-    import io
-    import tarfile
-    os.makedirs(osp.join(folder, 'test'))
-    with open(osp.join(folder, 'test', 'nshards.txt'), 'w') as f:
-        f.write('1\n')
-    with tarfile.open(osp.join(folder, 'test', '0.tar'), 'w') as tar:
-        for index, (image, target) in enumerate(samples):
-            for suffix, data in (('png', open(image, 'rb').read()),
-                                 ('cls' if kind == 'classification' else 'txt',
-                                  str(target).encode())):
-                info = tarfile.TarInfo(f'{index:06d}.{suffix}')
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    with open(osp.join(folder, 'dataset_type.txt'), 'w') as f:
-        f.write(kind + '\n')
-
-
 def run_tool(*args):
     result = run_python([sys.executable, *map(str, args)], cwd=REPO,
                         env=dict(os.environ, PYTHONUNBUFFERED='1'), capture_output=True,
@@ -421,45 +402,73 @@ def test_clip_benchmark_gives_our_test_tool_figures(exported, tmp_path):
     root = str(tmp_path / 'shapes')
     generate_demo_shapes(root, num_train=16, num_val=8, num_heldout=48, image_size=IMG,
                          samples_per_shard=16, seed=0)
-    heldout = [json.loads(line) for line in open(osp.join(root, 'heldout.jsonl'))]
-    images = [osp.join(root, 'heldout', item['filepath']) for item in heldout]
-
-    # Classification: the demo's class names and templates ('{}' -> clip_benchmark's '{c}').
-    write_wds(str(tmp_path / 'cls'), [(i, item['label']) for i, item in zip(images, heldout)],
-              'classification')
-    with open(osp.join(root, 'classnames.txt')) as f:
-        (tmp_path / 'cls' / 'classnames.txt').write_text(f.read())
-    with open(osp.join(root, 'templates.txt')) as f:
-        (tmp_path / 'cls' / 'zeroshot_classification_templates.txt').write_text(
-            f.read().replace('{}', '{c}'))
-    theirs = clip_benchmark_classification(str(tmp_path / 'cls'), out_dir)
     tiny = {f'model.model.{key[len("model."):]}': value
             for key, value in dict(TOWERS, **RILS_NECK).items()}
-    ours = figures_of_test_tool('configs/rils/demo_cpu_zeroshot.py', dict(
-        tiny, **{'model.classnames': f'{root}/classnames.txt',
+
+    # Classification: our zero-shot config's images, labels, class names and templates
+    # written in clip_benchmark's layout by the converter ('{}' -> clip_benchmark's '{c}').
+    zero_shot = {'model.classnames': f'{root}/classnames.txt',
                  'model.templates': f'{root}/templates.txt',
                  'test_dataloader.num_workers': 0,
                  'test_dataloader.dataset.ann_file': f'{root}/heldout.jsonl',
                  'test_dataloader.dataset.data_prefix.img_path': f'{root}/heldout',
                  'test_dataloader.dataset.pipeline.1.scale': IMG,
-                 'test_dataloader.dataset.pipeline.2.crop_size': IMG}), checkpoint, tmp_path,
-        'zero_shot')
+                 'test_dataloader.dataset.pipeline.2.crop_size': IMG}
+    out = run_tool(CONVERTER, 'configs/rils/demo_cpu_zeroshot.py', tmp_path / 'cls',
+                   '--shard-size', '20', '--cfg-options',
+                   *[f'{key}={value}' for key, value in zero_shot.items()])
+    assert 'wrote' in out and '48 classification samples in 3 shard(s)' in out, out
+    assert (tmp_path / 'cls' / 'zeroshot_classification_templates.txt').read_text().startswith(
+        open(osp.join(root, 'templates.txt')).readline().replace('{}', '{c}'))
+    theirs = clip_benchmark_classification(str(tmp_path / 'cls'), out_dir)
+    ours = figures_of_test_tool('configs/rils/demo_cpu_zeroshot.py', dict(tiny, **zero_shot),
+                                checkpoint, tmp_path, 'zero_shot')
     assert 0 < theirs[1] < 100  # neither all right nor all wrong: the figure can differ
     assert round(theirs[1], 4) == ours['accuracy/top1']
     assert round(theirs[5], 4) == ours['accuracy/top5']
 
-    # Retrieval: one caption per image.
-    write_wds(str(tmp_path / 'ret'), [(i, item['caption']) for i, item in zip(images, heldout)],
-              'retrieval')
+    # Retrieval: one image per distinct caption (no tied texts), and the same images for
+    # tools/test.py as a Karpathy file.
+    retrieval = {'test_dataloader.num_workers': 0, 'test_dataloader.dataset.data_root': root}
+    out = run_tool(CONVERTER, 'configs/rils/demo_cpu_retrieval.py', tmp_path / 'ret',
+                   '--distinct-captions', '--cfg-options',
+                   *[f'{key}={value}' for key, value in retrieval.items()])
+    heldout = [json.loads(line) for line in open(osp.join(root, 'heldout.jsonl'))]
+    distinct = len({item['caption'] for item in heldout})
+    assert 1 < distinct < len(heldout)  # some captions repeat: the option drops images
+    assert f'{distinct} retrieval samples' in out, out
     theirs = clip_benchmark('zeroshot_retrieval', tmp_path / 'ret', out_dir,
                             tmp_path / 'ret.json')
     ours = figures_of_test_tool('configs/rils/demo_cpu_retrieval.py', dict(
-        tiny, **{'test_dataloader.num_workers': 0,
-                 'test_dataloader.dataset.data_root': root}), checkpoint, tmp_path,
-        'retrieval')
+        tiny, **retrieval, **{'test_dataloader.dataset.ann_file':
+                              str(tmp_path / 'ret' / 'karpathy_test.json')}),
+        checkpoint, tmp_path, 'retrieval')
     assert round(theirs['text_retrieval_recall@1'] * 100, 4) == ours[
         'retrieval/image_to_text_R@1']
     assert round(theirs['image_retrieval_recall@1'] * 100, 4) == ours[
         'retrieval/text_to_image_R@1']
     assert round(theirs['image_retrieval_recall@5'] * 100, 4) == ours[
         'retrieval/text_to_image_R@5']
+
+
+@pytest.mark.parametrize('args, words', [
+    (['configs/rils/demo_cpu.py'], ["model.type is 'RILS'", 'ZeroShotClassifier',
+                                    'ZeroShotRetriever']),
+    (['configs/rils/demo_cpu_zeroshot.py', '--distinct-captions'],
+     ['--distinct-captions is for a retrieval config']),
+    (['configs/rils/demo_cpu_zeroshot.py', '--cfg-options', 'model.class_subset=[1,2]'],
+     ['model.class_subset is set', 'has no class_subset']),
+    (['configs/rils/demo_cpu_retrieval.py', '--cfg-options',
+      'test_dataloader.dataset.data_root=MISSING'], ['test_dataloader.dataset:', 'MISSING']),
+])
+def test_clip_benchmark_converter_refuses_bad_input_in_one_line(args, words, tmp_path):
+    out_dir = tmp_path / 'out'
+    result = run_python([sys.executable, CONVERTER, args[0], str(out_dir), *args[1:]],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith(f'{CONVERTER}: error: ')]
+    assert len(errors) == 1 and 'Traceback' not in output, output[-3000:]
+    for word in words:
+        assert word in errors[0], errors[0]
+    assert not (out_dir / 'test' / 'nshards.txt').exists()

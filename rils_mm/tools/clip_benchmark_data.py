@@ -1,0 +1,237 @@
+"""A zero-shot test set of ours written as a clip_benchmark webdataset, so that clip_benchmark's
+own command line evaluates an exported model (``tools/model_converters/rils_to_open_clip.py``)
+on exactly the images and texts ``tools/test.py`` scores.
+
+clip_benchmark's layout (``clip_benchmark/datasets/builder.py``, ``build_wds_dataset``)::
+
+    OUT_DIR/test/0.tar ... test/{n-1}.tar   samples: <key>.png|jpg|jpeg|webp + <key>.cls | .txt
+    OUT_DIR/test/nshards.txt                n
+    OUT_DIR/dataset_type.txt                'classification' or 'retrieval'
+    OUT_DIR/classnames.txt                  classification: one name a line, in label order
+    OUT_DIR/zeroshot_classification_templates.txt   one template a line, '{c}' for the name
+
+A classification sample's ``.cls`` is its label; a retrieval sample's ``.txt`` holds its
+captions, one a line. The config is a test config of ours: a ``ZeroShotClassifier`` (its
+``classnames`` and ``templates``; ``{}`` becomes clip_benchmark's ``{c}``) or a
+``ZeroShotRetriever``, and its ``test_dataloader.dataset`` gives the images and labels or
+captions.
+
+Ties: where two images have word-for-word the same caption, the two texts' embeddings are equal
+and so are their scores. Our retrieval metric counts such a tie in the query's favour;
+clip_benchmark's ``torch.topk`` picks one of the tied texts by position, so its image->text
+recall can be lower on the same embeddings. ``distinct_captions`` keeps the first image of
+each distinct caption set and writes the same images as a Karpathy split file
+(``karpathy_test.json``) for ``tools/test.py``: with no tied texts both tools count the same.
+"""
+import io
+import json
+import os
+import os.path as osp
+import tarfile
+from typing import Dict, List, Optional, Tuple
+
+from mmengine.config import Config
+
+from .arguments import UsageError
+
+# The image suffixes clip_benchmark's webdataset loader decodes.
+IMAGE_SUFFIXES = ('webp', 'png', 'jpg', 'jpeg')
+TASKS = {'ZeroShotClassifier': 'classification', 'ZeroShotRetriever': 'retrieval'}
+KARPATHY_FILE = 'karpathy_test.json'
+
+
+def task_of(cfg: Config, config: str) -> str:
+    """``'classification'`` or ``'retrieval'`` from the config's model type."""
+    model_type = cfg.get('model', {}).get('type')
+    if model_type not in TASKS:
+        raise UsageError(
+            f'{config}: model.type is {model_type!r}; expected a zero-shot test config, '
+            f'ZeroShotClassifier (e.g. configs/rils/demo_cpu_zeroshot.py) or ZeroShotRetriever '
+            f'(e.g. configs/rils/demo_cpu_retrieval.py)')
+    if model_type == 'ZeroShotClassifier':
+        for key in ('class_subset', 'class_groups'):
+            if cfg.model.get(key) is not None:
+                raise UsageError(
+                    f'{config}: model.{key} is set; clip_benchmark scores every class of '
+                    f'classnames.txt and has no {key}: write that set with its own class list')
+    return TASKS[model_type]
+
+
+def image_bytes(path: str) -> Tuple[bytes, str]:
+    """An image file's bytes and a suffix clip_benchmark decodes; other formats (BMP, TIFF,
+    ...) are re-encoded losslessly as PNG."""
+    from mmengine import fileio
+    try:
+        data = fileio.get(path)
+    except FileNotFoundError:
+        raise UsageError(f'image not found: {path}') from None
+    suffix = osp.splitext(path)[1].lstrip('.').lower()
+    if suffix in IMAGE_SUFFIXES:
+        return data, suffix
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            buffer = io.BytesIO()
+            image.save(buffer, format='PNG')
+    except OSError as err:
+        raise UsageError(f'{path}: not an image PIL decodes ({err})') from None
+    return buffer.getvalue(), 'png'
+
+
+def samples_of(dataset, task: str) -> List[Tuple[str, object]]:
+    """``(image path, label | list of captions)`` for every item of a built test dataset."""
+    samples = []
+    for index in range(len(dataset)):
+        info = dataset.get_data_info(index)
+        if task == 'classification':
+            if info.get('gt_label') is None:
+                raise UsageError(f'test item {index} ({info.get("img_path")}) has no gt_label; '
+                                 f'zero-shot classification needs a label per image')
+            samples.append((info['img_path'], int(info['gt_label'])))
+        else:
+            captions = info.get('text')
+            captions = [captions] if isinstance(captions, str) else list(captions or [])
+            if not captions:
+                raise UsageError(f'test item {index} ({info.get("img_path")}) has no captions')
+            samples.append((info['img_path'], captions))
+    return samples
+
+
+def keep_distinct_captions(samples: List[Tuple[str, List[str]]]) -> List[Tuple[str, List[str]]]:
+    """The first image of each distinct caption set, in order (see the module's note on ties)."""
+    seen, kept = set(), []
+    for image, captions in samples:
+        key = tuple(captions)
+        if key not in seen:
+            seen.add(key)
+            kept.append((image, captions))
+    return kept
+
+
+def write_shards(out_dir: str, samples: List[Tuple[str, object]], task: str,
+                 shard_size: int) -> int:
+    """Write ``test/{i}.tar`` and ``test/nshards.txt``; the number of shards."""
+    split_dir = osp.join(out_dir, 'test')
+    os.makedirs(split_dir, exist_ok=True)
+    num_shards = max(1, -(-len(samples) // shard_size))
+    for shard in range(num_shards):
+        part = samples[shard * shard_size:(shard + 1) * shard_size]
+        with tarfile.open(osp.join(split_dir, f'{shard}.tar'), 'w') as tar:
+            for offset, (image, target) in enumerate(part):
+                key = f'{shard * shard_size + offset:08d}'
+                data, suffix = image_bytes(image)
+                if task == 'classification':
+                    target_name, target_data = 'cls', str(target).encode()
+                else:
+                    target_name, target_data = 'txt', '\n'.join(target).encode()
+                for name, payload in ((f'{key}.{suffix}', data),
+                                      (f'{key}.{target_name}', target_data)):
+                    member = tarfile.TarInfo(name)
+                    member.size = len(payload)
+                    tar.addfile(member, io.BytesIO(payload))
+    write_text(osp.join(split_dir, 'nshards.txt'), [str(num_shards)])
+    return num_shards
+
+
+def write_text(path: str, lines: List[str]) -> None:
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+
+
+def write_karpathy(path: str, samples: List[Tuple[str, List[str]]]) -> None:
+    """The samples as a Karpathy split file (split ``test``) that ``KarpathyRetrieval`` reads;
+    image paths are absolute, so the dataset's ``data_prefix`` does not change them."""
+    images = [dict(filepath=osp.dirname(osp.abspath(image)), filename=osp.basename(image),
+                   imgid=index, split='test',
+                   sentences=[dict(raw=caption) for caption in captions])
+              for index, (image, captions) in enumerate(samples)]
+    with open(path, 'w') as f:
+        json.dump(dict(images=images), f)
+
+
+def write_clip_benchmark_set(cfg: Config, config: str, out_dir: str,
+                             distinct_captions: bool = False,
+                             shard_size: int = 1000) -> Dict[str, object]:
+    """Write the config's zero-shot test set in clip_benchmark's layout (module docstring).
+
+    Returns:
+        dict: ``task``, ``num_samples``, ``num_shards``, and ``karpathy_file`` (the same
+        images for ``tools/test.py``, with ``distinct_captions``) or None.
+    """
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import DATASETS
+
+    from ..datasets.resources import load_classnames, load_templates
+    task = task_of(cfg, config)
+    if distinct_captions and task != 'retrieval':
+        raise UsageError('--distinct-captions is for a retrieval config (ZeroShotRetriever)')
+    if shard_size < 1:
+        raise UsageError(f'--shard-size must be at least 1, got {shard_size}')
+    if osp.exists(osp.join(out_dir, 'test', 'nshards.txt')):
+        raise UsageError(f'{out_dir} already holds a clip_benchmark set (test/nshards.txt); '
+                         f'choose another folder or delete it')
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
+    dataset_cfg = dict(cfg.test_dataloader.dataset)
+    dataset_cfg['pipeline'] = []  # the files are copied as they are, not transformed
+    try:
+        dataset = DATASETS.build(dataset_cfg)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise UsageError(f'{config}: test_dataloader.dataset: {err}') from None
+    samples = samples_of(dataset, task)
+    karpathy_file: Optional[str] = None
+    if distinct_captions:
+        samples = keep_distinct_captions(samples)
+    os.makedirs(out_dir, exist_ok=True)
+    if task == 'classification':
+        classnames = load_classnames(cfg.model.classnames)
+        labels = sorted({label for _, label in samples})
+        if labels[0] < 0 or labels[-1] >= len(classnames):
+            raise UsageError(f'labels {labels[0]}..{labels[-1]} of the test set do not index '
+                             f'the {len(classnames)} names of {cfg.model.classnames}')
+        write_text(osp.join(out_dir, 'classnames.txt'), classnames)
+        write_text(osp.join(out_dir, 'zeroshot_classification_templates.txt'),
+                   [template.replace('{}', '{c}') for template in
+                    load_templates(cfg.model.templates)])
+    num_shards = write_shards(out_dir, samples, task, shard_size)
+    write_text(osp.join(out_dir, 'dataset_type.txt'), [task])
+    if distinct_captions:
+        karpathy_file = osp.join(out_dir, KARPATHY_FILE)
+        write_karpathy(karpathy_file, samples)
+    return dict(task=task, num_samples=len(samples), num_shards=num_shards,
+                karpathy_file=karpathy_file)
+
+
+def to_clip_benchmark_main(argv: Optional[List[str]] = None) -> None:
+    """``tools/dataset_converters/to_clip_benchmark.py CONFIG OUT_DIR [options]``."""
+    import argparse
+
+    from mmengine.config import DictAction
+
+    from .cli import load_config
+    parser = argparse.ArgumentParser(
+        prog='tools/dataset_converters/to_clip_benchmark.py',
+        description="Write a zero-shot test config's images and labels or captions as a "
+        "clip_benchmark webdataset (test/{i}.tar, nshards.txt, dataset_type.txt, class names "
+        "and templates), for `clip_benchmark eval --dataset wds/NAME --dataset_root OUT_DIR`.")
+    parser.add_argument('config', help='a ZeroShotClassifier or ZeroShotRetriever test config')
+    parser.add_argument('out_dir', help='folder to write (created; must not hold a set)')
+    parser.add_argument('--distinct-captions', action='store_true',
+                        help='retrieval: keep the first image of each distinct caption set (no '
+                        'tied texts), and write the same images as karpathy_test.json for '
+                        'tools/test.py')
+    parser.add_argument('--shard-size', type=int, default=1000,
+                        help='samples per tar file (default 1000)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+                        help='override settings of the config, as tools/test.py does')
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.cfg_options)
+    written = write_clip_benchmark_set(cfg, args.config, args.out_dir, args.distinct_captions,
+                                       args.shard_size)
+    task = written['task']
+    print(f'wrote {args.out_dir}: {written["num_samples"]} {task} samples in '
+          f'{written["num_shards"]} shard(s)')
+    print(f'  clip_benchmark eval --dataset wds/NAME --dataset_root {args.out_dir} '
+          f'--task zeroshot_{task} --model local-dir:EXPORTED_DIR --pretrained ""')
+    if written['karpathy_file']:
+        print(f'  the same images for tools/test.py: --cfg-options '
+              f'test_dataloader.dataset.ann_file={written["karpathy_file"]}')
