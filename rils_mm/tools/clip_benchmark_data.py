@@ -156,7 +156,7 @@ def write_clip_benchmark_set(cfg: Config, config: str, out_dir: str,
 
     Returns:
         dict: ``task``, ``num_samples``, ``num_shards``, and ``karpathy_file`` (the same
-        images for ``tools/test.py``, with ``distinct_captions``) or None.
+        images for ``tools/test.py``, an absolute path, with ``distinct_captions``) or None.
     """
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import DATASETS
@@ -195,7 +195,8 @@ def write_clip_benchmark_set(cfg: Config, config: str, out_dir: str,
     num_shards = write_shards(out_dir, samples, task, shard_size)
     write_text(osp.join(out_dir, 'dataset_type.txt'), [task])
     if distinct_captions:
-        karpathy_file = osp.join(out_dir, KARPATHY_FILE)
+        # Absolute: the dataset joins a relative ann_file to its data_root.
+        karpathy_file = osp.abspath(osp.join(out_dir, KARPATHY_FILE))
         write_karpathy(karpathy_file, samples)
     return dict(task=task, num_samples=len(samples), num_shards=num_shards,
                 karpathy_file=karpathy_file)

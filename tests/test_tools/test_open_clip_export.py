@@ -439,9 +439,11 @@ def test_clip_benchmark_gives_our_test_tool_figures(exported, tmp_path):
     assert f'{distinct} retrieval samples' in out, out
     theirs = clip_benchmark('zeroshot_retrieval', tmp_path / 'ret', out_dir,
                             tmp_path / 'ret.json')
+    import re
+    karpathy_file = re.search(r'test_dataloader\.dataset\.ann_file=(\S+)', out).group(1)
+    assert karpathy_file == str(tmp_path / 'ret' / 'karpathy_test.json')  # absolute
     ours = figures_of_test_tool('configs/rils/demo_cpu_retrieval.py', dict(
-        tiny, **retrieval, **{'test_dataloader.dataset.ann_file':
-                              str(tmp_path / 'ret' / 'karpathy_test.json')}),
+        tiny, **retrieval, **{'test_dataloader.dataset.ann_file': karpathy_file}),
         checkpoint, tmp_path, 'retrieval')
     assert round(theirs['text_retrieval_recall@1'] * 100, 4) == ours[
         'retrieval/image_to_text_R@1']
