@@ -41,8 +41,9 @@ Our towers are written with open_clip's own options (``model_cfg``), part by par
   is left out and listed.
 
 Refused, one line naming the part, rather than written as something else: an image tower
-with GELU and a text tower with QuickGELU whose size no timm model has (the demo configs:
-``text_encoder.quick_gelu=False`` trains a text tower open_clip can express), or the reverse;
+with GELU and a text tower with QuickGELU whose size no timm model has
+(``text_encoder.quick_gelu=False`` trains a text tower open_clip can express, as the demo
+configs do), or the reverse;
 attention pooling (open_clip's attentional pooler comes before ``ln_post``, ours after the
 final LayerNorm); a LayerNorm in the image head after the encoder's final one (MaMMUT: open_clip
 has one ``ln_post``); a projection bias; no final LayerNorm; layer scale; ViTDet's windowed
