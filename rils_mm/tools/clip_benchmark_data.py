@@ -27,6 +27,7 @@ import io
 import json
 import os
 import os.path as osp
+import string
 import tarfile
 from typing import Dict, List, Optional, Tuple
 
@@ -55,6 +56,27 @@ def task_of(cfg: Config, config: str) -> str:
                     f'{config}: model.{key} is set; clip_benchmark scores every class of '
                     f'classnames.txt and has no {key}: write that set with its own class list')
     return TASKS[model_type]
+
+
+def clip_benchmark_template(template: str, path: str, line: int) -> str:
+    """Our template (``str.format`` with one ``{}``, as open_clip's
+    ``build_zero_shot_classifier`` fills it) as clip_benchmark's, which it fills with
+    ``template.format(c=name)``: the field becomes ``{c}`` and other braces stay escaped.
+
+    Raises:
+        UsageError: A brace that is not ``{}``, ``{{`` or ``}}`` (neither tool could fill it).
+    """
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as err:
+        parts, problem = None, str(err)
+    fields = [] if parts is None else [part[1:] for part in parts if part[1] is not None]
+    if parts is None or fields != [('', '', None)]:
+        problem = problem if parts is None else 'a field other than one plain {}'
+        raise UsageError(f'{path}: template {line} {template!r}: {problem}; write a literal '
+                         f'brace as {{{{ or }}}}')
+    return ''.join(literal.replace('{', '{{').replace('}', '}}') + ('' if field is None else '{c}')
+                   for literal, field, _, _ in parts)
 
 
 def image_bytes(path: str) -> Tuple[bytes, str]:
@@ -110,7 +132,8 @@ def keep_distinct_captions(samples: List[Tuple[str, List[str]]]) -> List[Tuple[s
 
 def write_shards(out_dir: str, samples: List[Tuple[str, object]], task: str,
                  shard_size: int) -> int:
-    """Write ``test/{i}.tar`` and ``test/nshards.txt``; the number of shards."""
+    """Write ``test/{i}.tar`` and then ``test/nshards.txt``, the file that marks the set
+    complete (the caller writes the others first); the number of shards."""
     split_dir = osp.join(out_dir, 'test')
     os.makedirs(split_dir, exist_ok=True)
     num_shards = max(1, -(-len(samples) // shard_size))
@@ -149,6 +172,61 @@ def write_karpathy(path: str, samples: List[Tuple[str, List[str]]]) -> None:
         json.dump(dict(images=images), f)
 
 
+def classes_and_templates(cfg: Config, samples: List[Tuple[str, int]]
+                          ) -> Tuple[List[str], List[str]]:
+    """The class names (checked against the labels) and the templates in clip_benchmark's
+    form, from the ``ZeroShotClassifier``'s files (its defaults where the config names none)."""
+    import inspect
+
+    from ..datasets.resources import load_classnames, load_templates, resolve_data_file
+    from ..models.algorithms.zero_shot import ZeroShotClassifier
+    defaults = inspect.signature(ZeroShotClassifier.__init__).parameters
+    files = {key: cfg.model.get(key) or defaults[key].default
+             for key in ('classnames', 'templates')}
+    try:
+        classnames = load_classnames(files['classnames'])
+        templates = load_templates(files['templates'])
+        template_file = resolve_data_file(files['templates'])
+    except (FileNotFoundError, ValueError) as err:  # the messages name the file
+        raise UsageError(f'model.classnames / model.templates: {err}') from None
+    labels = sorted({label for _, label in samples})
+    if labels[0] < 0 or labels[-1] >= len(classnames):
+        raise UsageError(f'labels {labels[0]}..{labels[-1]} of the test set do not index '
+                         f'the {len(classnames)} names of {files["classnames"]}')
+    return classnames, [clip_benchmark_template(template, template_file, line)
+                        for line, template in enumerate(templates, 1)]
+
+
+def test_samples(cfg: Config, config: str, task: str) -> List[Tuple[str, object]]:
+    """``(image path, label | captions)`` of the config's ``test_dataloader.dataset``."""
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import DATASETS
+    dataset_cfg = cfg.get('test_dataloader', {}).get('dataset')
+    if not dataset_cfg:
+        raise UsageError(f'{config} has no test_dataloader.dataset; expected a zero-shot test '
+                         f'config such as configs/rils/demo_cpu_zeroshot.py')
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
+    dataset_cfg = dict(dataset_cfg, pipeline=[])  # the files are copied, not transformed
+    try:
+        dataset = DATASETS.build(dataset_cfg)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise UsageError(f'{config}: test_dataloader.dataset: {err}') from None
+    samples = samples_of(dataset, task)
+    if not samples:
+        raise UsageError(f'{config}: test_dataloader.dataset has no images')
+    return samples
+
+
+def check_out_dir(out_dir: str) -> None:
+    """Refuse a file, or a folder that already holds a complete set (``test/nshards.txt`` is
+    written last, so an interrupted run leaves none and can simply be run again)."""
+    if osp.exists(out_dir) and not osp.isdir(out_dir):
+        raise UsageError(f'{out_dir} is a file; OUT_DIR must be a folder (it is created)')
+    if osp.exists(osp.join(out_dir, 'test', 'nshards.txt')):
+        raise UsageError(f'{out_dir} already holds a clip_benchmark set (test/nshards.txt); '
+                         f'choose another folder or delete it')
+
+
 def write_clip_benchmark_set(cfg: Config, config: str, out_dir: str,
                              distinct_captions: bool = False,
                              shard_size: int = 1000) -> Dict[str, object]:
@@ -158,46 +236,32 @@ def write_clip_benchmark_set(cfg: Config, config: str, out_dir: str,
         dict: ``task``, ``num_samples``, ``num_shards``, and ``karpathy_file`` (the same
         images for ``tools/test.py``, an absolute path, with ``distinct_captions``) or None.
     """
-    from mmengine.registry import init_default_scope
-    from mmpretrain.registry import DATASETS
-
-    from ..datasets.resources import load_classnames, load_templates
     task = task_of(cfg, config)
     if distinct_captions and task != 'retrieval':
         raise UsageError('--distinct-captions is for a retrieval config (ZeroShotRetriever)')
     if shard_size < 1:
         raise UsageError(f'--shard-size must be at least 1, got {shard_size}')
-    if osp.exists(osp.join(out_dir, 'test', 'nshards.txt')):
-        raise UsageError(f'{out_dir} already holds a clip_benchmark set (test/nshards.txt); '
-                         f'choose another folder or delete it')
-    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
-    dataset_cfg = dict(cfg.test_dataloader.dataset)
-    dataset_cfg['pipeline'] = []  # the files are copied as they are, not transformed
-    try:
-        dataset = DATASETS.build(dataset_cfg)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        raise UsageError(f'{config}: test_dataloader.dataset: {err}') from None
-    samples = samples_of(dataset, task)
-    karpathy_file: Optional[str] = None
+    check_out_dir(out_dir)
+    samples = test_samples(cfg, config, task)
     if distinct_captions:
         samples = keep_distinct_captions(samples)
-    os.makedirs(out_dir, exist_ok=True)
     if task == 'classification':
-        classnames = load_classnames(cfg.model.classnames)
-        labels = sorted({label for _, label in samples})
-        if labels[0] < 0 or labels[-1] >= len(classnames):
-            raise UsageError(f'labels {labels[0]}..{labels[-1]} of the test set do not index '
-                             f'the {len(classnames)} names of {cfg.model.classnames}')
-        write_text(osp.join(out_dir, 'classnames.txt'), classnames)
-        write_text(osp.join(out_dir, 'zeroshot_classification_templates.txt'),
-                   [template.replace('{}', '{c}') for template in
-                    load_templates(cfg.model.templates)])
-    num_shards = write_shards(out_dir, samples, task, shard_size)
-    write_text(osp.join(out_dir, 'dataset_type.txt'), [task])
-    if distinct_captions:
-        # Absolute: the dataset joins a relative ann_file to its data_root.
-        karpathy_file = osp.abspath(osp.join(out_dir, KARPATHY_FILE))
-        write_karpathy(karpathy_file, samples)
+        classnames, templates = classes_and_templates(cfg, samples)
+    karpathy_file: Optional[str] = None
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        if task == 'classification':
+            write_text(osp.join(out_dir, 'classnames.txt'), classnames)
+            write_text(osp.join(out_dir, 'zeroshot_classification_templates.txt'), templates)
+        write_text(osp.join(out_dir, 'dataset_type.txt'), [task])
+        if distinct_captions:
+            # Absolute: the dataset joins a relative ann_file to its data_root.
+            karpathy_file = osp.abspath(osp.join(out_dir, KARPATHY_FILE))
+            write_karpathy(karpathy_file, samples)
+        num_shards = write_shards(out_dir, samples, task, shard_size)
+    except (PermissionError, FileExistsError, NotADirectoryError) as err:
+        raise UsageError(f'cannot write {err.filename}: {err.strerror}; choose another '
+                         f'OUT_DIR') from None
     return dict(task=task, num_samples=len(samples), num_shards=num_shards,
                 karpathy_file=karpathy_file)
 
