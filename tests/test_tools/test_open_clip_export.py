@@ -453,19 +453,80 @@ def test_clip_benchmark_gives_our_test_tool_figures(exported, tmp_path):
         'retrieval/text_to_image_R@5']
 
 
+def write_tiny_zero_shot_set(root):
+    """Two 8 px images labelled 0 and 3, four class names, and bad inputs beside them: a
+    template file with a stray brace, a class-name file too short for label 3, an annotation
+    file with a broken line, a Karpathy file whose second image has no sentences, a config
+    without test_dataloader, and a file where OUT_DIR should be a folder."""
+    for name in ('a.png', 'b.png'):
+        Image.new('RGB', (8, 8), (200, 30, 30)).save(root / name)
+    lines = [json.dumps(dict(filepath=name, caption=f'image {name}', label=label))
+             for name, label in (('a.png', 0), ('b.png', 3))]
+    (root / 'set.jsonl').write_text('\n'.join(lines) + '\n')
+    (root / 'broken.jsonl').write_text(lines[0] + '\n{"filepath": broken\n')
+    (root / 'classnames.txt').write_text('red\ngreen\nblue\nblack\n')
+    (root / 'short_classnames.txt').write_text('red\ngreen\n')
+    (root / 'templates.txt').write_text('a {} shape\n')
+    (root / 'open_brace.txt').write_text('a {} shape\na { weird {}\n')
+    (root / 'close_brace.txt').write_text('a {} shape\na } weird {}\n')
+    images = [dict(filepath=str(root), filename=name, imgid=i, split='test',
+                   sentences=[dict(raw='a red shape')] if i == 0 else [])
+              for i, name in enumerate(('a.png', 'b.png'))]
+    (root / 'no_sentences.json').write_text(json.dumps(dict(images=images)))
+    (root / 'no_test.py').write_text("model = dict(type='ZeroShotRetriever')\n")
+    (root / 'a_file').write_text('')
+
+
+def tiny_set_options(**overrides):
+    """--cfg-options of configs/rils/demo_cpu_zeroshot.py for write_tiny_zero_shot_set's set
+    (``{tmp}`` is its folder)."""
+    options = {'test_dataloader.dataset.ann_file': '{tmp}/set.jsonl',
+               'test_dataloader.dataset.data_prefix.img_path': '{tmp}',
+               'model.classnames': '{tmp}/classnames.txt',
+               'model.templates': '{tmp}/templates.txt', **overrides}
+    return ['--cfg-options', *[f'{key}={value}' for key, value in options.items()]]
+
+
+ZERO_SHOT = ['configs/rils/demo_cpu_zeroshot.py', '{tmp}/out']
+RETRIEVAL = ['configs/rils/demo_cpu_retrieval.py', '{tmp}/out']
+
+
 @pytest.mark.parametrize('args, words', [
-    (['configs/rils/demo_cpu.py'], ["model.type is 'RILS'", 'ZeroShotClassifier',
-                                    'ZeroShotRetriever']),
-    (['configs/rils/demo_cpu_zeroshot.py', '--distinct-captions'],
-     ['--distinct-captions is for a retrieval config']),
-    (['configs/rils/demo_cpu_zeroshot.py', '--cfg-options', 'model.class_subset=[1,2]'],
+    (['configs/rils/demo_cpu.py', '{tmp}/out'], ["model.type is 'RILS'", 'ZeroShotClassifier',
+                                                 'ZeroShotRetriever']),
+    ([*ZERO_SHOT, '--distinct-captions'], ['--distinct-captions is for a retrieval config']),
+    ([*ZERO_SHOT, '--cfg-options', 'model.class_subset=[1,2]'],
      ['model.class_subset is set', 'has no class_subset']),
-    (['configs/rils/demo_cpu_retrieval.py', '--cfg-options',
-      'test_dataloader.dataset.data_root=MISSING'], ['test_dataloader.dataset:', 'MISSING']),
+    ([*RETRIEVAL, '--cfg-options', 'test_dataloader.dataset.data_root=MISSING'],
+     ['test_dataloader.dataset:', 'MISSING']),
+    # clip_benchmark fills a template with template.format(c=name): a lone brace breaks it.
+    ([*ZERO_SHOT, *tiny_set_options(**{'model.templates': '{tmp}/open_brace.txt'})],
+     ['open_brace.txt: template 2', "'a { weird {}'", 'write a literal brace as {{ or }}']),
+    ([*ZERO_SHOT, *tiny_set_options(**{'model.templates': '{tmp}/close_brace.txt'})],
+     ['close_brace.txt: template 2', "Single '}'"]),
+    ([*ZERO_SHOT, *tiny_set_options(**{'model.templates': '{tmp}/missing.txt'})],
+     ['model.classnames / model.templates', 'missing.txt is neither a file']),
+    ([*ZERO_SHOT, *tiny_set_options(**{'model.classnames': '{tmp}/short_classnames.txt'})],
+     ['labels 0..3', 'the 2 names of', 'short_classnames.txt']),
+    ([*ZERO_SHOT, *tiny_set_options(**{'test_dataloader.dataset.ann_file': '{tmp}/broken.jsonl'})],
+     ['broken.jsonl:2 is not a JSON object']),
+    ([*RETRIEVAL, '--cfg-options', 'test_dataloader.dataset.data_root={tmp}',
+      'test_dataloader.dataset.ann_file={tmp}/no_sentences.json'],
+     ['no_sentences.json', 'b.png has no captions']),
+    (['{tmp}/no_test.py', '{tmp}/out'], ['no_test.py has no test_dataloader.dataset']),
+    ([ZERO_SHOT[0], '{tmp}/a_file', *tiny_set_options()],
+     ['a_file is a file; OUT_DIR must be a folder']),
+    # Unwritable for root too (sysfs).
+    ([ZERO_SHOT[0], '/sys/rils_mm_out', *tiny_set_options()],
+     ['cannot write /sys/rils_mm_out', 'choose another OUT_DIR']),
+    ([*ZERO_SHOT, '--shard-size', '-3', *tiny_set_options()],
+     ['--shard-size must be at least 1, got -3']),
 ])
 def test_clip_benchmark_converter_refuses_bad_input_in_one_line(args, words, tmp_path):
+    write_tiny_zero_shot_set(tmp_path)
     out_dir = tmp_path / 'out'
-    result = run_python([sys.executable, CONVERTER, args[0], str(out_dir), *args[1:]],
+    result = run_python([sys.executable, CONVERTER, *[arg.replace('{tmp}', str(tmp_path))
+                                                      for arg in args]],
                         cwd=REPO, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
@@ -474,3 +535,43 @@ def test_clip_benchmark_converter_refuses_bad_input_in_one_line(args, words, tmp
     for word in words:
         assert word in errors[0], errors[0]
     assert not (out_dir / 'test' / 'nshards.txt').exists()
+
+
+def test_clip_benchmark_template_fills_as_ours():
+    """Our template filled by str.format(name) (open_clip's build_zero_shot_classifier) and
+    its clip_benchmark form filled by .format(c=name) give the same text; escaped braces stay."""
+    from rils_mm.tools.clip_benchmark_data import clip_benchmark_template
+    for template in ('a photo of a {}.', '{} shape', 'a {{literal}} brace and a {}',
+                     'ends {} }}{{'):
+        converted = clip_benchmark_template(template, 'templates.txt', 1)
+        assert '{c}' in converted
+        assert converted.format(c='red circle') == template.format('red circle')
+
+
+def test_clip_benchmark_set_interrupted_can_be_written_again(tmp_path, monkeypatch):
+    """test/nshards.txt, which makes a rerun refuse the folder, is written last: a run
+    stopped while writing (here: in the Karpathy file) leaves none, and a rerun completes."""
+    from rils_mm.tools import clip_benchmark_data
+    write_tiny_zero_shot_set(tmp_path)
+    images = [dict(filepath=str(tmp_path), filename=name, imgid=i, split='test',
+                   sentences=[dict(raw=f'shape {i}')]) for i, name in enumerate(('a.png', 'b.png'))]
+    (tmp_path / 'karpathy.json').write_text(json.dumps(dict(images=images)))
+    cfg = Config.fromfile(osp.join(REPO, 'configs/rils/demo_cpu_retrieval.py'))
+    cfg.merge_from_dict({'test_dataloader.dataset.data_root': str(tmp_path),
+                         'test_dataloader.dataset.ann_file': str(tmp_path / 'karpathy.json')})
+    out_dir = str(tmp_path / 'out')
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(clip_benchmark_data, 'write_karpathy', interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            clip_benchmark_data.write_clip_benchmark_set(cfg, 'retrieval config', out_dir,
+                                                         distinct_captions=True)
+    assert not osp.exists(osp.join(out_dir, 'test', 'nshards.txt'))
+    written = clip_benchmark_data.write_clip_benchmark_set(cfg, 'retrieval config', out_dir,
+                                                           distinct_captions=True)
+    assert (written['num_samples'], written['num_shards']) == (2, 1)
+    assert open(osp.join(out_dir, 'test', 'nshards.txt')).read().strip() == '1'
+    assert open(osp.join(out_dir, 'dataset_type.txt')).read().strip() == 'retrieval'
