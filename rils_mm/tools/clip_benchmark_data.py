@@ -163,8 +163,10 @@ def write_text(path: str, lines: List[str]) -> None:
 
 def write_karpathy(path: str, samples: List[Tuple[str, List[str]]]) -> None:
     """The samples as a Karpathy split file (split ``test``) that ``KarpathyRetrieval`` reads;
-    image paths are absolute, so the dataset's ``data_prefix`` does not change them."""
-    images = [dict(filepath=osp.dirname(osp.abspath(image)), filename=osp.basename(image),
+    local image paths are absolute, so the dataset's ``data_prefix`` does not change them, and
+    remote ones (``s3://...``, read through ``mmengine.fileio``) stay as they are."""
+    images = [dict(filepath=osp.dirname(image if '://' in image else osp.abspath(image)),
+                   filename=osp.basename(image),
                    imgid=index, split='test',
                    sentences=[dict(raw=caption) for caption in captions])
               for index, (image, captions) in enumerate(samples)]

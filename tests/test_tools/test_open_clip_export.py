@@ -548,6 +548,15 @@ def test_clip_benchmark_template_fills_as_ours():
         assert converted.format(c='red circle') == template.format('red circle')
 
 
+def test_clip_benchmark_karpathy_file_keeps_remote_paths(tmp_path):
+    from rils_mm.tools.clip_benchmark_data import write_karpathy
+    write_karpathy(str(tmp_path / 'k.json'), [('s3://bucket/images/a.png', ['a red shape']),
+                                              ('images/b.png', ['a blue shape'])])
+    images = json.loads((tmp_path / 'k.json').read_text())['images']
+    assert (images[0]['filepath'], images[0]['filename']) == ('s3://bucket/images', 'a.png')
+    assert images[1]['filepath'] == osp.abspath('images')
+
+
 def test_clip_benchmark_set_interrupted_can_be_written_again(tmp_path, monkeypatch):
     """test/nshards.txt, which makes a rerun refuse the folder, is written last: a run
     stopped while writing (here: in the Karpathy file) leaves none, and a rerun completes."""
