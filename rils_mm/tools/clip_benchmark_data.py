@@ -115,6 +115,12 @@ def samples_of(dataset, task: str) -> List[Tuple[str, object]]:
             captions = [captions] if isinstance(captions, str) else list(captions or [])
             if not captions:
                 raise UsageError(f'test item {index} ({info.get("img_path")}) has no captions')
+            for caption in captions:
+                # clip_benchmark reads a sample's captions with str.splitlines.
+                if caption.splitlines() != [caption]:
+                    raise UsageError(f'test item {index} ({info.get("img_path")}): caption '
+                                     f'{caption!r} is empty or spans lines; clip_benchmark '
+                                     f'reads one caption a line')
             samples.append((info['img_path'], captions))
     return samples
 
@@ -212,10 +218,13 @@ def test_samples(cfg: Config, config: str, task: str) -> List[Tuple[str, object]
     try:
         dataset = DATASETS.build(dataset_cfg)
     except (FileNotFoundError, ValueError, KeyError) as err:
-        raise UsageError(f'{config}: test_dataloader.dataset: {err}') from None
+        ann_file = dataset_cfg.get('ann_file')
+        where = f' (ann_file {ann_file})' if ann_file and str(ann_file) not in str(err) else ''
+        raise UsageError(f'{config}: test_dataloader.dataset{where}: {err}') from None
     samples = samples_of(dataset, task)
     if not samples:
-        raise UsageError(f'{config}: test_dataloader.dataset has no images')
+        raise UsageError(f'{config}: test_dataloader.dataset has no images '
+                         f'(ann_file {dataset_cfg.get("ann_file")})')
     return samples
 
 

@@ -456,8 +456,9 @@ def test_clip_benchmark_gives_our_test_tool_figures(exported, tmp_path):
 def write_tiny_zero_shot_set(root):
     """Two 8 px images labelled 0 and 3, four class names, and bad inputs beside them: a
     template file with a stray brace, a class-name file too short for label 3, an annotation
-    file with a broken line, a Karpathy file whose second image has no sentences, a config
-    without test_dataloader, and a file where OUT_DIR should be a folder."""
+    file with a broken line and an empty one, Karpathy files whose second image has no
+    sentences or a caption of two lines, a config without test_dataloader, and a file where
+    OUT_DIR should be a folder."""
     for name in ('a.png', 'b.png'):
         Image.new('RGB', (8, 8), (200, 30, 30)).save(root / name)
     lines = [json.dumps(dict(filepath=name, caption=f'image {name}', label=label))
@@ -473,6 +474,9 @@ def write_tiny_zero_shot_set(root):
                    sentences=[dict(raw='a red shape')] if i == 0 else [])
               for i, name in enumerate(('a.png', 'b.png'))]
     (root / 'no_sentences.json').write_text(json.dumps(dict(images=images)))
+    images[1]['sentences'] = [dict(raw='two\nlines')]  # clip_benchmark would read 2 captions
+    (root / 'two_lines.json').write_text(json.dumps(dict(images=images)))
+    (root / 'empty.jsonl').write_text('')
     (root / 'no_test.py').write_text("model = dict(type='ZeroShotRetriever')\n")
     (root / 'a_file').write_text('')
 
@@ -513,6 +517,11 @@ RETRIEVAL = ['configs/rils/demo_cpu_retrieval.py', '{tmp}/out']
     ([*RETRIEVAL, '--cfg-options', 'test_dataloader.dataset.data_root={tmp}',
       'test_dataloader.dataset.ann_file={tmp}/no_sentences.json'],
      ['no_sentences.json', 'b.png has no captions']),
+    ([*RETRIEVAL, '--cfg-options', 'test_dataloader.dataset.data_root={tmp}',
+      'test_dataloader.dataset.ann_file={tmp}/two_lines.json'],
+     ['b.png', "caption 'two\\nlines' is empty or spans lines"]),
+    ([*ZERO_SHOT, *tiny_set_options(**{'test_dataloader.dataset.ann_file': '{tmp}/empty.jsonl'})],
+     ['(ann_file', 'empty.jsonl)']),
     (['{tmp}/no_test.py', '{tmp}/out'], ['no_test.py has no test_dataloader.dataset']),
     ([ZERO_SHOT[0], '{tmp}/a_file', *tiny_set_options()],
      ['a_file is a file; OUT_DIR must be a folder']),
