@@ -90,12 +90,19 @@ def image_bytes(path: str) -> Tuple[bytes, str]:
     suffix = osp.splitext(path)[1].lstrip('.').lower()
     if suffix in IMAGE_SUFFIXES:
         return data, suffix
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
+    buffer = io.BytesIO()
     try:
         with Image.open(io.BytesIO(data)) as image:
-            buffer = io.BytesIO()
-            image.save(buffer, format='PNG')
-    except OSError as err:
+            image.load()
+            try:
+                image.save(buffer, format='PNG')
+            except OSError as err:  # e.g. a CMYK TIFF: PNG has no such mode
+                raise UsageError(f'{path}: cannot re-encode it as PNG ({err}); convert it to '
+                                 f'PNG or JPEG first') from None
+    except UnidentifiedImageError:
+        raise UsageError(f'{path}: not an image PIL decodes') from None
+    except OSError as err:  # a truncated or damaged file of a known format
         raise UsageError(f'{path}: not an image PIL decodes ({err})') from None
     return buffer.getvalue(), 'png'
 

@@ -7,6 +7,7 @@ open_clip's own ``create_model_and_transforms('local-dir:...')`` and compares it
 and preprocessing with ours. The round trip open_clip -> ours -> open_clip is checked tensor
 by tensor.
 """
+import io
 import json
 import os
 import os.path as osp
@@ -593,3 +594,23 @@ def test_clip_benchmark_set_interrupted_can_be_written_again(tmp_path, monkeypat
     assert (written['num_samples'], written['num_shards']) == (2, 1)
     assert open(osp.join(out_dir, 'test', 'nshards.txt')).read().strip() == '1'
     assert open(osp.join(out_dir, 'dataset_type.txt')).read().strip() == 'retrieval'
+
+
+def test_clip_benchmark_image_formats(tmp_path):
+    """.JPEG goes in as it is (clip_benchmark decodes the lower-case suffix), a BMP as PNG of the
+    same pixels; an image PNG cannot hold, or a file that is no image, is refused by name."""
+    from rils_mm.tools.arguments import UsageError
+    from rils_mm.tools.clip_benchmark_data import image_bytes
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / 'a.JPEG', format='JPEG')
+    Image.fromarray(pixels).save(tmp_path / 'a.bmp')
+    Image.new('CMYK', (4, 4)).save(tmp_path / 'cmyk.tif')
+    (tmp_path / 'text.bmp').write_text('not an image')
+    data, suffix = image_bytes(str(tmp_path / 'a.JPEG'))
+    assert (data, suffix) == ((tmp_path / 'a.JPEG').read_bytes(), 'jpeg')
+    data, suffix = image_bytes(str(tmp_path / 'a.bmp'))
+    assert suffix == 'png' and (np.asarray(Image.open(io.BytesIO(data))) == pixels).all()
+    with pytest.raises(UsageError, match=r'cmyk\.tif: cannot re-encode it as PNG'):
+        image_bytes(str(tmp_path / 'cmyk.tif'))
+    with pytest.raises(UsageError, match=r'text\.bmp: not an image PIL decodes$'):
+        image_bytes(str(tmp_path / 'text.bmp'))
