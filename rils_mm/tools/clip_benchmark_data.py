@@ -212,7 +212,7 @@ def classes_and_templates(cfg: Config, samples: List[Tuple[str, int]]
                         for line, template in enumerate(templates, 1)]
 
 
-def test_samples(cfg: Config, config: str, task: str) -> List[Tuple[str, object]]:
+def samples_of_config(cfg: Config, config: str, task: str) -> List[Tuple[str, object]]:
     """``(image path, label | captions)`` of the config's ``test_dataloader.dataset``."""
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import DATASETS
@@ -260,7 +260,7 @@ def write_clip_benchmark_set(cfg: Config, config: str, out_dir: str,
     if shard_size < 1:
         raise UsageError(f'--shard-size must be at least 1, got {shard_size}')
     check_out_dir(out_dir)
-    samples = test_samples(cfg, config, task)
+    samples = samples_of_config(cfg, config, task)
     if distinct_captions:
         samples = keep_distinct_captions(samples)
     if task == 'classification':
@@ -287,6 +287,7 @@ def write_clip_benchmark_set(cfg: Config, config: str, out_dir: str,
 def to_clip_benchmark_main(argv: Optional[List[str]] = None) -> None:
     """``tools/dataset_converters/to_clip_benchmark.py CONFIG OUT_DIR [options]``."""
     import argparse
+    import shlex
 
     from mmengine.config import DictAction
 
@@ -313,8 +314,8 @@ def to_clip_benchmark_main(argv: Optional[List[str]] = None) -> None:
     task = written['task']
     print(f'wrote {args.out_dir}: {written["num_samples"]} {task} samples in '
           f'{written["num_shards"]} shard(s)')
-    print(f'  clip_benchmark eval --dataset wds/NAME --dataset_root {args.out_dir} '
+    print(f'  clip_benchmark eval --dataset wds/NAME --dataset_root {shlex.quote(args.out_dir)} '
           f'--task zeroshot_{task} --model local-dir:EXPORTED_DIR --pretrained ""')
     if written['karpathy_file']:
         print(f'  the same images for tools/test.py: --cfg-options '
-              f'test_dataloader.dataset.ann_file={written["karpathy_file"]}')
+              f'test_dataloader.dataset.ann_file={shlex.quote(written["karpathy_file"])}')
