@@ -19,6 +19,7 @@ Every ``*_file`` argument of the zero-shot code takes either a path or the bare 
 these files (``'imagenet_classnames.txt'``).
 """
 import os.path as osp
+import string
 from typing import List, Optional, Sequence, Union
 
 DATA_DIR = osp.join(osp.dirname(osp.abspath(__file__)), 'data')
@@ -65,20 +66,41 @@ def load_classnames(path: str, num_classes: Optional[int] = None) -> List[str]:
     return names
 
 
-def load_templates(path: str) -> List[str]:
-    """Prompt templates, one a line, each with exactly one ``{}`` for the class name.
+def template_parts(template: str) -> List[tuple]:
+    """``string.Formatter().parse`` of a prompt template that has exactly one plain ``{}``
+    (the class name's place) and any other brace doubled (``{{``, ``}}``).
 
     Raises:
-        ValueError: If a template has no ``{}`` (or more than one), naming the file and line.
+        ValueError: What is wrong with it (a lone brace, no field, a named field, ...).
+    """
+    parts = list(string.Formatter().parse(template))  # ValueError on a lone brace
+    fields = [part[1:] for part in parts if part[1] is not None]
+    if fields != [('', '', None)]:
+        raise ValueError(f'{len(fields)} fields {["{" + f[0] + "}" for f in fields]}' if
+                         fields != [] else 'no "{}" field')
+    return parts
+
+
+def load_templates(path: str) -> List[str]:
+    """Prompt templates, one a line, each with exactly one ``{}`` for the class name (filled
+    with ``template.format(name)``, as open_clip's ``build_zero_shot_classifier`` does);
+    other braces must be doubled.
+
+    Raises:
+        ValueError: If a template has no ``{}``, more than one field or a lone brace, naming
+            the file and line.
     """
     templates = read_lines(path)
     if not templates:
         raise ValueError(f'Template file {resolve_data_file(path)} is empty.')
     for i, template in enumerate(templates):
-        if template.count('{}') != 1:
+        try:
+            template_parts(template)
+        except ValueError as err:
             raise ValueError(
-                f'Template file {resolve_data_file(path)}: template {i + 1} "{template}" must '
-                'contain exactly one "{}" where the class name goes.')
+                f'Template file {resolve_data_file(path)}: template {i + 1} {template!r}: '
+                f'{err}; it must contain exactly one "{{}}" where the class name goes (write a '
+                f'literal brace as {{{{ or }}}}).') from None
     return templates
 
 

@@ -27,7 +27,6 @@ import io
 import json
 import os
 import os.path as osp
-import string
 import tarfile
 from typing import Dict, List, Optional, Tuple
 
@@ -58,25 +57,14 @@ def task_of(cfg: Config, config: str) -> str:
     return TASKS[model_type]
 
 
-def clip_benchmark_template(template: str, path: str, line: int) -> str:
+def clip_benchmark_template(template: str) -> str:
     """Our template (``str.format`` with one ``{}``, as open_clip's
-    ``build_zero_shot_classifier`` fills it) as clip_benchmark's, which it fills with
-    ``template.format(c=name)``: the field becomes ``{c}`` and other braces stay escaped.
-
-    Raises:
-        UsageError: A brace that is not ``{}``, ``{{`` or ``}}`` (neither tool could fill it).
-    """
-    try:
-        parts = list(string.Formatter().parse(template))
-    except ValueError as err:
-        parts, problem = None, str(err)
-    fields = [] if parts is None else [part[1:] for part in parts if part[1] is not None]
-    if parts is None or fields != [('', '', None)]:
-        problem = problem if parts is None else 'a field other than one plain {}'
-        raise UsageError(f'{path}: template {line} {template!r}: {problem}; write a literal '
-                         f'brace as {{{{ or }}}}')
+    ``build_zero_shot_classifier`` fills it; checked by ``load_templates``) as clip_benchmark's,
+    which it fills with ``template.format(c=name)``: the field becomes ``{c}`` and other braces
+    stay escaped."""
+    from ..datasets.resources import template_parts
     return ''.join(literal.replace('{', '{{').replace('}', '}}') + ('' if field is None else '{c}')
-                   for literal, field, _, _ in parts)
+                   for literal, field, _, _ in template_parts(template))
 
 
 def image_bytes(path: str) -> Tuple[bytes, str]:
@@ -193,7 +181,7 @@ def classes_and_templates(cfg: Config, samples: List[Tuple[str, int]]
     form, from the ``ZeroShotClassifier``'s files (its defaults where the config names none)."""
     import inspect
 
-    from ..datasets.resources import load_classnames, load_templates, resolve_data_file
+    from ..datasets.resources import load_classnames, load_templates
     from ..models.algorithms.zero_shot import ZeroShotClassifier
     defaults = inspect.signature(ZeroShotClassifier.__init__).parameters
     files = {key: cfg.model.get(key) or defaults[key].default
@@ -201,15 +189,13 @@ def classes_and_templates(cfg: Config, samples: List[Tuple[str, int]]
     try:
         classnames = load_classnames(files['classnames'])
         templates = load_templates(files['templates'])
-        template_file = resolve_data_file(files['templates'])
     except (FileNotFoundError, ValueError) as err:  # the messages name the file
         raise UsageError(f'model.classnames / model.templates: {err}') from None
     labels = sorted({label for _, label in samples})
     if labels[0] < 0 or labels[-1] >= len(classnames):
         raise UsageError(f'labels {labels[0]}..{labels[-1]} of the test set do not index '
                          f'the {len(classnames)} names of {files["classnames"]}')
-    return classnames, [clip_benchmark_template(template, template_file, line)
-                        for line, template in enumerate(templates, 1)]
+    return classnames, [clip_benchmark_template(template) for template in templates]
 
 
 def samples_of_config(cfg: Config, config: str, task: str) -> List[Tuple[str, object]]:

@@ -48,6 +48,17 @@ def test_bad_text_resources_name_the_file(tmp_path):
     templates.write_text('a photo of a {}.\na photo without a slot.\n')
     with pytest.raises(ValueError, match='my_templates.txt: template 2'):
         load_templates(str(templates))
+    # A lone brace would stop str.format (ours, open_clip's, clip_benchmark's) mid-run.
+    for line, problem in (('a { photo of a {}.', "unexpected '{'"),
+                          ('a } photo of a {}.', "Single '}'"),
+                          ('a {name} photo', r"1 fields \['\{name\}'\]"),
+                          ('a {} photo of a {}', '2 fields')):
+        templates.write_text(f'a photo of a {{}}.\n{line}\n')
+        with pytest.raises(ValueError, match=f'my_templates.txt: template 2 .*{problem}.*'
+                           'literal brace'):
+            load_templates(str(templates))
+    templates.write_text('a {{literal}} photo of a {}.\n')
+    assert load_templates(str(templates))[0].format('cat') == 'a {literal} photo of a cat.'
 
 
 def test_imagenet_folder_subset_labels_follow_the_subset(imagenet_subset_folder):

@@ -553,7 +553,7 @@ def test_clip_benchmark_template_fills_as_ours():
     from rils_mm.tools.clip_benchmark_data import clip_benchmark_template
     for template in ('a photo of a {}.', '{} shape', 'a {{literal}} brace and a {}',
                      'ends {} }}{{'):
-        converted = clip_benchmark_template(template, 'templates.txt', 1)
+        converted = clip_benchmark_template(template)
         assert '{c}' in converted
         assert converted.format(c='red circle') == template.format('red circle')
 
