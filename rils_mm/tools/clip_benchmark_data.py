@@ -5,7 +5,7 @@ on exactly the images and texts ``tools/test.py`` scores.
 clip_benchmark's layout (``clip_benchmark/datasets/builder.py``, ``build_wds_dataset``)::
 
     OUT_DIR/test/0.tar ... test/{n-1}.tar   samples: <key>.png|jpg|jpeg|webp + <key>.cls | .txt
-    OUT_DIR/test/nshards.txt                n
+    OUT_DIR/test/nshards.txt                n    (test/sizes.json too: ShardWriter's, unread)
     OUT_DIR/dataset_type.txt                'classification' or 'retrieval'
     OUT_DIR/classnames.txt                  classification: one name a line, in label order
     OUT_DIR/zeroshot_classification_templates.txt   one template a line, '{c}' for the name
@@ -27,7 +27,6 @@ import io
 import json
 import os
 import os.path as osp
-import tarfile
 from typing import Dict, List, Optional, Tuple
 
 from mmengine.config import Config
@@ -133,28 +132,21 @@ def keep_distinct_captions(samples: List[Tuple[str, List[str]]]) -> List[Tuple[s
 
 def write_shards(out_dir: str, samples: List[Tuple[str, object]], task: str,
                  shard_size: int) -> int:
-    """Write ``test/{i}.tar`` and then ``test/nshards.txt``, the file that marks the set
-    complete (the caller writes the others first); the number of shards."""
+    """Write ``test/{i}.tar`` (with the project's :class:`ShardWriter`) and then
+    ``test/nshards.txt``, the file that marks the set complete (the caller writes the others
+    first); the number of shards."""
+    from ..datasets.shard_tools import ShardWriter
     split_dir = osp.join(out_dir, 'test')
-    os.makedirs(split_dir, exist_ok=True)
-    num_shards = max(1, -(-len(samples) // shard_size))
-    for shard in range(num_shards):
-        part = samples[shard * shard_size:(shard + 1) * shard_size]
-        with tarfile.open(osp.join(split_dir, f'{shard}.tar'), 'w') as tar:
-            for offset, (image, target) in enumerate(part):
-                key = f'{shard * shard_size + offset:08d}'
-                data, suffix = image_bytes(image)
-                if task == 'classification':
-                    target_name, target_data = 'cls', str(target).encode()
-                else:
-                    target_name, target_data = 'txt', '\n'.join(target).encode()
-                for name, payload in ((f'{key}.{suffix}', data),
-                                      (f'{key}.{target_name}', target_data)):
-                    member = tarfile.TarInfo(name)
-                    member.size = len(payload)
-                    tar.addfile(member, io.BytesIO(payload))
-    write_text(osp.join(split_dir, 'nshards.txt'), [str(num_shards)])
-    return num_shards
+    target_ext = 'cls' if task == 'classification' else 'txt'
+    # clip_benchmark opens test/{0..n-1}.tar: shard numbers without zero padding.
+    with ShardWriter(split_dir, shard_size, name_format='{}.tar') as writer:
+        for index, (image, target) in enumerate(samples):
+            data, suffix = image_bytes(image)
+            writer.write(f'{index:08d}', {
+                suffix: data,
+                target_ext: str(target) if task == 'classification' else '\n'.join(target)})
+    write_text(osp.join(split_dir, 'nshards.txt'), [str(len(writer.paths))])
+    return len(writer.paths)
 
 
 def write_text(path: str, lines: List[str]) -> None:
